@@ -1,0 +1,571 @@
+"""The rlay broker: routes batched env calls from trainers to workers and back.
+
+    >>> from broker.broker import Broker
+    >>> Broker("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556").run()  # doctest: +SKIP
+
+Two ROUTER sockets, one poll loop. Workers register env slots on the back end;
+trainers lease slots on the front end and send batched calls (reset, step,
+call, set_attr), each ONE message with one *part* per worker. The broker fans
+the parts out, gathers the replies and answers with ONE message. It decodes
+headers only: bodies and array frames are forwarded as received.
+
+Slot states (docs/protocol.md, "Slot state machine")::
+
+    FREE --lease--> LEASED --batched call--> BUSY --reply/timeout--> LEASED
+      ^               |                                          (late reply frees BUSY)
+      +---release-----+          any state --worker lost--> LOST (until released)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from rlay import protocol as P
+from rlay.values import WireError
+from rlay.wire import decode_header, header
+
+__all__ = ["Broker"]
+
+log = logging.getLogger("rlay.broker")
+
+DEFAULT_CALL_TIMEOUT = 60.0  # s, when a batched call names none
+MAX_CALL_TIMEOUT = 24 * 3600.0
+DRAIN_BATCH = 256  # messages taken from one socket before looking at the other
+
+
+@dataclass(eq=False)
+class WorkerRecord:
+    ident: bytes
+    name: str
+    seq: int
+    host: str
+    pid: int
+    env_id: str
+    mode: str
+    rank: int
+    obs_space: Any
+    act_space: Any
+    metadata: dict
+    render_mode: Any
+    slots: list[int] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"worker {self.name} (pid {self.pid} on host {self.host})"
+
+
+@dataclass(eq=False)
+class Slot:
+    id: int
+    worker: WorkerRecord
+    index: int  # env index within the worker
+    lease: bytes | None = None  # trainer ident
+    busy: "Part | None" = None
+    lost: str | None = None  # why the slot's worker is gone
+
+
+@dataclass(eq=False)
+class Trainer:
+    ident: bytes
+    name: str
+    env_id: str
+    slots: list[int]
+
+
+@dataclass(eq=False)
+class Part:
+    batch: "Batch"
+    worker: WorkerRecord
+    slots: list[int]
+    frames: list[Any]
+    reply: list[Any] | None = None
+    error: dict | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.reply is not None or self.error is not None
+
+
+@dataclass(eq=False)
+class Batch:
+    id: int
+    trainer: bytes
+    req: Any
+    kind: str
+    timeout: float
+    deadline: float
+    parts: list[Part] = field(default_factory=list)
+    finished: bool = False
+
+
+@dataclass(eq=False)
+class PendingLease:
+    ident: bytes
+    req: Any
+    env_id: str
+    num_envs: int
+    timeout: float
+    deadline: float
+
+
+class Broker:
+    """Routes batched env calls between trainers (front end) and workers (back end)."""
+
+    def __init__(
+        self,
+        frontend: str = P.DEFAULT_FRONTEND,
+        backend: str = P.DEFAULT_BACKEND,
+        *,
+        parent_pid: int | None = None,
+        max_message_size: int = -1,
+    ):
+        self.frontend_addr = frontend
+        self.backend_addr = backend
+        self.parent_pid = parent_pid
+        self.max_message_size = max_message_size
+        self.stopping = False
+        self.started = time.time()
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.slots: dict[int, Slot] = {}
+        self.trainers: dict[bytes, Trainer] = {}
+        self.pending_leases: list[PendingLease] = []
+        self.batches: dict[int, Batch] = {}
+        self.inflight: dict[tuple[bytes, int], Part] = {}  # (worker ident, batch id) -> part
+        self._slot_ids = itertools.count()
+        self._worker_seq = itertools.count(1)
+        self._trainer_seq = itertools.count(1)
+        self._batch_ids = itertools.count(1)
+        self.ctx = zmq.Context()
+        self.front = self._router(frontend)
+        self.back = self._router(backend)
+        self.frontend_addr = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.backend_addr = self.back.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _router(self, addr: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        sock.bind(addr)
+        return sock
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        """Serve until stop() or a signal; then tell every worker to disconnect."""
+        log.info("broker up: trainers on %s, workers on %s", self.frontend_addr, self.backend_addr)
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        try:
+            while not self.stopping:
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self.back in events:
+                    self._drain(self.back, self.process_worker)
+                if self.front in events:
+                    self._drain(self.front, self.process_trainer)
+                self._expire(time.monotonic())
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("parent process %d is gone; stopping", self.parent_pid)
+                    self.stopping = True
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for worker in list(self.workers.values()):
+            self._send(self.back, worker.ident, [header(P.DISCONNECT, reason="broker shutting down")])
+        self.front.close()
+        self.back.close()
+        self.ctx.term()
+
+    def _poll_timeout_ms(self) -> int:
+        deadlines = [b.deadline for b in self.batches.values()] + [p.deadline for p in self.pending_leases]
+        if not deadlines:
+            return P.IDLE_POLL_MS
+        wait = (min(deadlines) - time.monotonic()) * 1000
+        return max(0, min(P.IDLE_POLL_MS, int(wait) + 1))
+
+    def _drain(self, sock: zmq.Socket, process) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident, body = frames[0].bytes, frames[1:]
+            try:
+                process(ident, body)
+            except Exception:  # a bug must not take the broker down with it
+                log.exception("unexpected error handling a message; the broker keeps serving")
+
+    def _send(self, sock: zmq.Socket, ident: bytes, frames: list[Any]) -> bool:
+        try:
+            sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("could not deliver a message to peer %s: %s", ident.hex(), exc)
+            return False
+
+    def _error(self, sock: zmq.Socket, ident: bytes, req: Any, code: str, message: str, **extra: Any) -> None:
+        log.info("error to %s: [%s] %s", ident.hex(), code, message)
+        self._send(sock, ident, [header(P.ERROR, req=req, code=code, message=message, **extra)])
+
+    # -- trainers (front end) ---------------------------------------------------------
+
+    def process_trainer(self, ident: bytes, frames: list[Any]) -> None:
+        try:
+            head = decode_header(frames[0])
+        except WireError as exc:
+            self._error(self.front, ident, None, P.E_BAD_MESSAGE, str(exc))
+            return
+        req, kind = head.get(P.REQ), head[P.TYPE]
+        if kind in P.BATCH_CALLS:
+            self._dispatch(ident, head, frames[1:])
+        elif kind == P.LEASE:
+            self._lease(ident, head)
+        elif kind == P.RELEASE:
+            self._release(ident)
+            self._send(self.front, ident, [header(P.RELEASED, req=req)])
+        elif kind == P.STATUS:
+            self._send(self.front, ident, [header(P.STATUS, req=req, **self.status())])
+        else:
+            self._error(self.front, ident, req, P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+
+    def _lease(self, ident: bytes, head: dict) -> None:
+        req, env_id, num_envs = head.get(P.REQ), head.get("env_id"), head.get("num_envs")
+        timeout = head.get("timeout", DEFAULT_CALL_TIMEOUT)
+        if not isinstance(env_id, str) or type(num_envs) is not int or num_envs < 1:
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "lease needs 'env_id' (str) and 'num_envs' (int >= 1)")
+            return
+        if not isinstance(timeout, (int, float)) or not 0 <= timeout <= MAX_CALL_TIMEOUT:
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad lease timeout {timeout!r}")
+            return
+        if ident in self.trainers or any(p.ident == ident for p in self.pending_leases):
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "this connection already holds a lease; release it first")
+            return
+        self.pending_leases.append(PendingLease(ident, req, env_id, num_envs, timeout, time.monotonic() + timeout))
+        self._try_leases()
+
+    def _free_slots(self, env_id: str) -> list[Slot]:
+        free = [
+            s for s in self.slots.values()
+            if s.worker.env_id == env_id and s.lease is None and s.busy is None and s.lost is None
+        ]
+        free.sort(key=lambda s: (s.worker.rank, s.worker.seq, s.index))
+        return free
+
+    def _try_leases(self) -> None:
+        for pending in list(self.pending_leases):
+            free = self._free_slots(pending.env_id)
+            if len(free) < pending.num_envs:
+                continue
+            self.pending_leases.remove(pending)
+            granted = free[: pending.num_envs]
+            trainer = Trainer(pending.ident, f"t{next(self._trainer_seq)}", pending.env_id, [s.id for s in granted])
+            self.trainers[pending.ident] = trainer
+            for slot in granted:
+                slot.lease = pending.ident
+            first = granted[0].worker
+            log.info("leased %d slots of %r to trainer %s", len(granted), pending.env_id, trainer.name)
+            self._send(
+                self.front,
+                pending.ident,
+                [
+                    header(
+                        P.LEASED,
+                        req=pending.req,
+                        trainer=trainer.name,
+                        slots=[
+                            {"slot": s.id, "worker": s.worker.name, "host": s.worker.host,
+                             "pid": s.worker.pid, "index": s.index, "mode": s.worker.mode}
+                            for s in granted
+                        ],
+                        obs_space=first.obs_space,
+                        act_space=first.act_space,
+                        metadata=first.metadata,
+                        render_mode=first.render_mode,
+                    )
+                ],
+            )
+
+    def _lease_shortfall(self, pending: PendingLease) -> str:
+        mine = [s for s in self.slots.values() if s.worker.env_id == pending.env_id and s.lost is None]
+        free = self._free_slots(pending.env_id)
+        hosts = sorted({s.worker.host for s in mine})
+        workers = {s.worker.name for s in mine}
+        others = sorted({w.env_id for w in self.workers.values()} - {pending.env_id})
+        return (
+            f"lease of {pending.num_envs} slots of {pending.env_id!r} timed out after {pending.timeout:g} s: "
+            f"found {len(free)} free of {len(mine)} registered on {len(workers)} worker(s)"
+            + (f" on host(s) {', '.join(hosts)}" if hosts else "")
+            + f", {len(mine) - len(free)} leased or busy"
+            + (f"; other env ids registered: {', '.join(others)}" if others else "")
+        )
+
+    def _release(self, ident: bytes) -> None:
+        self.pending_leases = [p for p in self.pending_leases if p.ident != ident]
+        trainer = self.trainers.pop(ident, None)
+        if trainer is None:
+            return
+        for slot_id in trainer.slots:
+            slot = self.slots.get(slot_id)
+            if slot is None:
+                continue
+            slot.lease = None
+            if slot.lost is not None:
+                del self.slots[slot_id]
+        log.info("trainer %s released %d slots", trainer.name, len(trainer.slots))
+        self._try_leases()
+
+    def _dispatch(self, ident: bytes, head: dict, frames: list[Any]) -> None:
+        """Check a batched call completely, then fan out one message per part."""
+        req, kind = head.get(P.REQ), head[P.TYPE]
+        timeout = head.get("timeout", DEFAULT_CALL_TIMEOUT)
+        parts_spec = head.get("parts")
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_CALL_TIMEOUT:
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad timeout {timeout!r}")
+            return
+        if not isinstance(parts_spec, list) or not parts_spec:
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "a batched call needs a non-empty 'parts' list")
+            return
+        batch = Batch(next(self._batch_ids), ident, req, kind, timeout, time.monotonic() + timeout)
+        offset = 0
+        seen_workers: set[bytes] = set()
+        for spec in parts_spec:
+            problem = self._check_part(ident, spec, len(frames) - offset, seen_workers)
+            if problem:
+                self._error(self.front, ident, req, P.E_SLOT if "slot" in problem else P.E_BAD_MESSAGE, problem)
+                return
+            slots, nframes = spec
+            worker = self.slots[slots[0]].worker
+            seen_workers.add(worker.ident)
+            batch.parts.append(Part(batch, worker, slots, frames[offset : offset + nframes]))
+            offset += nframes
+        if offset != len(frames):
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"parts announce {offset} frames but {len(frames)} came")
+            return
+        self.batches[batch.id] = batch
+        for part in batch.parts:
+            for slot_id in part.slots:
+                self.slots[slot_id].busy = part
+            self.inflight[(part.worker.ident, batch.id)] = part
+            envs = [self.slots[s].index for s in part.slots]
+            sent = self._send(self.back, part.worker.ident, [header(kind, req=batch.id, envs=envs), *part.frames])
+            part.frames = []
+            if not sent:
+                self._part_failed(part, P.E_WORKER_LOST, f"{part.worker.describe()} is unreachable")
+
+    def _check_part(self, ident: bytes, spec: Any, frames_left: int, seen_workers: set[bytes]) -> str | None:
+        if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], list) and type(spec[1]) is int):
+            return "each part must be [slot ids, frame count]"
+        slots, nframes = spec
+        if not slots or not 1 <= nframes <= frames_left:
+            return f"part {spec!r} announces {nframes} frames; {frames_left} are left (a part needs its body frame)"
+        worker = None
+        for slot_id in slots:
+            slot = self.slots.get(slot_id) if type(slot_id) is int else None
+            if slot is None or slot.lease != ident:
+                return f"slot {slot_id!r} is not leased to this trainer"
+            if slot.lost is not None:
+                return f"slot {slot_id} is lost: {slot.lost}"
+            if slot.busy is not None:
+                return f"slot {slot_id} is still busy with an earlier call on {slot.worker.describe()}"
+            if worker is not None and slot.worker is not worker:
+                return f"slots {slots} of one part live on different workers"
+            worker = slot.worker
+        if len(set(slots)) != len(slots):
+            return f"slots {slots} repeat a slot"
+        if worker.ident in seen_workers:
+            return f"two parts address {worker.describe()}; put all its slots in one part"
+        return None
+
+    # -- workers (back end) -----------------------------------------------------------
+
+    def process_worker(self, ident: bytes, frames: list[Any]) -> None:
+        try:
+            head = decode_header(frames[0])
+        except WireError as exc:
+            code = P.E_VERSION if "version" in str(exc) else P.E_BAD_MESSAGE
+            self._error(self.back, ident, None, code, str(exc), supported=list(P.SUPPORTED_VERSIONS))
+            return
+        kind, req = head[P.TYPE], head.get(P.REQ)
+        if kind == P.REGISTER:
+            self._register(ident, head)
+        elif kind in (P.REPLY, P.ERROR):
+            self._worker_reply(ident, head, frames[1:])
+        elif kind == P.DISCONNECT:
+            if ident in self.workers:
+                self._worker_lost(self.workers[ident], "it disconnected")
+        else:
+            self._error(self.back, ident, req, P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+
+    def _register(self, ident: bytes, head: dict) -> None:
+        if ident in self.workers:
+            self._error(self.back, ident, None, P.E_REGISTRATION, f"already registered as {self.workers[ident].name}")
+            return
+        fields = {k: head.get(k) for k in ("env_id", "num_envs", "host", "pid", "obs_space", "act_space")}
+        if not (
+            isinstance(fields["env_id"], str)
+            and type(fields["num_envs"]) is int
+            and 1 <= fields["num_envs"] <= 1_000_000
+            and isinstance(fields["host"], str)
+            and type(fields["pid"]) is int
+            and isinstance(fields["obs_space"], dict)
+            and isinstance(fields["act_space"], dict)
+        ):
+            self._error(
+                self.back, ident, None, P.E_REGISTRATION,
+                "register needs env_id (str), num_envs (int), host (str), pid (int), obs_space and act_space (maps)",
+            )
+            return
+        mode = head.get("mode", P.COMMAND_MODE)
+        if mode != P.COMMAND_MODE:
+            self._error(self.back, ident, None, P.E_REGISTRATION, f"unknown worker mode {mode!r}")
+            return
+        for other in self.workers.values():
+            if other.env_id == fields["env_id"] and (
+                other.obs_space != fields["obs_space"] or other.act_space != fields["act_space"]
+            ):
+                self._error(
+                    self.back, ident, None, P.E_REGISTRATION,
+                    f"spaces differ from those of {other.describe()} for env id {other.env_id!r}",
+                )
+                return
+        seq = next(self._worker_seq)
+        rank = head.get("rank", 0)
+        metadata = head.get("metadata")
+        worker = WorkerRecord(
+            ident=ident, name=f"w{seq}", seq=seq, host=fields["host"], pid=fields["pid"],
+            env_id=fields["env_id"], mode=mode, rank=rank if type(rank) is int else 0,
+            obs_space=fields["obs_space"], act_space=fields["act_space"],
+            metadata=metadata if isinstance(metadata, dict) else {}, render_mode=head.get("render_mode"),
+        )
+        for index in range(fields["num_envs"]):
+            slot = Slot(next(self._slot_ids), worker, index)
+            self.slots[slot.id] = slot
+            worker.slots.append(slot.id)
+        self.workers[ident] = worker
+        log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
+        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots)])
+        self._try_leases()
+
+    def _worker_reply(self, ident: bytes, head: dict, frames: list[Any]) -> None:
+        req = head.get(P.REQ)
+        part = self.inflight.pop((ident, req), None) if type(req) is int else None
+        if part is None:
+            log.warning("dropping a %s from peer %s for unknown request %r", head[P.TYPE], ident.hex(), req)
+            return
+        for slot_id in part.slots:
+            slot = self.slots.get(slot_id)
+            if slot is not None and slot.busy is part:
+                slot.busy = None
+        if head[P.TYPE] == P.ERROR:
+            errors = head.get("errors") if isinstance(head.get("errors"), list) else []
+            slot_of = {self.slots[s].index: s for s in part.slots if s in self.slots}
+            for err in errors:
+                if isinstance(err, dict) and err.get("env") in slot_of:
+                    err["slot"] = slot_of[err["env"]]
+            self._part_failed(part, str(head.get("code", P.E_ENV)), str(head.get("message", "")), errors)
+        elif not part.done:
+            part.reply = frames
+            self._maybe_finish(part.batch)
+        self._try_leases()
+
+    def _part_failed(self, part: Part, code: str, message: str, errors: list | None = None) -> None:
+        if part.done:
+            return
+        part.error = {
+            "slots": part.slots, "worker": part.worker.name, "host": part.worker.host, "pid": part.worker.pid,
+            "code": code, "message": message, "errors": errors or [],
+        }
+        self._maybe_finish(part.batch)
+
+    def _maybe_finish(self, batch: Batch) -> None:
+        if batch.finished or not all(p.done for p in batch.parts):
+            return
+        batch.finished = True
+        self.batches.pop(batch.id, None)
+        if batch.trainer not in self.trainers:
+            return  # released while the call ran: nobody to answer
+        failures = [p.error for p in batch.parts if p.error is not None]
+        if failures:
+            codes = {f["code"] for f in failures}
+            code = P.E_ENV if P.E_ENV in codes else sorted(codes)[0]
+            message = "; ".join(f"slots {f['slots']} on worker {f['worker']} (host {f['host']}): {f['message']}" for f in failures)
+            self._error(self.front, batch.trainer, batch.req, code, message, failures=failures)
+            return
+        spec = [[p.slots, len(p.reply)] for p in batch.parts]
+        frames = [header(P.REPLY, req=batch.req, parts=spec)]
+        for part in batch.parts:
+            frames.extend(part.reply)
+        self._send(self.front, batch.trainer, frames)
+
+    def _expire(self, now: float) -> None:
+        for batch in [b for b in self.batches.values() if b.deadline <= now]:
+            for part in batch.parts:
+                if not part.done:
+                    self._part_failed(
+                        part, P.E_TIMEOUT,
+                        f"no {batch.kind} reply within {batch.timeout:g} s from {part.worker.describe()} for slots {part.slots}",
+                    )
+        for pending in [p for p in self.pending_leases if p.deadline <= now]:
+            self.pending_leases.remove(pending)
+            self._error(self.front, pending.ident, pending.req, P.E_LEASE_TIMEOUT, self._lease_shortfall(pending))
+
+    def _worker_lost(self, worker: WorkerRecord, why: str) -> None:
+        reason = f"{worker.describe()} was lost: {why}"
+        log.warning(reason)
+        self.workers.pop(worker.ident, None)
+        for slot_id in worker.slots:
+            slot = self.slots[slot_id]
+            if slot.lease is None:
+                del self.slots[slot_id]
+            else:
+                slot.lost = reason
+        for key in [k for k in self.inflight if k[0] == worker.ident]:
+            part = self.inflight.pop(key)
+            self._part_failed(part, P.E_WORKER_LOST, reason)
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        workers = []
+        for w in self.workers.values():
+            slots = [self.slots[s] for s in w.slots]
+            workers.append({
+                "name": w.name, "host": w.host, "pid": w.pid, "env_id": w.env_id, "mode": w.mode,
+                "slots": len(slots), "leased": sum(s.lease is not None for s in slots),
+                "busy": sum(s.busy is not None for s in slots),
+            })
+        trainers = [
+            {"name": t.name, "env_id": t.env_id, "slots": len(t.slots),
+             "lost": sum(1 for s in t.slots if s in self.slots and self.slots[s].lost)}
+            for t in self.trainers.values()
+        ]
+        return {
+            "broker": {"pid": os.getpid(), "frontend": self.frontend_addr, "backend": self.backend_addr,
+                       "uptime": round(time.time() - self.started, 1), "version": P.PROTOCOL_VERSION},
+            "workers": workers,
+            "trainers": trainers,
+            "pending_leases": len(self.pending_leases),
+        }
+
+
+def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1) -> None:
+    """Process entry point: run a broker until SIGTERM/SIGINT (or until ``parent_pid`` exits)."""
+    broker = Broker(frontend, backend, parent_pid=parent_pid, max_message_size=max_message_size)
+    broker.install_signal_handlers()
+    broker.run()

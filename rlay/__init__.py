@@ -1,0 +1,59 @@
+"""rlay: one gymnasium VectorEnv over envs that live in other processes and hosts.
+
+    >>> import rlay
+    >>> envs = rlay.make_vec("CartPole-v1", num_envs=8)  # embedded: private broker + local workers
+    >>> obs, infos = envs.reset(seed=0)
+    >>> envs.close()
+"""
+
+from gymnasium.vector import AutoresetMode
+
+from rlay.env import RlayEnv
+from rlay.errors import (
+    BrokerError,
+    LeaseError,
+    RemoteEnvError,
+    RlayError,
+    RlayTimeoutError,
+    WorkerLostError,
+)
+from rlay.vector import RlayVectorEnv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoresetMode",
+    "BrokerError",
+    "LeaseError",
+    "RemoteEnvError",
+    "RlayEnv",
+    "RlayError",
+    "RlayTimeoutError",
+    "RlayVectorEnv",
+    "WorkerLostError",
+    "make_vec",
+]
+
+
+def make_vec(env_id, num_envs, broker=None, *, vector_kwargs=None, **env_kwargs):
+    """Make an RlayVectorEnv of ``num_envs`` copies of ``env_id``.
+
+    Embedded (a private broker and local workers) when ``broker`` is None;
+    otherwise lease slots of ``env_id`` from the broker at that address.
+    ``vector_kwargs`` go to RlayVectorEnv; ``env_kwargs`` to ``gymnasium.make``
+    (embedded only: remote envs are made by their workers, see
+    ``rlay worker --env-kwargs``).
+    """
+    import functools
+
+    import gymnasium as gym
+
+    vector_kwargs = dict(vector_kwargs or {})
+    if broker is None:
+        return RlayVectorEnv([functools.partial(gym.make, env_id, **env_kwargs)] * num_envs, **vector_kwargs)
+    if env_kwargs:
+        raise TypeError(
+            f"env kwargs {sorted(env_kwargs)} cannot be applied to remote envs: the workers make them "
+            "(rlay worker ENV --env-kwargs JSON)"
+        )
+    return RlayVectorEnv.remote(env_id, num_envs, broker, **vector_kwargs)

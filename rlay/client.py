@@ -1,0 +1,80 @@
+"""A trainer's connection to a broker: requests with ids, replies with deadlines."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import zmq
+
+from rlay import protocol as P
+from rlay.errors import BrokerError, RlayTimeoutError
+from rlay.values import WireError
+from rlay.wire import decode_header, header
+
+__all__ = ["BrokerClient"]
+
+log = logging.getLogger("rlay.client")
+
+
+class BrokerClient:
+    """One DEALER socket to a broker's front end.
+
+    ``health_check`` is called while waiting (every few hundred ms) so that an
+    embedded trainer notices a local child process that died.
+    """
+
+    def __init__(self, address: str, *, health_check: Callable[[], None] | None = None):
+        self.address = address
+        self.health_check = health_check
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self._req_ids = itertools.count(1)
+
+    def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
+        """Send a request; returns its id for :meth:`wait`."""
+        req = next(self._req_ids)
+        self.sock.send_multipart([header(type_, req=req, **fields), *frames], copy=False)
+        return req
+
+    def wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        """Wait up to ``wait_s`` s for the reply to ``req``; stale replies are dropped.
+
+        Returns (header, frames after the header). An ``error`` reply is
+        returned too: the caller knows what it means for its request.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RlayTimeoutError(
+                    f"no reply from the broker at {self.address} within {wait_s:g} s while waiting for {what}"
+                )
+            if self.health_check is not None:
+                self.health_check()
+            if not self.sock.poll(min(remaining * 1000, P.IDLE_POLL_MS) + 1):
+                continue
+            frames = self.sock.recv_multipart(copy=False)
+            try:
+                head = decode_header(frames[0])
+            except WireError as exc:
+                raise BrokerError(f"unreadable reply from the broker at {self.address}: {exc}") from None
+            if head.get(P.REQ) != req:
+                log.debug("dropping a stale reply to request %r", head.get(P.REQ))
+                continue
+            return head, frames[1:]
+
+    def request(self, type_: str, wait_s: float, what: str, **fields: Any) -> dict:
+        """Send a header-only request and return the reply header; raise BrokerError on an error reply."""
+        head, _ = self.wait(self.send(type_, **fields), wait_s, what)
+        if head[P.TYPE] == P.ERROR:
+            raise BrokerError(f"{what}: {head.get('message')}")
+        return head
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()

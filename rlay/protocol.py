@@ -1,0 +1,61 @@
+"""Protocol constants shared by trainers, the broker and workers.
+
+Every message is a ZeroMQ multipart message whose first frame is a msgpack map,
+the *header*. ``docs/protocol.md`` specifies each message frame by frame; the
+names here are the ones it uses.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+
+# Header keys common to every message.
+VERSION = "v"
+TYPE = "type"
+REQ = "req"
+
+# Worker -> broker.
+REGISTER = "register"
+DISCONNECT = "disconnect"  # also broker -> worker
+REPLY = "reply"  # also broker -> trainer
+ERROR = "error"  # any direction
+
+# Broker -> worker.
+REGISTERED = "registered"
+
+# Trainer -> broker.
+LEASE = "lease"
+RELEASE = "release"
+STATUS = "status"
+
+# Trainer -> broker -> worker: the batched calls.
+RESET = "reset"
+STEP = "step"
+CALL = "call"
+SET_ATTR = "set_attr"
+BATCH_CALLS = (RESET, STEP, CALL, SET_ATTR)
+
+# Broker -> trainer.
+LEASED = "leased"
+RELEASED = "released"
+
+# Worker modes.
+COMMAND_MODE = "command"
+
+# Error codes carried in ``error`` messages.
+E_BAD_MESSAGE = "bad_message"
+E_VERSION = "version"
+E_UNKNOWN_TYPE = "unknown_type"
+E_REGISTRATION = "registration"
+E_LEASE_TIMEOUT = "lease_timeout"
+E_SLOT = "slot"
+E_ENV = "env_error"
+E_TIMEOUT = "timeout"
+E_WORKER_LOST = "worker_lost"
+
+# How often idle loops wake to check their stop flag and parent process (ms).
+IDLE_POLL_MS = 250

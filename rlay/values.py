@@ -1,0 +1,188 @@
+"""The value codec: msgpack for data that crosses the wire, decoded without pickle.
+
+Headers, bodies, infos, reset options and call/get_attr/set_attr values are
+msgpack with three extension types, so that numpy arrays, numpy scalars and
+tuples come back as what was sent (gymnasium batches infos by their type):
+
+=====  ===========  =============================================
+ ext    Python       payload (itself msgpack)
+=====  ===========  =============================================
+  1     np.ndarray   ``[dtype, shape, data]`` C-order raw bytes
+  2     np scalar    ``[dtype, data]`` one item's raw bytes
+  3     tuple        array of values
+=====  ===========  =============================================
+
+``dtype`` is numpy's ``dtype.str`` (``"<f4"``, ``"|u1"``, ``"|b1"``...). Only
+fixed-size numeric, bool, bytes and unicode dtypes are accepted; object and
+structured dtypes are refused on both sides, because their only general
+encoding is pickle. This module never calls pickle, eval or import on what it
+decodes. ``msgpack_numpy.unpackb`` does (``pickle.loads`` on object arrays), so
+its array maps are refused with an error instead of being decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+__all__ = [
+    "WireError",
+    "packb",
+    "unpackb",
+    "parse_dtype",
+    "array_from_buffer",
+    "EXT_NDARRAY",
+    "EXT_SCALAR",
+    "EXT_TUPLE",
+]
+
+EXT_NDARRAY = 1
+EXT_SCALAR = 2
+EXT_TUPLE = 3
+
+# byte order, kind, item size: "<f4", "|u1", "|b1", "<U7", "|S3"
+_DTYPE_RE = re.compile(r"^[<>|=][biufcSU][0-9]{1,4}$")
+_MAX_NDIM = 32
+
+
+class WireError(ValueError):
+    """A message or value that cannot be (or must not be) encoded or decoded."""
+
+
+def parse_dtype(text: Any) -> np.dtype:
+    """Parse a dtype string from the wire, accepting only plain data dtypes."""
+    if not isinstance(text, str) or not _DTYPE_RE.match(text):
+        raise WireError(
+            f"unsupported dtype {text!r}: expected a numpy dtype string such as '<f4', "
+            "'|u1' or '|b1' (object and structured dtypes are never accepted)"
+        )
+    dtype = np.dtype(text)
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise WireError(f"unsupported dtype {text!r}")
+    return dtype
+
+
+def check_shape(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
+        raise WireError(f"bad array shape {shape!r}: expected a list of at most {_MAX_NDIM} ints")
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise WireError(f"bad array shape {shape!r}: dimensions must be non-negative ints")
+    return tuple(shape)
+
+
+def array_from_buffer(dtype: Any, shape: Any, buffer: Any) -> np.ndarray:
+    """A read-only array view of ``buffer``, after checking that its size matches exactly."""
+    dt = parse_dtype(dtype)
+    shp = check_shape(shape)
+    expected = dt.itemsize * int(np.prod(shp, dtype=np.int64))
+    size = memoryview(buffer).nbytes
+    if size != expected:
+        raise WireError(
+            f"array frame holds {size} bytes but dtype {dtype} and shape {list(shp)} need {expected}"
+        )
+    return np.frombuffer(buffer, dtype=dt).reshape(shp)
+
+
+def array_dtype_str(array: np.ndarray) -> str:
+    """The dtype string for ``array``, refusing dtypes that only pickle could carry."""
+    dtype = array.dtype
+    if dtype.hasobject or dtype.kind not in "biufcSU":
+        raise WireError(
+            f"arrays of dtype {dtype} cannot cross the wire (only numeric, bool, bytes and "
+            "unicode dtypes can; object arrays would need pickle)"
+        )
+    return dtype.str
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        dtype = array_dtype_str(obj)
+        data = np.ascontiguousarray(obj).tobytes()
+        return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([dtype, list(obj.shape), data]))
+    if isinstance(obj, np.generic):
+        dtype = array_dtype_str(np.asarray(obj))
+        return msgpack.ExtType(EXT_SCALAR, msgpack.packb([dtype, obj.tobytes()]))
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, list):  # list subclasses
+        return list(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    raise WireError(
+        f"a value of type {type(obj).__module__}.{type(obj).__qualname__} cannot cross the wire: "
+        "only None, bool, int, float, str, bytes, lists, tuples, dicts, numpy arrays and "
+        "numpy scalars can"
+    )
+
+
+def packb(value: Any) -> bytes:
+    """Encode ``value`` with the value codec. Raises WireError for non-data values."""
+    try:
+        # strict_types: tuples, np.float64 (a float subclass) and bool-like ints
+        # reach _default, which keeps their types.
+        return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+    except WireError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"cannot encode value for the wire: {exc}") from None
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_NDARRAY:
+        fields = msgpack.unpackb(data, raw=False)
+        if not isinstance(fields, list) or len(fields) != 3 or not isinstance(fields[2], bytes):
+            raise WireError("ndarray extension must hold [dtype, shape, data]")
+        return array_from_buffer(fields[0], fields[1], fields[2]).copy()
+    if code == EXT_SCALAR:
+        fields = msgpack.unpackb(data, raw=False)
+        if not isinstance(fields, list) or len(fields) != 2 or not isinstance(fields[1], bytes):
+            raise WireError("numpy scalar extension must hold [dtype, data]")
+        return array_from_buffer(fields[0], [], fields[1])[()]
+    if code == EXT_TUPLE:
+        items = unpackb(data)
+        if not isinstance(items, list):
+            raise WireError("tuple extension must hold an array")
+        return tuple(items)
+    raise WireError(f"unknown msgpack extension type {code}")
+
+
+_MSGPACK_NUMPY_KEYS = {b"nd", b"type", b"data"}
+
+
+def _object_hook(obj: dict) -> dict:
+    if _MSGPACK_NUMPY_KEYS.issubset(obj.keys()):
+        raise WireError(
+            "refusing a msgpack-numpy array map: its decoder runs pickle on object arrays; "
+            "rlay carries arrays as raw frames or as ext type 1"
+        )
+    return obj
+
+
+def unpackb(data: Any) -> Any:
+    """Decode bytes made by :func:`packb`. Never runs pickle, eval or import.
+
+    Raises WireError with a one-line reason on anything malformed.
+    """
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=_ext_hook,
+            object_hook=_object_hook,
+        )
+    except WireError:
+        raise
+    except RecursionError:
+        raise WireError("msgpack value nested too deeply") from None
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None

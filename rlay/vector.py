@@ -1,0 +1,466 @@
+"""RlayVectorEnv: a gymnasium VectorEnv whose envs live in rlay workers.
+
+Example (embedded: a private broker and local workers, nothing to launch)::
+
+    >>> import gymnasium as gym
+    >>> from rlay import RlayVectorEnv
+    >>> envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2)
+    >>> obs, infos = envs.reset(seed=42)
+    >>> obs.shape
+    (4, 4)
+    >>> obs, rewards, terminations, truncations, infos = envs.step(envs.action_space.sample())
+    >>> envs.close()
+
+Remote (a broker and workers started with ``rlay up`` or ``rlay broker`` / ``rlay worker``)::
+
+    >>> envs = RlayVectorEnv.remote("CartPole-v1", 64, broker="tcp://127.0.0.1:5555")  # doctest: +SKIP
+
+Results equal gymnasium's SyncVectorEnv bit for bit, in every AutoresetMode.
+"""
+
+from __future__ import annotations
+
+import weakref
+from copy import deepcopy
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from gymnasium import Env, logger
+from gymnasium.vector.async_vector_env import AsyncState
+from gymnasium.vector.utils import batch_space, create_empty_array
+from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
+
+from rlay import protocol as P
+from rlay.client import BrokerClient
+from rlay.errors import (
+    AlreadyPendingCallError,
+    BrokerError,
+    ClosedEnvironmentError,
+    NoAsyncCallError,
+    RlayTimeoutError,
+    WorkerLostError,
+    remote_env_error,
+)
+from rlay.spaces import decode_space, flatten, leaf_spaces, unflatten
+from rlay.values import WireError, packb
+from rlay.wire import decode_body, decode_leaves, encode_leaves
+
+__all__ = ["RlayVectorEnv"]
+
+DEFAULT_TIMEOUT = 60.0  # s for any call when none is given
+REPLY_GRACE = 5.0  # s the trainer waits past the broker's own deadline (the broker's error is more precise)
+RELEASE_TIMEOUT = 2.0
+
+
+class _Group:
+    """The trainer's envs that live on one worker: one part of every batched call."""
+
+    def __init__(self, worker: str, host: str, pid: int, rows: list[int], slots: list[int]):
+        self.worker, self.host, self.pid = worker, host, pid
+        self.rows = np.asarray(rows)
+        self.slots = slots
+        self.index = _row_index(rows)
+
+    def describe(self) -> str:
+        return f"worker {self.worker} (pid {self.pid} on host {self.host})"
+
+
+class RlayVectorEnv(VectorEnv):
+    """A drop-in for ``gymnasium.vector.AsyncVectorEnv`` whose envs run in rlay workers.
+
+    Args:
+        env_fns: functions that create the envs (lambdas are fine: they are
+            cloudpickled to the local worker processes, as AsyncVectorEnv does).
+        autoreset_mode: one of gymnasium's AutoresetMode values.
+        envs_per_worker: envs hosted by each local worker process.
+        copy: return copies of the observations (as AsyncVectorEnv).
+        context: multiprocessing start method for the local processes.
+        daemon: daemon flag of the local processes.
+        timeout: seconds any wait may take when the call names no timeout
+            (``step_wait(timeout=None)`` waits this long, not forever).
+        lease_timeout: seconds to wait for enough workers to register.
+        shared_memory, worker: AsyncVectorEnv arguments with no meaning here:
+            observations travel as zero-copy frames, and the worker loop is
+            rlay's. ``shared_memory`` is ignored; a custom ``worker`` raises.
+        observation_mode: only ``"same"`` is supported (all envs share one space).
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], Env]],
+        *,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        envs_per_worker: int = 1,
+        copy: bool = True,
+        context: str | None = None,
+        daemon: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        lease_timeout: float = DEFAULT_TIMEOUT,
+        shared_memory: bool = True,
+        observation_mode: str = "same",
+        worker: Callable | None = None,
+    ):
+        from rlay.embedded import EMBEDDED_ENV_ID, LocalCluster
+
+        if worker is not None:
+            raise TypeError("RlayVectorEnv runs rlay's own worker loop; a custom `worker` function is not supported")
+        if envs_per_worker < 1:
+            raise ValueError(f"envs_per_worker must be >= 1, got {envs_per_worker}")
+        if not env_fns:
+            raise ValueError("env_fns is empty")
+        self.env_fns = env_fns
+        self.shared_memory = shared_memory
+        self.context = context
+        self.daemon = daemon
+        self.envs_per_worker = envs_per_worker
+        self._setup(autoreset_mode, copy, timeout, observation_mode)
+        self._cluster = LocalCluster(env_fns, envs_per_worker, context=context, daemon=daemon)
+        self._finalizer = weakref.finalize(self, self._cluster.stop)
+        try:
+            self._connect(self._cluster.frontend, EMBEDDED_ENV_ID, len(env_fns), lease_timeout, self._cluster.check)
+        except BaseException:
+            self._finalizer()
+            raise
+
+    @classmethod
+    def remote(
+        cls,
+        env_id: str,
+        num_envs: int,
+        broker: str = P.DEFAULT_FRONTEND,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        lease_timeout: float = DEFAULT_TIMEOUT,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        copy: bool = True,
+    ) -> "RlayVectorEnv":
+        """Lease ``num_envs`` slots of ``env_id`` from a running broker."""
+        self = cls.__new__(cls)
+        self.env_fns = None
+        self._setup(autoreset_mode, copy, timeout, "same")
+        self._cluster = None
+        self._finalizer = None
+        self._connect(broker, env_id, num_envs, lease_timeout, None)
+        return self
+
+    # -- set up -------------------------------------------------------------------
+
+    def _setup(self, autoreset_mode, copy: bool, timeout: float, observation_mode: str) -> None:
+        if observation_mode != "same":
+            raise NotImplementedError("RlayVectorEnv supports observation_mode='same' only")
+        self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        self.copy = copy
+        self.timeout = float(timeout)
+        self.observation_mode = observation_mode
+        self._state = AsyncState.DEFAULT
+        self._pending: tuple[int, list[_Group], Any] | None = None
+        self._client: BrokerClient | None = None
+        self.closed = False
+
+    def _connect(self, address: str, env_id: str, num_envs: int, lease_timeout: float, health_check) -> None:
+        if type(num_envs) is not int or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.broker_address = address
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self._client = BrokerClient(address, health_check=health_check)
+        lease = self._client.request(
+            P.LEASE, lease_timeout + REPLY_GRACE, f"a lease of {num_envs} slots of {env_id!r}",
+            env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
+        )
+        self.slots = [s["slot"] for s in lease["slots"]]
+        by_worker: dict[str, list[int]] = {}
+        for row, s in enumerate(lease["slots"]):
+            by_worker.setdefault(s["worker"], []).append(row)
+        self._groups = []
+        for rows in by_worker.values():
+            info = lease["slots"][rows[0]]
+            self._groups.append(_Group(info["worker"], info["host"], info["pid"], rows, [self.slots[r] for r in rows]))
+        self._row_of_slot = {slot: row for row, slot in enumerate(self.slots)}
+        self._slot_info = {s["slot"]: s for s in lease["slots"]}
+
+        self.single_observation_space = decode_space(lease["obs_space"])
+        self.single_action_space = decode_space(lease["act_space"])
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = dict(lease.get("metadata") or {})
+        self.metadata["autoreset_mode"] = self.autoreset_mode
+        self.render_mode = lease.get("render_mode")
+        self._obs_leaf_spaces = leaf_spaces(self.single_observation_space)
+        self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
+        self._obs_leaves = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, self._observations)]
+
+    # -- gymnasium API ------------------------------------------------------------
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        self.reset_async(seed=seed, options=options)
+        return self.reset_wait()
+
+    def reset_async(self, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
+        self._assert_is_running()
+        if seed is None:
+            seed = [None for _ in range(self.num_envs)]
+        elif isinstance(seed, int):
+            seed = [seed + i for i in range(self.num_envs)]
+        if len(seed) != self.num_envs:
+            raise ValueError(
+                f"If seeds are passed as a list the length must match num_envs={self.num_envs} but got length={len(seed)}."
+            )
+        self._assert_idle("reset_async")
+        rows = np.arange(self.num_envs)
+        if options is not None and "reset_mask" in options:
+            reset_mask = options.pop("reset_mask")
+            if not isinstance(reset_mask, np.ndarray):
+                raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(reset_mask)}")
+            if reset_mask.shape != (self.num_envs,):
+                raise ValueError(f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {reset_mask.shape}")
+            if reset_mask.dtype != np.bool_:
+                raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {reset_mask.dtype}")
+            if not np.any(reset_mask):
+                raise ValueError(
+                    f"`options['reset_mask']` must contain a boolean array with at least one True value, got reset_mask={reset_mask}"
+                )
+            rows = np.flatnonzero(reset_mask)
+        seeds = [None if s is None else int(s) for s in seed]
+        self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []))
+        self._state = AsyncState.WAITING_RESET
+
+    def reset_wait(self, timeout: float | None = None):
+        self._assert_is_running()
+        if self._state != AsyncState.WAITING_RESET:
+            raise NoAsyncCallError("Calling `reset_wait` without any prior call to `reset_async`.", AsyncState.WAITING_RESET.value)
+        per_row = self._collect(timeout)
+        infos: dict[str, Any] = {}
+        for row in sorted(per_row):
+            infos = self._add_info(infos, per_row[row]["info"], row)
+        return self._obs_out(), infos
+
+    def step(self, actions):
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        self._assert_is_running()
+        self._assert_idle("step_async")
+        leaves = flatten(self.single_action_space, actions)
+        for leaf in leaves:
+            if len(leaf) != self.num_envs:
+                raise ValueError(f"expected a batch of {self.num_envs} actions, got {len(leaf)} in {actions!r:.200}")
+        mode = self.autoreset_mode.value
+
+        def body(group: _Group, rows: np.ndarray):
+            descriptors, frames = encode_leaves(leaves, group.index)
+            return {"autoreset": mode, "actions": descriptors}, frames
+
+        self._send(P.STEP, np.arange(self.num_envs), body)
+        self._state = AsyncState.WAITING_STEP
+
+    def step_wait(self, timeout: float | None = None):
+        self._assert_is_running()
+        if self._state != AsyncState.WAITING_STEP:
+            raise NoAsyncCallError("Calling `step_wait` without any prior call to `step_async`.", AsyncState.WAITING_STEP.value)
+        per_row = self._collect(timeout)
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminations = np.zeros(self.num_envs, dtype=np.bool_)
+        truncations = np.zeros(self.num_envs, dtype=np.bool_)
+        infos: dict[str, Any] = {}
+        for row in range(self.num_envs):
+            result = per_row[row]
+            rewards[row] = result["reward"]
+            terminations[row] = result["terminated"]
+            truncations[row] = result["truncated"]
+            if result["final"] is not None:
+                final_obs, final_info = result["final"]
+                infos = self._add_info(infos, {"final_obs": final_obs, "final_info": final_info}, row)
+            infos = self._add_info(infos, result["info"], row)
+        return self._obs_out(), rewards, terminations, truncations, infos
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        self.call_async(name, *args, **kwargs)
+        return self.call_wait()
+
+    def call_async(self, name: str, /, *args: Any, **kwargs: Any) -> None:
+        self._assert_is_running()
+        self._assert_idle("call_async")
+        packb([list(args), kwargs])  # refuse non-data arguments here, with a clear error
+        self._send(P.CALL, np.arange(self.num_envs), lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, []))
+        self._state = AsyncState.WAITING_CALL
+
+    def call_wait(self, timeout: float | None = None) -> tuple[Any, ...]:
+        self._assert_is_running()
+        if self._state != AsyncState.WAITING_CALL:
+            raise NoAsyncCallError("Calling `call_wait` without any prior call to `call_async`.", AsyncState.WAITING_CALL.value)
+        results: list[Any] = [None] * self.num_envs
+        for rows, body, _ in self._wait(timeout):
+            for n, row in enumerate(rows):
+                results[row] = body["results"][n]
+        return tuple(results)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        return self.call(name)
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        self._assert_is_running()
+        if not isinstance(values, (list, tuple)):
+            values = [values for _ in range(self.num_envs)]
+        if len(values) != self.num_envs:
+            raise ValueError(
+                "Values must be a list or tuple with length equal to the number of environments. "
+                f"Got `{len(values)}` values for {self.num_envs} environments."
+            )
+        self._assert_idle("set_attr")
+        packb(list(values))
+        self._send(P.SET_ATTR, np.arange(self.num_envs), lambda g, r: ({"name": name, "values": [values[i] for i in r]}, []))
+        self._state = AsyncState.WAITING_CALL  # set_attr is synchronous; reuse the call state while it runs
+        self._wait(None)
+
+    def render(self) -> tuple[Any, ...] | None:
+        return self.call("render")
+
+    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
+        """Release the slots and, when embedded, stop the private broker and workers."""
+        try:
+            if self._state != AsyncState.DEFAULT and not terminate:
+                logger.warn(f"Calling `close` while waiting for a pending call to `{self._state.value}` to complete.")
+                try:
+                    self._wait(timeout if timeout is not None else self.timeout)
+                except Exception:
+                    pass
+            if self._client is not None:
+                try:
+                    self._client.request(P.RELEASE, RELEASE_TIMEOUT, "the release of this trainer's slots")
+                except Exception:
+                    pass  # the broker may be gone already; it frees slots of vanished trainers itself
+                self._client.close()
+                self._client = None
+        finally:
+            if self._finalizer is not None:
+                self._finalizer()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True) and hasattr(self, "_state"):
+            self.close(terminate=True)
+
+    def __repr__(self) -> str:
+        where = "embedded" if getattr(self, "_cluster", None) is not None else getattr(self, "broker_address", "?")
+        return f"RlayVectorEnv({getattr(self, 'env_id', '?')}, num_envs={getattr(self, 'num_envs', '?')}, broker={where})"
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _assert_is_running(self) -> None:
+        if self.closed:
+            raise ClosedEnvironmentError(f"Trying to operate on `{type(self).__name__}`, after a call to `close()`.")
+
+    def _assert_idle(self, method: str) -> None:
+        if self._state != AsyncState.DEFAULT:
+            raise AlreadyPendingCallError(
+                f"Calling `{method}` while waiting for a pending call to `{self._state.value}` to complete.",
+                str(self._state.value),
+            )
+
+    def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]]) -> None:
+        """Send one batched call: one part per worker that hosts some of ``rows``."""
+        wanted = set(rows.tolist())
+        parts, frames, groups = [], [], []
+        for group in self._groups:
+            picked = [r for r in group.rows.tolist() if r in wanted]
+            if not picked:
+                continue
+            body, arrays = make_body(group, picked)
+            parts.append([[self.slots[r] for r in picked], 1 + len(arrays)])
+            frames.append(packb(body))
+            frames.extend(arrays)
+            groups.append(group)
+        req = self._client.send(kind, frames, parts=parts, timeout=self.timeout)
+        self._pending = (req, groups, kind)
+
+    def _wait(self, timeout: float | None) -> list[tuple[list[int], dict, list[Any]]]:
+        """Wait for the pending call's reply: [(rows, body, array frames) per part]."""
+        req, groups, kind = self._pending
+        rows_desc = _rows_text(sorted(r for g in groups for r in g.rows.tolist()))
+        what = f"the {kind} of envs {rows_desc} on " + ", ".join(g.describe() for g in groups)
+        wait = self.timeout + REPLY_GRACE if timeout is None else timeout
+        try:
+            head, frames = self._client.wait(req, wait, what)
+        finally:
+            self._state = AsyncState.DEFAULT
+            self._pending = None
+        if head[P.TYPE] == P.ERROR:
+            raise self._error_from(head, what)
+        try:
+            return self._split_reply(head, frames)
+        except (WireError, KeyError, TypeError, ValueError) as exc:
+            raise BrokerError(f"malformed reply to {what}: {exc}") from None
+
+    def _split_reply(self, head: dict, frames: list[Any]) -> list[tuple[list[int], dict, list[Any]]]:
+        out, offset = [], 0
+        for slots, nframes in head["parts"]:
+            rows = [self._row_of_slot[s] for s in slots]
+            body = decode_body(frames[offset])
+            out.append((rows, body, frames[offset + 1 : offset + nframes]))
+            offset += nframes
+        return out
+
+    def _collect(self, timeout: float | None) -> dict[int, dict[str, Any]]:
+        """Wait for a reset or step; copy observations into the batch buffer; return the rest per row."""
+        per_row: dict[int, dict[str, Any]] = {}
+        for rows, body, frames in self._wait(timeout):
+            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
+            index = _row_index(rows)
+            for buffer, leaf in zip(self._obs_leaves, leaves):
+                if isinstance(buffer, list):
+                    for row, text in zip(rows, leaf):
+                        buffer[row] = text
+                else:
+                    buffer[index] = leaf
+            for n, row in enumerate(rows):
+                per_row[row] = {key: values[n] for key, values in body.items() if key != "obs"}
+        return per_row
+
+    def _row_obs(self, row: int) -> Any:
+        """One env's observation, copied out of the batch buffer."""
+        return deepcopy(unflatten(self.single_observation_space, [leaf[row] for leaf in self._obs_leaves]))
+
+    def _obs_out(self):
+        leaves = [tuple(x) if isinstance(x, list) else x for x in self._obs_leaves]
+        obs = unflatten(self.single_observation_space, leaves)
+        self._observations = obs
+        return deepcopy(obs) if self.copy else obs
+
+    def _error_from(self, head: dict, what: str) -> Exception:
+        code, message = head.get("code"), str(head.get("message", ""))
+        failures = head.get("failures") or []
+        if code == P.E_ENV:
+            details, lines = [], []
+            for failure in failures:
+                for err in failure.get("errors") or []:
+                    row = self._row_of_slot.get(err.get("slot"))
+                    details.append({**err, "row": row, "worker": failure.get("worker"), "host": failure.get("host")})
+                    lines.append(
+                        f"env {row} (slot {err.get('slot')}, env {err.get('env')} of worker {failure.get('worker')}, "
+                        f"pid {failure.get('pid')} on host {failure.get('host')}) raised "
+                        f"{err.get('type')}: {err.get('message')}\n--- remote traceback ---\n{err.get('traceback', '')}"
+                    )
+            type_name = details[0]["type"] if details else "Exception"
+            return remote_env_error(str(type_name), f"during {what}:\n" + "\n".join(lines or [message]), details)
+        for failure in failures:
+            rows = [self._row_of_slot.get(s) for s in failure.get("slots", [])]
+            message = message.replace(f"slots {failure.get('slots')}", f"envs {_rows_text(rows)} (slots {failure.get('slots')})")
+        if code == P.E_TIMEOUT:
+            return RlayTimeoutError(f"timed out during {what}: {message}")
+        if code == P.E_WORKER_LOST:
+            return WorkerLostError(f"during {what}: {message}")
+        return BrokerError(f"the broker refused {what}: [{code}] {message}")
+
+
+def _row_index(rows: list[int]) -> slice | np.ndarray:
+    """A slice for contiguous rows (views, no fancy-index copy), else an index array."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return np.asarray(rows)
+
+
+def _rows_text(rows: list) -> str:
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))) and len(rows) > 2:
+        return f"{rows[0]}-{rows[-1]}"
+    return ", ".join(str(r) for r in rows)

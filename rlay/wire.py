@@ -1,0 +1,138 @@
+"""Framing: headers, bodies and array frames of rlay messages.
+
+A message is ``[header, body?, array frames...]``. The header is a msgpack map
+with at least ``v`` (protocol version) and ``type``. Batched calls carry a body
+(value-codec map) and raw array frames whose dtype and shape the body lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium import spaces
+
+from rlay import protocol as P
+from rlay.values import WireError, array_dtype_str, array_from_buffer, packb, unpackb
+
+__all__ = [
+    "WireError",
+    "header",
+    "decode_header",
+    "encode_leaves",
+    "decode_leaves",
+    "frame_bytes",
+]
+
+
+def header(type_: str, **fields: Any) -> bytes:
+    """Pack a header map for a message of ``type_``."""
+    return packb({P.VERSION: P.PROTOCOL_VERSION, P.TYPE: type_, **fields})
+
+
+def frame_bytes(frame: Any) -> bytes | memoryview:
+    """The bytes of a frame received with either copy=True or copy=False."""
+    return frame.buffer if hasattr(frame, "buffer") else frame
+
+
+def decode_header(frame: Any) -> dict[str, Any]:
+    """Decode and check a header frame: a map with a supported ``v`` and a string ``type``."""
+    head = unpackb(frame_bytes(frame))
+    if not isinstance(head, dict):
+        raise WireError(f"header must be a msgpack map, got {type(head).__name__}")
+    version = head.get(P.VERSION)
+    if version not in P.SUPPORTED_VERSIONS:
+        raise WireError(
+            f"protocol version {version!r} is not supported (supported: {list(P.SUPPORTED_VERSIONS)})"
+        )
+    if not isinstance(head.get(P.TYPE), str):
+        raise WireError("header has no string 'type'")
+    return head
+
+
+def encode_leaves(leaves: Sequence[Any], rows: Any = None) -> tuple[list[dict], list[Any]]:
+    """Leaf descriptors for a body, and the array frames that follow it.
+
+    ``rows`` (a slice or index array) selects the rows of every leaf to send.
+    Array frames are C-contiguous numpy arrays, sendable zero-copy.
+    """
+    descriptors: list[dict] = []
+    frames: list[Any] = []
+    for leaf in leaves:
+        if isinstance(leaf, tuple):  # Text leaf
+            picked = leaf if rows is None else _pick(leaf, rows)
+            descriptors.append({"text": list(picked)})
+            continue
+        array = leaf if rows is None else leaf[rows]
+        array = np.ascontiguousarray(array)
+        descriptors.append({"dtype": array_dtype_str(array), "shape": list(array.shape)})
+        frames.append(array)
+    return descriptors, frames
+
+
+def _pick(items: tuple, rows: Any) -> list:
+    if isinstance(rows, slice):
+        return list(items[rows])
+    return [items[int(i)] for i in rows]
+
+
+def decode_leaves(
+    descriptors: Any,
+    frames: Sequence[Any],
+    leaf_spaces: Sequence[spaces.Space] | None = None,
+    num_rows: int | None = None,
+    check_dtype: bool = True,
+) -> list[Any]:
+    """Turn leaf descriptors and array frames back into leaves (views of the frames).
+
+    When ``leaf_spaces`` is given, each leaf is checked against its space: kind,
+    dtype (unless ``check_dtype`` is False), row count and row shape.
+    """
+    if not isinstance(descriptors, list):
+        raise WireError("leaf descriptors must be a list")
+    if leaf_spaces is not None and len(descriptors) != len(leaf_spaces):
+        raise WireError(f"expected {len(leaf_spaces)} leaves, got {len(descriptors)}")
+    leaves: list[Any] = []
+    frame_iter = iter(frames)
+    for n, desc in enumerate(descriptors):
+        space = leaf_spaces[n] if leaf_spaces is not None else None
+        if not isinstance(desc, dict):
+            raise WireError("a leaf descriptor must be a map")
+        if "text" in desc:
+            texts = desc["text"]
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise WireError("a text leaf must be a list of strings")
+            if space is not None and not isinstance(space, spaces.Text):
+                raise WireError(f"leaf {n}: got text for {space}")
+            if num_rows is not None and len(texts) != num_rows:
+                raise WireError(f"leaf {n}: expected {num_rows} strings, got {len(texts)}")
+            leaves.append(tuple(texts))
+            continue
+        frame = next(frame_iter, None)
+        if frame is None:
+            raise WireError(f"leaf {n} announces an array frame that is missing")
+        array = array_from_buffer(desc.get("dtype"), desc.get("shape"), frame_bytes(frame))
+        if num_rows is not None and (array.ndim == 0 or array.shape[0] != num_rows):
+            raise WireError(f"leaf {n}: expected {num_rows} rows, got shape {array.shape}")
+        if space is not None:
+            if isinstance(space, spaces.Text):
+                raise WireError(f"leaf {n}: got an array for {space}")
+            if array.shape[1:] != space.shape:
+                raise WireError(f"leaf {n}: rows of shape {array.shape[1:]} do not fit {space}")
+            if check_dtype and array.dtype != space.dtype:
+                raise WireError(f"leaf {n}: dtype {array.dtype} does not match {space}")
+        leaves.append(array)
+    if next(frame_iter, None) is not None:
+        raise WireError("more array frames than leaf descriptors")
+    return leaves
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    return packb(body)
+
+
+def decode_body(frame: Any) -> dict[str, Any]:
+    body = unpackb(frame_bytes(frame))
+    if not isinstance(body, dict):
+        raise WireError(f"body must be a msgpack map, got {type(body).__name__}")
+    return body
