@@ -308,7 +308,7 @@ class Broker:
         workers = {s.worker.name for s in mine}
         others = sorted({w.env_id for w in self.workers.values()} - {pending.env_id})
         return (
-            f"lease of {pending.num_envs} slots of {pending.env_id!r} timed out after {pending.timeout:g} s: "
+            f"timed out after {pending.timeout:g} s: "
             f"found {len(free)} free of {len(mine)} registered on {len(workers)} worker(s)"
             + (f" on host(s) {', '.join(hosts)}" if hosts else "")
             + f", {len(mine) - len(free)} leased or busy"

@@ -68,11 +68,11 @@ class BrokerClient:
                 continue
             return head, frames[1:]
 
-    def request(self, type_: str, wait_s: float, what: str, **fields: Any) -> dict:
-        """Send a header-only request and return the reply header; raise BrokerError on an error reply."""
+    def request(self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any) -> dict:
+        """Send a header-only request and return the reply header; raise ``error`` on an error reply."""
         head, _ = self.wait(self.send(type_, **fields), wait_s, what)
         if head[P.TYPE] == P.ERROR:
-            raise BrokerError(f"{what}: {head.get('message')}")
+            raise error(f"the broker refused {what}: {head.get('message')}")
         return head
 
     def close(self) -> None:

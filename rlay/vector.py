@@ -32,10 +32,12 @@ from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
 from rlay import protocol as P
 from rlay.client import BrokerClient
+from rlay.cluster import EMBEDDED_ENV_ID, Cluster
 from rlay.errors import (
     AlreadyPendingCallError,
     BrokerError,
     ClosedEnvironmentError,
+    LeaseError,
     NoAsyncCallError,
     RlayTimeoutError,
     WorkerLostError,
@@ -78,7 +80,7 @@ class RlayVectorEnv(VectorEnv):
         daemon: daemon flag of the local processes.
         timeout: seconds any wait may take when the call names no timeout
             (``step_wait(timeout=None)`` waits this long, not forever).
-        lease_timeout: seconds to wait for enough workers to register.
+        lease_timeout: seconds to wait for enough workers to register [default: timeout].
         shared_memory, worker: AsyncVectorEnv arguments with no meaning here:
             observations travel as zero-copy frames, and the worker loop is
             rlay's. ``shared_memory`` is ignored; a custom ``worker`` raises.
@@ -95,13 +97,11 @@ class RlayVectorEnv(VectorEnv):
         context: str | None = None,
         daemon: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
-        lease_timeout: float = DEFAULT_TIMEOUT,
+        lease_timeout: float | None = None,
         shared_memory: bool = True,
         observation_mode: str = "same",
         worker: Callable | None = None,
     ):
-        from rlay.embedded import EMBEDDED_ENV_ID, LocalCluster
-
         if worker is not None:
             raise TypeError("RlayVectorEnv runs rlay's own worker loop; a custom `worker` function is not supported")
         if envs_per_worker < 1:
@@ -114,7 +114,7 @@ class RlayVectorEnv(VectorEnv):
         self.daemon = daemon
         self.envs_per_worker = envs_per_worker
         self._setup(autoreset_mode, copy, timeout, observation_mode)
-        self._cluster = LocalCluster(env_fns, envs_per_worker, context=context, daemon=daemon)
+        self._cluster = Cluster.embedded(env_fns, envs_per_worker, context=context, daemon=daemon)
         self._finalizer = weakref.finalize(self, self._cluster.stop)
         try:
             self._connect(self._cluster.frontend, EMBEDDED_ENV_ID, len(env_fns), lease_timeout, self._cluster.check)
@@ -130,7 +130,7 @@ class RlayVectorEnv(VectorEnv):
         broker: str = P.DEFAULT_FRONTEND,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        lease_timeout: float = DEFAULT_TIMEOUT,
+        lease_timeout: float | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
     ) -> "RlayVectorEnv":
@@ -160,13 +160,14 @@ class RlayVectorEnv(VectorEnv):
     def _connect(self, address: str, env_id: str, num_envs: int, lease_timeout: float, health_check) -> None:
         if type(num_envs) is not int or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        lease_timeout = self.timeout if lease_timeout is None else float(lease_timeout)
         self.broker_address = address
         self.env_id = env_id
         self.num_envs = num_envs
         self._client = BrokerClient(address, health_check=health_check)
         lease = self._client.request(
             P.LEASE, lease_timeout + REPLY_GRACE, f"a lease of {num_envs} slots of {env_id!r}",
-            env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
+            error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
         )
         self.slots = [s["slot"] for s in lease["slots"]]
         by_worker: dict[str, list[int]] = {}

@@ -356,7 +356,7 @@ def worker_process(
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
     A failure before or while serving is put on ``error_queue`` as
-    ``(rank, traceback text)`` so that the parent can say what went wrong.
+    ``("ENV_ID#RANK", traceback text)`` so that the parent can say what went wrong.
     """
     fns = getattr(env_fns, "fn", env_fns)
     worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid, register_timeout=register_timeout)
@@ -365,5 +365,5 @@ def worker_process(
         worker.run()
     except BaseException:
         if error_queue is not None:
-            error_queue.put((rank, traceback.format_exc()))
+            error_queue.put((f"{env_id}#{rank}", traceback.format_exc()))
         raise

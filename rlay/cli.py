@@ -1,0 +1,256 @@
+"""The ``rlay`` command line: broker, worker, up, status, rollout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+import tomllib
+from typing import Any
+
+import click
+
+from rlay import protocol as P
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+BROKER_KEYS = {"frontend", "backend", "max_message_size"}
+WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "env_kwargs", "name"}
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="[default: INFO for broker, worker and up; WARNING for rollout and status]")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
+    """rlay: a ZeroMQ broker between one RL trainer and many environment workers.
+
+    \b
+      trainer --(tcp 5555)--> broker --(tcp 5556)--> workers (envs)
+    """
+    quiet = ctx.invoked_subcommand in ("rollout", "status")
+    level = (log_level or ("WARNING" if quiet else "INFO")).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# -- config -------------------------------------------------------------------------
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read and check a deployment TOML file (see configs/)."""
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from None
+    unknown = set(config) - {"broker", "workers"}
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown sections {sorted(unknown)} (expected [broker] and [[workers]])")
+    broker = config.get("broker", {})
+    if set(broker) - BROKER_KEYS:
+        raise click.BadParameter(f"{path}: unknown [broker] keys {sorted(set(broker) - BROKER_KEYS)}")
+    for n, group in enumerate(config.get("workers", [])):
+        if set(group) - WORKER_KEYS:
+            raise click.BadParameter(f"{path}: unknown keys {sorted(set(group) - WORKER_KEYS)} in [[workers]] #{n + 1}")
+        if "env" not in group:
+            raise click.BadParameter(f"{path}: [[workers]] #{n + 1} has no 'env'")
+    return config
+
+
+def worker_group(env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None):
+    from rlay.cluster import WorkerGroup
+    from workers.loader import env_factory
+
+    fn = env_factory(env, env_kwargs)
+    return WorkerGroup(name or env, [fn] * (num_workers * envs_per_worker), envs_per_worker)
+
+
+def run_cluster(cluster) -> None:
+    """Wait on a cluster until Ctrl-C / SIGTERM or until its children are gone; then stop it all."""
+    stop = {"now": False}
+
+    def on_signal(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        status = cluster.wait(lambda: stop["now"])
+    finally:
+        cluster.stop()
+    sys.exit(status)
+
+
+# -- commands -------------------------------------------------------------------------
+
+@main.command(context_settings=CONTEXT)
+@click.option("--frontend", help=f"Address for trainers. [default: {P.DEFAULT_FRONTEND}]")
+@click.option("--backend", help=f"Address for workers. [default: {P.DEFAULT_BACKEND}]")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file whose [broker] section sets the addresses.")
+def broker(frontend: str | None, backend: str | None, config_path: str | None) -> None:
+    """Run a broker in the foreground until Ctrl-C or SIGTERM."""
+    from broker.broker import serve
+
+    section = load_config(config_path).get("broker", {}) if config_path else {}
+    serve(
+        frontend or section.get("frontend", P.DEFAULT_FRONTEND),
+        backend or section.get("backend", P.DEFAULT_BACKEND),
+        max_message_size=section.get("max_message_size", -1),
+    )
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("env")
+@click.option("--broker", "broker_addr", default=P.DEFAULT_BACKEND, show_default=True,
+              help="The broker's worker (back-end) address.")
+@click.option("--num-workers", "-p", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes to start.")
+@click.option("--envs-per-worker", "-k", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Envs hosted by each worker process.")
+@click.option("--env-kwargs", default=None, help='JSON object of keyword arguments for the env, e.g. \'{"g": 9.81}\'.')
+@click.option("--name", default=None, help="Env id to register under. [default: ENV]")
+@click.option("--register-timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
+def worker(env: str, broker_addr: str, num_workers: int, envs_per_worker: int, env_kwargs: str | None,
+           name: str | None, register_timeout: float) -> None:
+    """Host envs for a broker. ENV is a gymnasium id or package.module:factory."""
+    from rlay.cluster import Cluster
+
+    kwargs = parse_env_kwargs(env_kwargs)
+    cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name)],
+                      register_timeout=register_timeout)
+    click.echo(f"rlay worker: {num_workers} process(es) x {envs_per_worker} env(s) of {name or env} -> {broker_addr}")
+    run_cluster(cluster)
+
+
+def parse_env_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--env-kwargs") from None
+    if not isinstance(kwargs, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--env-kwargs")
+    return kwargs
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
+def up(config_path: str) -> None:
+    """Run the broker and workers a TOML file lists, until Ctrl-C or SIGTERM."""
+    from rlay.cluster import Cluster
+
+    config = load_config(config_path)
+    section = config.get("broker", {})
+    frontend = section.get("frontend", P.DEFAULT_FRONTEND)
+    backend = section.get("backend", P.DEFAULT_BACKEND)
+    groups = [
+        worker_group(g["env"], g.get("num_workers", 1), g.get("envs_per_worker", 1), g.get("env_kwargs"), g.get("name"))
+        for g in config.get("workers", [])
+    ]
+    cluster = Cluster(backend, groups, frontend=frontend)
+    total = sum(len(g.env_fns) for g in groups)
+    click.echo(f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
+               f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything.")
+    run_cluster(cluster)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--broker", "broker_addr", default=P.DEFAULT_FRONTEND, show_default=True,
+              help="The broker's trainer (front-end) address.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the broker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(broker_addr: str, timeout: float, as_json: bool) -> None:
+    """Show a broker's workers, hosts, env ids, slots and trainers."""
+    from rlay.client import BrokerClient
+    from rlay.errors import RlayError
+
+    client = BrokerClient(broker_addr)
+    try:
+        head = client.request(P.STATUS, timeout, f"the status of the broker at {broker_addr}")
+    except (RlayError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    report = {k: head[k] for k in ("broker", "workers", "trainers", "pending_leases") if k in head}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    b = report["broker"]
+    click.echo(f"broker pid {b['pid']}, protocol v{b['version']}, up {b['uptime']} s; "
+               f"trainers on {b['frontend']}, workers on {b['backend']}")
+    click.echo(table(["WORKER", "HOST", "PID", "ENV ID", "MODE", "SLOTS", "LEASED", "BUSY"],
+                     [[w["name"], w["host"], w["pid"], w["env_id"], w["mode"], w["slots"], w["leased"], w["busy"]]
+                      for w in report["workers"]]))
+    slots = sum(w["slots"] for w in report["workers"])
+    leased = sum(w["leased"] for w in report["workers"])
+    click.echo(f"{len(report['workers'])} worker(s), {slots} slot(s): {slots - leased} free, {leased} leased")
+    click.echo(table(["TRAINER", "ENV ID", "SLOTS", "LOST"],
+                     [[t["name"], t["env_id"], t["slots"], t["lost"]] for t in report["trainers"]]))
+    click.echo(f"{len(report['trainers'])} trainer(s), {report['pending_leases']} lease request(s) waiting")
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> str:
+    cells = [columns] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("env")
+@click.option("--num-envs", "-n", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", "-s", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Vector steps (each steps every env).")
+@click.option("--broker", "broker_addr", default=None,
+              help="Lease from the broker at this front-end address. [default: embedded]")
+@click.option("--envs-per-worker", "-k", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Embedded only: envs per local worker process.")
+@click.option("--env-kwargs", default=None, help="Embedded only: JSON object of env keyword arguments.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
+def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_per_worker: int,
+            env_kwargs: str | None, seed: int, timeout: float) -> None:
+    """Random-policy rollout; prints env-steps/s and episode-return statistics."""
+    import numpy as np
+
+    import rlay
+    from rlay.errors import RlayError
+
+    kwargs = parse_env_kwargs(env_kwargs)
+    vector_kwargs: dict[str, Any] = {"timeout": timeout}
+    if broker_addr is None:
+        vector_kwargs["envs_per_worker"] = envs_per_worker
+    try:
+        envs = rlay.make_vec(env, num_envs, broker=broker_addr, vector_kwargs=vector_kwargs, **kwargs)
+    except (RlayError, TimeoutError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        where = f"broker {broker_addr}" if broker_addr else f"embedded, {envs_per_worker} env(s) per worker"
+        click.echo(f"rollout: {env}, {num_envs} envs ({where}), {steps} steps, random policy")
+        envs.action_space.seed(seed)
+        envs.reset(seed=seed)
+        running = np.zeros(num_envs)
+        returns: list[float] = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, rewards, terminations, truncations, _ = envs.step(envs.action_space.sample())
+            running += rewards  # NEXT_STEP autoreset: the reset step after an episode has reward 0
+            for i in np.flatnonzero(terminations | truncations):
+                returns.append(float(running[i]))
+                running[i] = 0.0
+        elapsed = time.perf_counter() - start
+    finally:
+        envs.close()
+    total = num_envs * steps
+    click.echo(f"{total} env-steps in {elapsed:.2f} s: {total / elapsed:,.0f} env-steps/s")
+    if returns:
+        r = np.asarray(returns)
+        click.echo(f"{len(r)} episodes: return mean {r.mean():.2f} +- {r.std():.2f}, min {r.min():.2f}, max {r.max():.2f}")
+    else:
+        click.echo("no episode finished")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Local processes of an rlay deployment: an optional broker and groups of workers.
+
+One mechanism serves the three ways rlay starts processes: embedded mode
+(``RlayVectorEnv(env_fns)``: a private broker and workers over ipc),
+``rlay up`` (a broker and the workers a config lists) and ``rlay worker``
+(workers for a broker elsewhere). Every child stops on stop(), when the
+interpreter exits, and when this process dies (children watch their parent).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from gymnasium.vector.utils import CloudpickleWrapper
+
+from rlay.errors import RlayError
+
+__all__ = ["Cluster", "WorkerGroup", "EMBEDDED_ENV_ID"]
+
+log = logging.getLogger("rlay.cluster")
+
+EMBEDDED_ENV_ID = "embedded"
+STOP_TIMEOUT = 5.0  # s a child gets to exit cleanly before it is killed
+
+
+@dataclass
+class WorkerGroup:
+    """``len(env_fns)`` envs of one env id, ``envs_per_worker`` to a worker process."""
+
+    env_id: str
+    env_fns: Sequence[Callable]
+    envs_per_worker: int = 1
+
+
+class Cluster:
+    """Start a broker (when ``frontend`` is given) and worker processes for ``groups``."""
+
+    def __init__(
+        self,
+        backend: str,
+        groups: Sequence[WorkerGroup],
+        *,
+        frontend: str | None = None,
+        context: str | None = None,
+        daemon: bool = True,
+        register_timeout: float = 60.0,
+        tmpdir: str | None = None,
+    ):
+        # Imported here: rlay (the trainer's package) only launches broker and workers.
+        from broker.broker import serve
+        from workers.worker import worker_process
+
+        self.frontend, self.backend, self.tmpdir = frontend, backend, tmpdir
+        self.ctx = multiprocessing.get_context(context)
+        self.errors = self.ctx.Queue()
+        self.stopped = False
+        parent = os.getpid()
+        self.broker = None
+        if frontend is not None:
+            self.broker = self.ctx.Process(
+                target=serve, args=(frontend, backend), kwargs={"parent_pid": parent},
+                name="rlay-broker", daemon=daemon,
+            )
+        self.workers: list[tuple[str, multiprocessing.Process]] = []
+        for group in groups:
+            for rank, start in enumerate(range(0, len(group.env_fns), group.envs_per_worker)):
+                fns = CloudpickleWrapper(list(group.env_fns[start : start + group.envs_per_worker]))
+                label = f"{group.env_id}#{rank}"
+                proc = self.ctx.Process(
+                    target=worker_process,
+                    args=(fns, backend, group.env_id, rank, parent, self.errors, register_timeout),
+                    name=f"rlay-worker-{label}", daemon=daemon,
+                )
+                self.workers.append((label, proc))
+        try:
+            if self.broker is not None:
+                self.broker.start()
+            for _, proc in self.workers:
+                proc.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    @classmethod
+    def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, **kwargs) -> "Cluster":
+        """A private broker and local workers over ipc sockets in a fresh temporary directory."""
+        tmpdir = tempfile.mkdtemp(prefix="rlay-")
+        try:
+            return cls(
+                f"ipc://{tmpdir}/workers", [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker)],
+                frontend=f"ipc://{tmpdir}/trainers", tmpdir=tmpdir, **kwargs,
+            )
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+
+    @property
+    def processes(self) -> list[multiprocessing.Process]:
+        return ([self.broker] if self.broker is not None else []) + [p for _, p in self.workers]
+
+    def check(self) -> None:
+        """Raise if a child died: whoever waits on it would wait for nothing."""
+        if self.stopped:
+            return
+        for label, proc in self.workers:
+            if proc.exitcode is not None:
+                raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}")
+        if self.broker is not None and self.broker.exitcode is not None:
+            raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
+
+    def _reason(self, label: str) -> str:
+        reports = []
+        while True:
+            try:
+                reports.append(self.errors.get(timeout=0.5) if not reports else self.errors.get_nowait())
+            except Exception:
+                break
+        text = [tb for who, tb in reports if who == label] or [tb for _, tb in reports]
+        return f":\n{text[0]}" if text else " (no traceback reported)"
+
+    def wait(self, should_stop: Callable[[], bool], poll: float = 0.25) -> int:
+        """Block until ``should_stop()`` or every worker has exited; log children that die.
+
+        Returns 0, or 1 if a child exited with an error.
+        """
+        reported: set[int] = set()
+        status = 0
+        while not should_stop():
+            for proc in self.processes:
+                if proc.exitcode is not None and proc.pid not in reported:
+                    reported.add(proc.pid)
+                    if proc.exitcode != 0:
+                        status = 1
+                        log.error("%s (pid %s) exited with code %s", proc.name, proc.pid, proc.exitcode)
+            if self.broker is not None and self.broker.exitcode is not None:
+                break
+            if self.workers and all(p.exitcode is not None for _, p in self.workers):
+                break
+            live = [p.sentinel for p in self.processes if p.exitcode is None]
+            multiprocessing.connection.wait(live, timeout=poll)
+        return status
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM every child (each then exits cleanly), wait, and kill what is left."""
+        if self.stopped:
+            return
+        self.stopped = True
+        procs = [p for p in self.processes if p.pid is not None]
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.is_alive():
+                log.warning("%s (pid %s) did not stop within %g s; killing it", proc.name, proc.pid, timeout)
+                proc.kill()
+                proc.join(timeout)
+        self.errors.close()
+        self.errors.join_thread()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
