@@ -1,0 +1,139 @@
+"""Shared fixtures: real processes, real sockets, and a check that none is left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RLAY = [sys.executable, "-m", "rlay.cli"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Live descendants of ``pid``, from /proc (zombies excluded)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Every test must stop the processes it started."""
+    before = descendants(os.getpid())
+    yield
+    try:
+        wait_for(lambda: not (descendants(os.getpid()) - before), 10, "the test's child processes to exit")
+    except AssertionError:
+        left = descendants(os.getpid()) - before
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"test left processes running: {sorted(left)}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class Proc:
+    """A CLI subprocess whose exit status the test checks."""
+
+    def __init__(self, *args: str):
+        self.args = [*RLAY, *args]
+        self.popen = subprocess.Popen(
+            self.args, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str, str]:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            out, err = self.popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            out, err = self.popen.communicate()
+            raise AssertionError(f"{self.args} did not stop within {timeout} s after signal {sig}:\n{err}")
+        return self.popen.returncode, out, err
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*RLAY, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def broker_status(frontend: str, timeout: float = 5.0) -> dict:
+    from rlay import protocol as P
+    from rlay.client import BrokerClient
+
+    client = BrokerClient(frontend)
+    try:
+        return client.request(P.STATUS, timeout, "status")
+    finally:
+        client.close()
+
+
+def assert_same(a, b, path: str = "value") -> None:
+    """Equal values of the same types, recursively; arrays equal in dtype, shape and content."""
+    if isinstance(b, np.ndarray):
+        assert isinstance(a, np.ndarray), f"{path}: {type(a)} is not an ndarray"
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
+        if b.dtype == object:
+            for i, (x, y) in enumerate(zip(a.flat, b.flat)):
+                assert_same(x, y, f"{path}[{i}]")
+        else:
+            assert np.array_equal(a, b, equal_nan=b.dtype.kind in "fc"), f"{path}: {a} != {b}"
+        return
+    assert type(a) is type(b), f"{path}: type {type(a)} != {type(b)}"
+    if isinstance(b, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for key in b:
+            assert_same(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(b, (tuple, list)):
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -1,0 +1,115 @@
+"""Envs the tests host in workers (importable as ``tests.envs:NAME`` by ``rlay worker``)."""
+
+from __future__ import annotations
+
+import time
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class DictEnv(gym.Env):
+    """Dict observations and actions covering every supported leaf kind, and infos of many types."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None, horizon: int = 15):
+        self.render_mode = render_mode
+        self.horizon = horizon
+        self.observation_space = spaces.Dict(
+            {
+                "pos": spaces.Box(-1.0, 1.0, (3,), np.float32),
+                "count": spaces.Discrete(10),
+                "flags": spaces.MultiBinary(4),
+                "grid": spaces.MultiDiscrete([3, 4]),
+                "pair": spaces.Tuple((spaces.Discrete(2), spaces.Box(0, 255, (2, 2), np.uint8))),
+                "label": spaces.Text(6, min_length=1, charset="abcxyz"),
+            }
+        )
+        self.action_space = spaces.Dict({"move": spaces.Box(-1.0, 1.0, (2,), np.float32), "pick": spaces.Discrete(3)})
+        self.t = 0
+
+    def _obs(self):
+        r = self.np_random
+        return {
+            "pos": r.uniform(-1, 1, 3).astype(np.float32),
+            "count": int(r.integers(0, 10)),
+            "flags": r.integers(0, 2, 4).astype(np.int8),
+            "grid": np.array([r.integers(0, 3), r.integers(0, 4)], dtype=np.int64),
+            "pair": (int(r.integers(0, 2)), r.integers(0, 256, (2, 2)).astype(np.uint8)),
+            "label": "".join(r.choice(list("abcxyz"), int(r.integers(1, 7)))),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        info = {"start": np.float32(self.np_random.uniform()), "options": dict(options or {})}
+        return self._obs(), info
+
+    def step(self, action):
+        self.t += 1
+        obs = self._obs()
+        reward = float(np.sum(action["move"])) + int(action["pick"])
+        terminated = obs["count"] == 9
+        truncated = self.t >= self.horizon
+        info = {
+            "np_float": np.float32(reward / 2),
+            "py_int": self.t,
+            "arr": np.arange(2, dtype=np.int16) * self.t,
+            "nested": {"s": f"t{self.t}", "tup": (self.t, 2.5)},
+        }
+        if self.t % 2 == 0:
+            info["even"] = True
+        return obs, reward, terminated, truncated, info
+
+    def render(self):
+        return np.full((4, 5, 3), self.t, dtype=np.uint8)
+
+
+class FailingEnv(gym.Env):
+    """CartPole-like spaces; step raises ValueError on action 1 once ``t >= fail_at``."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, fail_at: int = 2):
+        self.fail_at = fail_at
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if action == 1 and self.t >= self.fail_at:
+            raise ValueError(f"boom at t={self.t}")
+        return np.zeros(2, np.float32), 1.0, False, False, {}
+
+
+class SlowEnv(gym.Env):
+    """Each step takes ``delay`` seconds (a game waiting on its frame)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay: float = 1.0):
+        self.delay = delay
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        time.sleep(self.delay)
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+class ObjectInfoEnv(FailingEnv):
+    """Puts a non-data object in its step info: the worker must refuse to send it."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(0)
+        return obs, reward, terminated, truncated, {"handle": object()}
