@@ -11,9 +11,10 @@ headers only: bodies and array frames are forwarded as received.
 
 Slot states (docs/protocol.md, "Slot state machine")::
 
-    FREE --lease--> LEASED --batched call--> BUSY --reply/timeout--> LEASED
-      ^               |                                          (late reply frees BUSY)
-      +---release-----+          any state --worker lost--> LOST (until released)
+    FREE --lease--> LEASED --batched call--> BUSY --reply--> LEASED
+      ^               |                        (a timed-out call answers the trainer, but the
+      +---release-----+                         slot stays BUSY until the worker's late reply)
+                                 any state --worker lost--> LOST (until released)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import zmq
 
 from rlay import protocol as P
-from rlay.values import WireError
+from rlay.values import VersionError, WireError
 from rlay.wire import decode_header, header
 
 __all__ = ["Broker"]
@@ -211,13 +212,24 @@ class Broker:
             except Exception:  # a bug must not take the broker down with it
                 log.exception("unexpected error handling a message; the broker keeps serving")
 
-    def _send(self, sock: zmq.Socket, ident: bytes, frames: list[Any]) -> bool:
+    def _send(self, sock: zmq.Socket, ident: bytes, frames: list[Any]) -> zmq.ZMQError | None:
+        """Send without blocking; return the error (peer gone, or its queue full) instead of raising."""
         try:
             sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
-            return True
+            return None
         except zmq.ZMQError as exc:
             log.warning("could not deliver a message to peer %s: %s", ident.hex(), exc)
-            return False
+            return exc
+
+    def _decode(self, sock: zmq.Socket, ident: bytes, frames: list[Any]) -> dict | None:
+        """The header of a message, or None after answering the peer with an error."""
+        try:
+            return decode_header(frames[0])
+        except VersionError as exc:
+            self._error(sock, ident, None, P.E_VERSION, str(exc), supported=list(P.SUPPORTED_VERSIONS))
+        except WireError as exc:
+            self._error(sock, ident, None, P.E_BAD_MESSAGE, f"unreadable header: {exc}")
+        return None
 
     def _error(self, sock: zmq.Socket, ident: bytes, req: Any, code: str, message: str, **extra: Any) -> None:
         log.info("error to %s: [%s] %s", ident.hex(), code, message)
@@ -226,10 +238,8 @@ class Broker:
     # -- trainers (front end) ---------------------------------------------------------
 
     def process_trainer(self, ident: bytes, frames: list[Any]) -> None:
-        try:
-            head = decode_header(frames[0])
-        except WireError as exc:
-            self._error(self.front, ident, None, P.E_BAD_MESSAGE, str(exc))
+        head = self._decode(self.front, ident, frames)
+        if head is None:
             return
         req, kind = head.get(P.REQ), head[P.TYPE]
         if kind in P.BATCH_CALLS:
@@ -250,7 +260,7 @@ class Broker:
         if not isinstance(env_id, str) or type(num_envs) is not int or num_envs < 1:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, "lease needs 'env_id' (str) and 'num_envs' (int >= 1)")
             return
-        if not isinstance(timeout, (int, float)) or not 0 <= timeout <= MAX_CALL_TIMEOUT:
+        if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_CALL_TIMEOUT:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad lease timeout {timeout!r}")
             return
         if ident in self.trainers or any(p.ident == ident for p in self.pending_leases):
@@ -335,7 +345,7 @@ class Broker:
         req, kind = head.get(P.REQ), head[P.TYPE]
         timeout = head.get("timeout", DEFAULT_CALL_TIMEOUT)
         parts_spec = head.get("parts")
-        if not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_CALL_TIMEOUT:
+        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_CALL_TIMEOUT:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad timeout {timeout!r}")
             return
         if not isinstance(parts_spec, list) or not parts_spec:
@@ -347,7 +357,7 @@ class Broker:
         for spec in parts_spec:
             problem = self._check_part(ident, spec, len(frames) - offset, seen_workers)
             if problem:
-                self._error(self.front, ident, req, P.E_SLOT if "slot" in problem else P.E_BAD_MESSAGE, problem)
+                self._error(self.front, ident, req, *problem)
                 return
             slots, nframes = spec
             worker = self.slots[slots[0]].worker
@@ -363,43 +373,48 @@ class Broker:
                 self.slots[slot_id].busy = part
             self.inflight[(part.worker.ident, batch.id)] = part
             envs = [self.slots[s].index for s in part.slots]
-            sent = self._send(self.back, part.worker.ident, [header(kind, req=batch.id, envs=envs), *part.frames])
+            failed = self._send(self.back, part.worker.ident, [header(kind, req=batch.id, envs=envs), *part.frames])
             part.frames = []
-            if not sent:
-                self._part_failed(part, P.E_WORKER_LOST, f"{part.worker.describe()} is unreachable")
+            if failed is None:
+                continue
+            if failed.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: the peer's connection is gone
+                self._worker_lost(part.worker, "its connection is gone")
+            else:  # never reached the worker: the slots are idle again
+                self.inflight.pop((part.worker.ident, batch.id), None)
+                for slot_id in part.slots:
+                    self.slots[slot_id].busy = None
+                self._part_failed(part, P.E_WORKER_LOST, f"could not send to {part.worker.describe()}: {failed}")
 
-    def _check_part(self, ident: bytes, spec: Any, frames_left: int, seen_workers: set[bytes]) -> str | None:
+    def _check_part(self, ident: bytes, spec: Any, frames_left: int, seen_workers: set[bytes]) -> tuple[str, str] | None:
+        """(error code, message) if a part of a batched call cannot be dispatched, else None."""
         if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], list) and type(spec[1]) is int):
-            return "each part must be [slot ids, frame count]"
+            return P.E_BAD_MESSAGE, "each part must be [slot ids, frame count]"
         slots, nframes = spec
         if not slots or not 1 <= nframes <= frames_left:
-            return f"part {spec!r} announces {nframes} frames; {frames_left} are left (a part needs its body frame)"
+            return P.E_BAD_MESSAGE, f"part {spec!r} announces {nframes} frames; {frames_left} are left (a part needs its body frame)"
+        if len(set(map(repr, slots))) != len(slots):
+            return P.E_BAD_MESSAGE, f"slots {slots} repeat a slot"
         worker = None
         for slot_id in slots:
             slot = self.slots.get(slot_id) if type(slot_id) is int else None
             if slot is None or slot.lease != ident:
-                return f"slot {slot_id!r} is not leased to this trainer"
+                return P.E_SLOT, f"slot {slot_id!r} is not leased to this trainer"
             if slot.lost is not None:
-                return f"slot {slot_id} is lost: {slot.lost}"
+                return P.E_SLOT, f"slot {slot_id} is lost: {slot.lost}"
             if slot.busy is not None:
-                return f"slot {slot_id} is still busy with an earlier call on {slot.worker.describe()}"
+                return P.E_SLOT, f"slot {slot_id} is still busy with an earlier call on {slot.worker.describe()}"
             if worker is not None and slot.worker is not worker:
-                return f"slots {slots} of one part live on different workers"
+                return P.E_BAD_MESSAGE, f"slots {slots} of one part live on different workers"
             worker = slot.worker
-        if len(set(slots)) != len(slots):
-            return f"slots {slots} repeat a slot"
         if worker.ident in seen_workers:
-            return f"two parts address {worker.describe()}; put all its slots in one part"
+            return P.E_BAD_MESSAGE, f"two parts address {worker.describe()}; put all its slots in one part"
         return None
 
     # -- workers (back end) -----------------------------------------------------------
 
     def process_worker(self, ident: bytes, frames: list[Any]) -> None:
-        try:
-            head = decode_header(frames[0])
-        except WireError as exc:
-            code = P.E_VERSION if "version" in str(exc) else P.E_BAD_MESSAGE
-            self._error(self.back, ident, None, code, str(exc), supported=list(P.SUPPORTED_VERSIONS))
+        head = self._decode(self.back, ident, frames)
+        if head is None:
             return
         kind, req = head[P.TYPE], head.get(P.REQ)
         if kind == P.REGISTER:
@@ -526,6 +541,8 @@ class Broker:
             self._error(self.front, pending.ident, pending.req, P.E_LEASE_TIMEOUT, self._lease_shortfall(pending))
 
     def _worker_lost(self, worker: WorkerRecord, why: str) -> None:
+        if self.workers.get(worker.ident) is not worker:
+            return  # already handled
         reason = f"{worker.describe()} was lost: {why}"
         log.warning(reason)
         self.workers.pop(worker.ident, None)

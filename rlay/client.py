@@ -63,10 +63,9 @@ class BrokerClient:
                 head = decode_header(frames[0])
             except WireError as exc:
                 raise BrokerError(f"unreadable reply from the broker at {self.address}: {exc}") from None
-            if head.get(P.REQ) != req:
-                log.debug("dropping a stale reply to request %r", head.get(P.REQ))
-                continue
-            return head, frames[1:]
+            if head.get(P.REQ) == req or (head.get(P.REQ) is None and head[P.TYPE] == P.ERROR):
+                return head, frames[1:]  # (an error without req: the broker could not read our header)
+            log.debug("dropping a stale reply to request %r", head.get(P.REQ))
 
     def request(self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any) -> dict:
         """Send a header-only request and return the reply header; raise ``error`` on an error reply."""

@@ -29,12 +29,12 @@ class RlayTimeoutError(multiprocessing.TimeoutError, TimeoutError):
     """A wait ran out. Catchable as gymnasium's (multiprocessing's) TimeoutError or the builtin one."""
 
 
-class LeaseError(RlayError):
-    """The broker could not lease the slots a trainer asked for."""
-
-
 class BrokerError(RlayError):
     """The broker refused a request (bad slot, bad message, version mismatch...)."""
+
+
+class LeaseError(BrokerError):
+    """The broker could not lease the slots a trainer asked for."""
 
 
 class WorkerLostError(RlayError):

@@ -56,6 +56,10 @@ E_SLOT = "slot"
 E_ENV = "env_error"
 E_TIMEOUT = "timeout"
 E_WORKER_LOST = "worker_lost"
+E_INTERNAL = "internal_error"
+
+# Env methods that call() must not reach: they have their own messages.
+RESERVED_CALLS = ("reset", "step", "close")
 
 # How often idle loops wake to check their stop flag and parent process (ms).
 IDLE_POLL_MS = 250

@@ -1,6 +1,6 @@
 """The value codec: msgpack for data that crosses the wire, decoded without pickle.
 
-Headers, bodies, infos, reset options and call/get_attr/set_attr values are
+Headers, bodies, infos, reset options and call/set_attr values are
 msgpack with three extension types, so that numpy arrays, numpy scalars and
 tuples come back as what was sent (gymnasium batches infos by their type):
 
@@ -10,9 +10,11 @@ tuples come back as what was sent (gymnasium batches infos by their type):
   1     np.ndarray   ``[dtype, shape, data]`` C-order raw bytes
   2     np scalar    ``[dtype, data]`` one item's raw bytes
   3     tuple        array of values
+  4     int          big-endian two's complement bytes (ints outside 64 bits)
 =====  ===========  =============================================
 
-``dtype`` is numpy's ``dtype.str`` (``"<f4"``, ``"|u1"``, ``"|b1"``...). Only
+``dtype`` is numpy's ``dtype.str`` (``"<f4"``, ``"|u1"``, ``"|b1"``...): byte
+order ``<`` or ``>``, or ``|`` for one-byte items and bytes strings. Only
 fixed-size numeric, bool, bytes and unicode dtypes are accepted; object and
 structured dtypes are refused on both sides, because their only general
 encoding is pickle. This module never calls pickle, eval or import on what it
@@ -38,19 +40,27 @@ __all__ = [
     "EXT_NDARRAY",
     "EXT_SCALAR",
     "EXT_TUPLE",
+    "EXT_BIGINT",
+    "VersionError",
 ]
 
 EXT_NDARRAY = 1
 EXT_SCALAR = 2
 EXT_TUPLE = 3
+EXT_BIGINT = 4
+_MAX_BIGINT_BYTES = 1024
 
 # byte order, kind, item size: "<f4", "|u1", "|b1", "<U7", "|S3"
-_DTYPE_RE = re.compile(r"^[<>|=][biufcSU][0-9]{1,4}$")
+_DTYPE_RE = re.compile(r"^[<>|][biufcSU][0-9]{1,4}$")
 _MAX_NDIM = 32
 
 
 class WireError(ValueError):
     """A message or value that cannot be (or must not be) encoded or decoded."""
+
+
+class VersionError(WireError):
+    """A header names a protocol version this side does not speak."""
 
 
 def parse_dtype(text: Any) -> np.dtype:
@@ -60,9 +70,14 @@ def parse_dtype(text: Any) -> np.dtype:
             f"unsupported dtype {text!r}: expected a numpy dtype string such as '<f4', "
             "'|u1' or '|b1' (object and structured dtypes are never accepted)"
         )
-    dtype = np.dtype(text)
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        raise WireError(f"unsupported dtype {text!r}: numpy does not know it") from None
     if dtype.hasobject or dtype.itemsize == 0:
         raise WireError(f"unsupported dtype {text!r}")
+    if text[0] == "|" and dtype.itemsize > 1 and dtype.kind != "S":
+        raise WireError(f"dtype {text!r} needs a byte order, '<' or '>'")
     return dtype
 
 
@@ -109,6 +124,11 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(EXT_SCALAR, msgpack.packb([dtype, obj.tobytes()]))
     if isinstance(obj, tuple):
         return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+    if isinstance(obj, int) and type(obj) is int:  # beyond 64 bits: msgpack has no type for it
+        size = (obj.bit_length() + 8) // 8
+        if size > _MAX_BIGINT_BYTES:
+            raise WireError(f"an int of {obj.bit_length()} bits is too large for the wire")
+        return msgpack.ExtType(EXT_BIGINT, obj.to_bytes(size, "big", signed=True))
     if isinstance(obj, Mapping):
         return dict(obj)
     if isinstance(obj, (bytearray, memoryview)):
@@ -147,6 +167,10 @@ def _ext_hook(code: int, data: bytes) -> Any:
         if not isinstance(fields, list) or len(fields) != 2 or not isinstance(fields[1], bytes):
             raise WireError("numpy scalar extension must hold [dtype, data]")
         return array_from_buffer(fields[0], [], fields[1])[()]
+    if code == EXT_BIGINT:
+        if not 0 < len(data) <= _MAX_BIGINT_BYTES:
+            raise WireError("bad big int extension")
+        return int.from_bytes(data, "big", signed=True)
     if code == EXT_TUPLE:
         items = unpackb(data)
         if not isinstance(items, list):

@@ -283,6 +283,8 @@ class RlayVectorEnv(VectorEnv):
     def call_async(self, name: str, /, *args: Any, **kwargs: Any) -> None:
         self._assert_is_running()
         self._assert_idle("call_async")
+        if name in P.RESERVED_CALLS:
+            raise ValueError(f"Trying to call function `{name}` with `call`, use `{name}` directly instead.")
         packb([list(args), kwargs])  # refuse non-data arguments here, with a clear error
         self._send(P.CALL, np.arange(self.num_envs), lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, []))
         self._state = AsyncState.WAITING_CALL
@@ -331,7 +333,7 @@ class RlayVectorEnv(VectorEnv):
                 try:
                     self._client.request(P.RELEASE, RELEASE_TIMEOUT, "the release of this trainer's slots")
                 except Exception:
-                    pass  # the broker may be gone already; it frees slots of vanished trainers itself
+                    pass  # the broker may be gone already: nothing left to release
                 self._client.close()
                 self._client = None
         finally:

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rlay import protocol as P
-from rlay.values import WireError, array_dtype_str, array_from_buffer, packb, unpackb
+from rlay.values import VersionError, WireError, array_dtype_str, array_from_buffer, packb, unpackb
 
 __all__ = [
     "WireError",
@@ -42,7 +42,7 @@ def decode_header(frame: Any) -> dict[str, Any]:
         raise WireError(f"header must be a msgpack map, got {type(head).__name__}")
     version = head.get(P.VERSION)
     if version not in P.SUPPORTED_VERSIONS:
-        raise WireError(
+        raise VersionError(
             f"protocol version {version!r} is not supported (supported: {list(P.SUPPORTED_VERSIONS)})"
         )
     if not isinstance(head.get(P.TYPE), str):

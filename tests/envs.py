@@ -113,3 +113,19 @@ class ObjectInfoEnv(FailingEnv):
     def step(self, action):
         obs, reward, terminated, truncated, _ = super().step(0)
         return obs, reward, terminated, truncated, {"handle": object()}
+
+
+class EndingEnv(FailingEnv):
+    """Every step ends the episode with reward 1; action 1 raises instead."""
+
+    def step(self, action):
+        if action == 1:
+            raise ValueError("refusing action 1")
+        return np.ones(2, np.float32), 1.0, True, False, {}
+
+
+class BadObsEnv(FailingEnv):
+    """Steps return an observation of the wrong shape."""
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, False, False, {}

@@ -35,7 +35,6 @@ __all__ = ["Worker", "RegistrationError"]
 log = logging.getLogger("rlay.worker")
 
 NEXT_STEP, SAME_STEP, DISABLED = "NextStep", "SameStep", "Disabled"
-RESERVED_CALLS = ("reset", "step", "close")
 
 
 class RegistrationError(RuntimeError):
@@ -220,18 +219,25 @@ class Worker:
         except (WireError, KeyError, TypeError, ValueError) as exc:
             log.warning("bad message from broker: %s", exc)
             return [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE, message=f"worker could not read the message: {exc}")]
+        except Exception as exc:  # a bug here must not stop the worker
+            log.exception("unexpected error answering the broker")
+            return [header(P.ERROR, req=req, code=P.E_INTERNAL, message=f"worker internal error: {type(exc).__name__}: {exc}")]
 
     def reset(self, envs: list[int], body: dict, frames: Sequence[Any]) -> tuple[dict, list]:
         seeds = body.get("seeds")
         if not isinstance(seeds, list) or len(seeds) != len(envs):
             raise WireError("reset needs 'seeds', one int or nil per env")
         options = body.get("options")
-        results = _each(envs, lambda i, n: self.envs[i].reset(seed=seeds[n], options=options))
-        for i in envs:
+
+        def reset_one(i: int, n: int):
+            result = self.envs[i].reset(seed=seeds[n], options=options)
             self.done[i] = False
+            return result
+
+        results = _each(envs, reset_one)
         obs = [r[0] for r in results]
         infos = [r[1] for r in results]
-        descriptors, arrays = self._encode_obs(obs)
+        descriptors, arrays = self._encode_obs(envs, obs)
         return {"obs": descriptors, "info": infos}, arrays
 
     def step(self, envs: list[int], body: dict, frames: Sequence[Any]) -> tuple[dict, list]:
@@ -248,8 +254,8 @@ class Worker:
                 obs, info = env.reset()
                 reward, terminated, truncated = 0.0, False, False
             else:
-                if mode == DISABLED:
-                    assert not self.done[i], (
+                if mode == DISABLED and self.done[i]:  # SyncVectorEnv asserts this too
+                    raise AssertionError(
                         f"env {i} was stepped after its episode ended; with autoreset_mode=Disabled, "
                         "reset it first (reset(options={'reset_mask': ...}))"
                     )
@@ -257,12 +263,11 @@ class Worker:
                 if mode == SAME_STEP and (terminated or truncated):
                     final = [obs, info]
                     obs, info = env.reset()
+            self.done[i] = bool(terminated or truncated)
             return obs, float(reward), bool(terminated), bool(truncated), info, final
 
         results = _each(envs, step_one)
-        for i, r in zip(envs, results):
-            self.done[i] = r[2] or r[3]
-        descriptors, arrays = self._encode_obs([r[0] for r in results])
+        descriptors, arrays = self._encode_obs(envs, [r[0] for r in results])
         reply = {
             "obs": descriptors,
             "reward": [r[1] for r in results],
@@ -277,7 +282,7 @@ class Worker:
         name, args, kwargs = body.get("name"), body.get("args", []), body.get("kwargs", {})
         if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
             raise WireError("call needs 'name' (str), 'args' (list) and 'kwargs' (map)")
-        if name in RESERVED_CALLS:
+        if name in P.RESERVED_CALLS:
             raise WireError(f"`{name}` cannot be called with call(); use `{name}` directly")
 
         def call_one(i: int, n: int):
@@ -296,10 +301,19 @@ class Worker:
 
     # -- encoding -----------------------------------------------------------------
 
-    def _encode_obs(self, obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
-        # concatenate() casts exactly as SyncVectorEnv's batching does.
-        batch = concatenate(self.obs_space, obs, create_empty_array(self.obs_space, n=len(obs), fn=np.empty))
-        return encode_leaves(flatten(self.obs_space, batch))
+    def _encode_obs(self, envs: list[int], obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
+        """Batch the observations into leaves; an observation that does not fit the space is the env's error."""
+        try:
+            # concatenate() casts exactly as SyncVectorEnv's batching does.
+            batch = concatenate(self.obs_space, obs, create_empty_array(self.obs_space, n=len(obs), fn=np.empty))
+            return encode_leaves(flatten(self.obs_space, batch))
+        except Exception:
+            def check_one(i: int, n: int):
+                single = create_empty_array(self.obs_space, n=1, fn=np.empty)
+                encode_leaves(flatten(self.obs_space, concatenate(self.obs_space, [obs[n]], single)))
+
+            _each(envs, check_one)  # raises EnvFailures naming the envs whose observation does not fit
+            raise
 
 
 class EnvFailures(Exception):

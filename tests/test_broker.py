@@ -1,0 +1,160 @@
+"""Bad input to a real broker and real workers: a clear error reply, nothing lost, nothing run."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from rlay import BrokerError, RlayVectorEnv
+from rlay import protocol as P
+from rlay.wire import decode_header, header
+from tests.conftest import Proc, broker_status, free_port, wait_for
+from tests.test_codec import pickle_payload
+
+
+@pytest.fixture
+def deployment():
+    """`rlay broker` and a 2x2 CartPole `rlay worker`, as subprocesses."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    procs = [Proc("broker", "--frontend", front, "--backend", back)]
+    try:
+        procs.append(Proc("worker", "CartPole-v1", "--broker", back, "-p", "2", "-k", "2"))
+        wait_for(lambda: len(broker_status(front)["workers"]) == 2, 60, "2 workers to register")
+        yield front, back
+    finally:
+        for proc in reversed(procs):
+            code, _, err = proc.stop()
+            assert code == 0, f"{proc.args} exited with {code}:\n{err}"
+
+
+@pytest.fixture
+def raw():
+    ctx = zmq.Context()
+    socks = []
+
+    def connect(addr: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(addr)
+        socks.append(sock)
+        return sock
+
+    yield connect
+    for sock in socks:
+        sock.close()
+    ctx.term()
+
+
+def ask(sock: zmq.Socket, frames: list[bytes], timeout: float = 5.0) -> dict:
+    sock.send_multipart(frames)
+    assert sock.poll(timeout * 1000), f"no reply within {timeout} s to {frames!r:.80}"
+    return decode_header(sock.recv_multipart()[0])
+
+
+def assert_serves(front: str) -> None:
+    envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=10)
+    try:
+        obs, _ = envs.reset(seed=0)
+        obs, *_ = envs.step(np.zeros(4, dtype=np.int64))
+        assert obs.shape == (4, 4)
+    finally:
+        envs.close()
+
+
+def test_malformed_trainer_messages_get_error_replies(deployment, raw, tmp_path):
+    front, _ = deployment
+    sock = raw(front)
+    marker = tmp_path / "owned"
+    cases = [
+        ([b"\xc1garbage"], P.E_BAD_MESSAGE),
+        ([msgpack.packb([1, 2, 3])], P.E_BAD_MESSAGE),
+        ([msgpack.packb({"v": 99, "type": "status"})], P.E_VERSION),
+        ([header("frobnicate", req=1)], P.E_UNKNOWN_TYPE),
+        ([pickle_payload(marker)], P.E_BAD_MESSAGE),
+        ([header(P.STEP, req=2, parts=[[[0, 1], 1]]), b"body"], P.E_SLOT),  # slots it does not hold
+        ([header(P.STEP, req=3, parts="nope")], P.E_BAD_MESSAGE),
+        ([header(P.STEP, req=3, parts=[["slot"]])], P.E_BAD_MESSAGE),
+        ([header(P.LEASE, req=3, env_id="CartPole-v1", num_envs=1, timeout=True)], P.E_BAD_MESSAGE),
+        ([header(P.STEP, req=4, parts=[[[0], 5]]), b""], P.E_BAD_MESSAGE),  # frame count lies
+        ([header(P.LEASE, req=5, env_id="CartPole-v1", num_envs=-3)], P.E_BAD_MESSAGE),
+    ]
+    for frames, code in cases:
+        reply = ask(sock, frames)
+        assert reply[P.TYPE] == P.ERROR and reply["code"] == code, (frames, reply)
+        assert reply["message"]
+    assert not marker.exists()
+    assert_serves(front)
+
+
+def test_malformed_worker_messages_get_error_replies(deployment, raw, tmp_path):
+    front, back = deployment
+    sock = raw(back)
+    marker = tmp_path / "owned"
+    good = dict(env_id="X", num_envs=1, host="h", pid=1, obs_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"},
+                act_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"})
+    cases = [
+        ([pickle_payload(marker)], P.E_BAD_MESSAGE),
+        ([msgpack.packb({"v": 2, "type": P.REGISTER})], P.E_VERSION),
+        ([header(P.REGISTER, env_id="X")], P.E_REGISTRATION),
+        ([header(P.REGISTER, **{**good, "num_envs": 10**12})], P.E_REGISTRATION),
+        ([header(P.REGISTER, **{**good, "env_id": "CartPole-v1"})], P.E_REGISTRATION),  # spaces differ
+        ([header("bogus")], P.E_UNKNOWN_TYPE),
+    ]
+    for frames, code in cases:
+        reply = ask(sock, frames)
+        assert reply[P.TYPE] == P.ERROR and reply["code"] == code, (frames, reply)
+    # A reply to a request nobody made is dropped with a log line, not answered or fatal.
+    sock.send_multipart([header(P.REPLY, req=12345), b"\x80"])
+    assert ask(sock, [header(P.REGISTER, **good)])[P.TYPE] == P.REGISTERED
+    assert ask(sock, [header(P.REGISTER, **good)])["code"] == P.E_REGISTRATION  # duplicate
+    assert not marker.exists()
+    assert {w["env_id"] for w in broker_status(front)["workers"]} == {"CartPole-v1", "X"}
+    assert_serves(front)
+
+
+def test_pickle_payload_forwarded_to_a_worker_runs_nothing(deployment, tmp_path):
+    """The broker forwards bodies untouched; the worker must refuse the payload itself."""
+    front, _ = deployment
+    marker = tmp_path / "owned"
+    envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
+    try:
+        envs.reset(seed=0)
+        group = envs._groups[0]
+        req = envs._client.send(P.STEP, [pickle_payload(marker)], parts=[[group.slots, 1]], timeout=5)
+        head, _ = envs._client.wait(req, 10, "the forged step")
+        assert head[P.TYPE] == P.ERROR and head["code"] == P.E_BAD_MESSAGE
+        assert "msgpack-numpy" in head["message"] and group.worker in head["message"]
+        assert not marker.exists()
+        obs, *_ = envs.step(np.zeros(2, dtype=np.int64))  # the worker kept serving
+        assert obs.shape == (2, 4)
+    finally:
+        envs.close()
+
+
+def test_lease_timeout_says_what_it_found(deployment):
+    front, _ = deployment
+    with pytest.raises(BrokerError, match=r"found 4 free of 4 registered on 2 worker\(s\)"):
+        RlayVectorEnv.remote("CartPole-v1", 5, broker=front, timeout=0.5)
+    with pytest.raises(BrokerError, match="other env ids registered: CartPole-v1"):
+        RlayVectorEnv.remote("Nope-v0", 1, broker=front, timeout=0.5)
+
+
+def test_two_trainers_share_a_broker_with_their_own_slots(deployment):
+    front, _ = deployment
+    a = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
+    b = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
+    try:
+        assert not set(a.slots) & set(b.slots)
+        oa, _ = a.reset(seed=1)
+        ob, _ = b.reset(seed=1)
+        np.testing.assert_array_equal(oa, ob)
+        trainers = broker_status(front)["trainers"]
+        assert sorted(t["slots"] for t in trainers) == [2, 2]
+        with pytest.raises(BrokerError, match="found 0 free of 4"):
+            RlayVectorEnv.remote("CartPole-v1", 1, broker=front, timeout=0.3)
+    finally:
+        a.close()
+        b.close()
+    assert broker_status(front)["trainers"] == []

@@ -1,0 +1,111 @@
+"""The rlay command line, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Proc, broker_status, free_port, run_cli, wait_for
+
+COMMANDS = {
+    "broker": ["--frontend", "--backend", "--config"],
+    "worker": ["--broker", "--num-workers", "--envs-per-worker", "--env-kwargs"],
+    "up": ["CONFIG"],
+    "status": ["--broker", "--json"],
+    "rollout": ["--num-envs", "--steps", "--broker"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    for option in COMMANDS[command]:
+        assert option in result.stdout
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "rlay"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "rollout" in result.stdout
+
+
+def test_embedded_rollout_prints_rate_and_returns():
+    result = run_cli("rollout", "CartPole-v1", "--num-envs", "4", "--steps", "200", "-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"800 env-steps in [\d.]+ s: [\d,]+ env-steps/s", result.stdout), result.stdout
+    assert re.search(r"\d+ episodes: return mean [\d.]+ \+- [\d.]+, min [\d.]+, max [\d.]+", result.stdout)
+
+
+def write_config(tmp_path: Path) -> tuple[Path, str]:
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "deploy.toml"
+    config.write_text(
+        f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n\n'
+        '[[workers]]\nenv = "CartPole-v1"\nnum_workers = 2\nenvs_per_worker = 3\n\n'
+        '[[workers]]\nenv = "Pendulum-v1"\nname = "MoonPendulum"\nenv_kwargs = { g = 1.62 }\n'
+    )
+    return config, front
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_up_status_rollout_then_signal_stops_everything(tmp_path, sig):
+    config, front = write_config(tmp_path)
+    up = Proc("up", str(config))
+    try:
+        wait_for(lambda: up.popen.poll() is not None or len(broker_status(front)["workers"]) == 3, 60, "3 workers")
+        assert up.popen.poll() is None, "rlay up exited early"
+
+        status = run_cli("status", "--broker", front)
+        assert status.returncode == 0, status.stderr
+        assert re.search(r"w\d+\s+\S+\s+\d+\s+CartPole-v1\s+command\s+3\s+0\s+0", status.stdout), status.stdout
+        assert "MoonPendulum" in status.stdout and "3 worker(s), 7 slot(s): 7 free, 0 leased" in status.stdout
+
+        as_json = json.loads(run_cli("status", "--broker", front, "--json").stdout)
+        assert sum(w["slots"] for w in as_json["workers"]) == 7
+
+        rollout = run_cli("rollout", "CartPole-v1", "--num-envs", "6", "--steps", "100", "--broker", front)
+        assert rollout.returncode == 0, rollout.stderr
+        assert "600 env-steps in" in rollout.stdout
+
+        moon = run_cli("rollout", "MoonPendulum", "-n", "1", "-s", "5", "--broker", front)
+        assert moon.returncode == 0 and "5 env-steps" in moon.stdout, moon.stderr
+    finally:
+        code, out, err = up.stop(sig)
+    assert code == 0, err
+    assert "rlay up: broker on" in out
+
+
+def test_status_without_broker_fails_clearly():
+    result = run_cli("status", "--broker", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert "no reply from the broker" in result.stderr and "within 0.5 s" in result.stderr
+
+
+def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[broker]\nfrontend = "tcp://127.0.0.1:1"\nport = 3\n')
+    result = run_cli("up", str(config))
+    assert result.returncode == 2 and "unknown [broker] keys ['port']" in result.stderr
+    result = run_cli("worker", "CartPole-v1", "--env-kwargs", "{not json")
+    assert result.returncode == 2 and "not JSON" in result.stderr
+
+
+def test_worker_without_broker_gives_up_after_its_timeout():
+    result = run_cli("worker", "CartPole-v1", "--broker", f"tcp://127.0.0.1:{free_port()}", "--register-timeout", "0.5")
+    assert result.returncode == 1
+    assert "no broker answered the registration" in result.stderr
+
+
+def test_configs_in_the_repo_are_valid():
+    from rlay.cli import load_config
+
+    for path in (ROOT / "configs").glob("*.toml"):
+        config = load_config(str(path))
+        assert config["workers"], path

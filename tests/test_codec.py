@@ -1,0 +1,135 @@
+"""The value codec and the space codec: exact round trips, and nothing from the wire is unpickled."""
+
+from __future__ import annotations
+
+import pickle
+
+import msgpack
+import msgpack_numpy
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from rlay.spaces import UnsupportedSpaceError, decode_space, encode_space, flatten, leaf_spaces, unflatten
+from rlay.values import WireError, packb, unpackb
+from tests.conftest import assert_same
+
+
+class _CreatesFile:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def pickle_payload(marker) -> bytes:
+    """msgpack-numpy's encoding of an object array, carrying a pickle that creates ``marker``."""
+    return msgpack.packb(
+        {b"nd": True, b"type": "|O", b"kind": b"O", b"shape": [1], b"data": pickle.dumps(_CreatesFile(str(marker)))},
+        use_bin_type=True,
+    )
+
+
+def test_payload_is_live_under_msgpack_numpy(tmp_path):
+    marker = tmp_path / "owned"
+    msgpack_numpy.unpackb(pickle_payload(marker))  # what rlay must never do
+    assert marker.exists()
+
+
+def test_pickle_payload_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "owned"
+    for payload in (pickle_payload(marker), packb({"info": msgpack.ExtType(99, b"x")})):
+        with pytest.raises(WireError):
+            unpackb(payload)
+    nested = msgpack.packb({"info": [msgpack.unpackb(pickle_payload(marker), raw=True)]}, use_bin_type=True)
+    with pytest.raises(WireError, match="msgpack-numpy"):
+        unpackb(nested)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, True, 3, -2**63, 2**64 - 1, 1.5, "text", b"\x00bytes", [1, "a"], (1, (2.0, "x")), {"k": {"n": [None]}},
+        {1: "int key", (1, 2): "tuple key"}, 2**64, -(2**127) + 3, np.float32(1.25), np.int8(-3), np.bool_(True), np.uint64(2**64 - 1),
+        np.arange(12, dtype=np.int16).reshape(3, 4), np.zeros((0, 3), np.float64), np.array(["ab", "c"]),
+        np.array([b"x", b"yz"]), np.array([1 + 2j], np.complex64), np.asfortranarray(np.ones((2, 3))),
+        np.arange(10)[::3],
+    ],
+    ids=repr,
+)
+def test_values_round_trip_with_their_types(value):
+    assert_same(unpackb(packb(value)), value)
+
+
+@pytest.mark.parametrize("bad", [np.array([object()]), np.zeros(2, dtype=[("a", "i4")]), {"x": object()}, {1j}])
+def test_non_data_is_refused_on_the_sending_side(bad):
+    with pytest.raises(WireError, match="cannot cross the wire|cannot encode"):
+        packb(bad)
+
+
+def ext_array(dtype, shape, data) -> bytes:
+    return msgpack.packb(msgpack.ExtType(1, msgpack.packb([dtype, shape, data])))
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (ext_array("|O", [1], b"\x00" * 8), "unsupported dtype"),
+        (ext_array("<V8", [1], b"\x00" * 8), "unsupported dtype"),
+        (ext_array("float32", [1], b"\x00" * 4), "unsupported dtype"),
+        (ext_array("<i3", [1], b"\x00" * 3), "numpy does not know it"),
+        (ext_array("=f4", [1], b"\x00" * 4), "unsupported dtype"),
+        (ext_array("|f4", [1], b"\x00" * 4), "needs a byte order"),
+        (ext_array("<f4", [10**9, 10**9], b"\x00" * 4), "need"),  # huge declared size, no allocation
+        (ext_array("<f4", [-1], b""), "non-negative"),
+        (ext_array("<f4", [2], b"\x00" * 7), "need"),
+        (msgpack.packb(msgpack.ExtType(2, msgpack.packb(["<f8", b"\x00"]))), "need"),
+        (packb({"a": [1, 2, 3]})[:-2], "malformed"),
+        (b"\xc1", "malformed"),
+    ],
+)
+def test_malformed_values_get_a_clear_error(payload, reason):
+    with pytest.raises(WireError, match=reason):
+        unpackb(payload)
+
+
+SPACES = [
+    spaces.Box(-1.0, 1.0, (3,), np.float32),
+    spaces.Box(np.array([0.0, -np.inf]), np.array([1.0, np.inf]), dtype=np.float64),
+    spaces.Box(0, 255, (84, 84, 3), np.uint8),
+    spaces.Box(0, 1, (2,), np.bool_),
+    spaces.Discrete(5),
+    spaces.Discrete(3, start=-1),
+    spaces.Discrete(4, dtype=np.int32),
+    spaces.MultiDiscrete([[2, 3], [4, 5]]),
+    spaces.MultiDiscrete([3, 3], dtype=np.int32, start=[1, -1]),
+    spaces.MultiBinary(4),
+    spaces.MultiBinary((2, 3)),
+    spaces.Text(7, min_length=2, charset="abcé"),
+    spaces.Tuple((spaces.Discrete(3), spaces.Box(0, 1, (2,)))),
+    spaces.Dict({"z": spaces.Discrete(2), "a": spaces.Dict({"deep": spaces.Tuple((spaces.MultiBinary(2),))})}),
+]
+
+
+@pytest.mark.parametrize("space", SPACES, ids=str)
+def test_spaces_round_trip_exactly_through_msgpack(space):
+    wire = msgpack.packb(encode_space(space), use_bin_type=True)
+    decoded = decode_space(msgpack.unpackb(wire, raw=False))
+    assert decoded == space and str(decoded) == str(space)
+    batch = [space.sample() for _ in range(3)]
+    from gymnasium.vector.utils import concatenate, create_empty_array
+
+    batched = concatenate(space, batch, create_empty_array(space, 3))
+    assert_same(unflatten(space, flatten(space, batched)), batched)
+    assert len(flatten(space, batched)) == len(leaf_spaces(space))
+
+
+def test_unsupported_space_names_itself():
+    with pytest.raises(UnsupportedSpaceError, match="Graph.*supported spaces are Box"):
+        encode_space(spaces.Graph(spaces.Box(0, 1, (2,)), None))
+    with pytest.raises(WireError, match="unknown space type 'Sequence'"):
+        decode_space({"type": "Sequence"})

@@ -1,0 +1,225 @@
+"""The rest of the VectorEnv API: async calls, misuse, call/attrs/render, errors, timeouts, RlayEnv."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
+from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import SyncVectorEnv
+
+import rlay
+from rlay import RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
+from rlay.values import WireError
+from tests.conftest import assert_same
+from tests.envs import BadObsEnv, DictEnv, EndingEnv, FailingEnv, ObjectInfoEnv, SlowEnv
+
+
+@pytest.fixture
+def cartpoles():
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 3, envs_per_worker=2)
+    yield envs
+    envs.close()
+
+
+def test_async_calls_and_misuse_raise_gymnasium_errors(cartpoles):
+    envs = cartpoles
+    with pytest.raises(NoAsyncCallError):
+        envs.step_wait()
+    with pytest.raises(NoAsyncCallError):
+        envs.reset_wait()
+    with pytest.raises(NoAsyncCallError):
+        envs.call_wait()
+    envs.reset_async(seed=1)
+    with pytest.raises(AlreadyPendingCallError):
+        envs.step_async(envs.action_space.sample())
+    with pytest.raises(AlreadyPendingCallError):
+        envs.reset_async()
+    with pytest.raises(AlreadyPendingCallError):
+        envs.call_async("render")
+    obs, _ = envs.reset_wait(timeout=10)
+    assert obs.shape == (3, 4)
+    envs.step_async(np.array([0, 1, 0]))
+    obs, rewards, terminations, truncations, infos = envs.step_wait(timeout=10)
+    assert rewards.dtype == np.float64 and terminations.dtype == np.bool_
+    with pytest.raises(ValueError, match="length must match num_envs"):
+        envs.reset(seed=[1, 2])
+    with pytest.raises(TypeError, match="reset_mask"):
+        envs.reset(options={"reset_mask": [True, False, True]})
+    with pytest.raises(ValueError, match="at least one True"):
+        envs.reset(options={"reset_mask": np.zeros(3, dtype=bool)})
+    envs.close()
+    envs.close()  # idempotent
+    with pytest.raises(ClosedEnvironmentError):
+        envs.reset()
+    with pytest.raises(ClosedEnvironmentError):
+        envs.step(np.array([0, 1, 0]))
+
+
+def test_copy_false_returns_the_same_buffer():
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 2, copy=False)
+    try:
+        first, _ = envs.reset(seed=0)
+        second, *_ = envs.step(np.array([0, 1]))
+        assert first is second
+    finally:
+        envs.close()
+
+
+def test_call_get_attr_set_attr_render_match_sync():
+    fns = [lambda: DictEnv(render_mode="rgb_array")] * 3
+    envs, sync = RlayVectorEnv(fns, envs_per_worker=2), SyncVectorEnv(fns)
+    try:
+        for e in (envs, sync):
+            e.reset(seed=3)
+            e.step(e.action_space.sample())
+        assert_same(envs.get_attr("horizon"), sync.get_attr("horizon"))
+        assert_same(envs.call("render"), sync.call("render"))
+        assert_same(envs.render(), sync.render())
+        assert envs.metadata["render_fps"] == 10 and envs.render_mode == "rgb_array"
+        envs.set_attr("horizon", [5, 6, 7])
+        sync.set_attr("horizon", [5, 6, 7])
+        assert envs.get_attr("horizon") == (5, 6, 7)
+        envs.set_attr("horizon", 9)
+        assert envs.get_attr("horizon") == (9, 9, 9)
+        assert envs.get_attr("np_random_seed") == sync.get_attr("np_random_seed")
+        with pytest.raises(ValueError, match="Values must be a list or tuple"):
+            envs.set_attr("horizon", [1, 2])
+        with pytest.raises(WireError, match="cannot cross the wire"):
+            envs.call("render", object())
+        with pytest.raises(RemoteEnvError, match="cannot cross the wire"):
+            envs.get_attr("np_random")  # a Generator is not data
+        with pytest.raises(ValueError, match="use `step` directly"):
+            envs.call("step", {})
+        assert envs.get_attr("horizon") == (9, 9, 9), "the env keeps serving after refused calls"
+    finally:
+        envs.close()
+        sync.close()
+
+
+def test_env_exception_names_env_worker_host_and_carries_traceback():
+    envs = RlayVectorEnv([FailingEnv] * 4, envs_per_worker=2)
+    try:
+        envs.reset(seed=0)
+        envs.step(np.array([0, 0, 0, 0]))
+        with pytest.raises(ValueError) as caught:  # the remote builtin type is kept
+            envs.step(np.array([0, 0, 1, 0]))
+        err = caught.value
+        assert isinstance(err, RemoteEnvError) and err.remote_type == "ValueError"
+        text = str(err)
+        assert "env 2 " in text and "boom at t=2" in text and "on host" in text and "worker w" in text
+        assert "Traceback (most recent call last)" in text and "tests/envs.py" in text
+        assert [d["row"] for d in err.details] == [2]
+        obs, *_ = envs.step(np.array([0, 0, 0, 0]))  # the worker kept serving
+        assert obs.shape == (4, 2)
+    finally:
+        envs.close()
+
+
+def test_object_in_info_is_refused_by_the_worker_not_pickled():
+    envs = RlayVectorEnv([ObjectInfoEnv] * 2)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(RemoteEnvError, match="info: a value of type builtins.object cannot cross the wire"):
+            envs.step(np.array([0, 0]))
+    finally:
+        envs.close()
+
+
+def test_step_timeout_names_what_was_awaited():
+    envs = RlayVectorEnv([lambda: SlowEnv(delay=3.0)] * 2, envs_per_worker=1, timeout=0.5)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(RlayTimeoutError) as caught:
+            envs.step(np.array([0, 1]))
+        text = str(caught.value)
+        assert "step" in text and "within 0.5 s" in text and "on host" in text and "pid" in text
+        assert isinstance(caught.value, TimeoutError)
+    finally:
+        envs.close()
+
+
+def test_client_side_wait_timeout_is_gymnasium_timeout():
+    import multiprocessing
+
+    envs = RlayVectorEnv([lambda: SlowEnv(delay=2.0)], timeout=30)
+    try:
+        envs.reset(seed=0)
+        envs.step_async(np.array([0]))
+        with pytest.raises(multiprocessing.TimeoutError, match="envs 0 on worker"):
+            envs.step_wait(timeout=0.2)
+    finally:
+        envs.close()
+
+
+def test_env_fn_that_raises_fails_fast_with_its_traceback():
+    def broken():
+        raise RuntimeError("cannot build this env")
+
+    with pytest.raises(rlay.RlayError, match="cannot build this env"):
+        RlayVectorEnv([broken] * 2, timeout=30)
+
+
+def test_rlay_env_passes_check_env():
+    env = RlayEnv("CartPole-v1")
+    try:
+        check_env(env, skip_render_check=True)
+        obs, info = env.reset(seed=5)
+        expected, _ = gym.make("CartPole-v1").reset(seed=5)
+        assert_same(obs, expected)
+    finally:
+        env.close()
+
+
+def test_rlay_env_with_dict_spaces_passes_check_env():
+    env = RlayEnv(DictEnv)
+    try:
+        check_env(env, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_make_vec_embedded_and_kwargs():
+    envs = rlay.make_vec("Pendulum-v1", 2, g=1.62, vector_kwargs={"envs_per_worker": 2})
+    try:
+        assert envs.get_attr("g") == (1.62, 1.62)
+    finally:
+        envs.close()
+    with pytest.raises(TypeError, match="--env-kwargs"):
+        rlay.make_vec("Pendulum-v1", 2, broker="tcp://127.0.0.1:1", g=1.0)
+
+
+def test_unsupported_space_fails_at_registration_naming_it():
+    class GraphEnv(gym.Env):
+        observation_space = gym.spaces.Graph(gym.spaces.Box(0, 1, (2,)), None)
+        action_space = gym.spaces.Discrete(2)
+
+    with pytest.raises(rlay.RlayError, match="cannot carry the space Graph"):
+        RlayVectorEnv([GraphEnv], timeout=30)
+
+
+def test_a_failing_env_does_not_corrupt_its_neighbours_autoreset():
+    envs = RlayVectorEnv([EndingEnv] * 2, envs_per_worker=2)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(ValueError, match="refusing action 1"):
+            envs.step(np.array([0, 1]))  # env 0 ends its episode while env 1 raises
+        obs, rewards, terminations, *_ = envs.step(np.array([0, 0]))
+        assert rewards[0] == 0.0 and not terminations[0], "env 0 must be autoreset, not stepped"
+        np.testing.assert_array_equal(obs[0], np.zeros(2, np.float32))
+        assert rewards[1] == 1.0 and terminations[1]
+    finally:
+        envs.close()
+
+
+def test_observation_outside_the_space_is_the_envs_error():
+    envs = RlayVectorEnv([FailingEnv, BadObsEnv], envs_per_worker=2)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(RemoteEnvError) as caught:
+            envs.step(np.array([0, 0]))
+        assert [d["row"] for d in caught.value.details] == [1]
+        assert "env 1 " in str(caught.value)
+    finally:
+        envs.close()
