@@ -124,7 +124,10 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(EXT_SCALAR, msgpack.packb([dtype, obj.tobytes()]))
     if isinstance(obj, tuple):
         return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
-    if isinstance(obj, int) and type(obj) is int:  # beyond 64 bits: msgpack has no type for it
+    if isinstance(obj, int):
+        if type(obj) is not int:  # IntEnum and other int subclasses travel as plain ints
+            return int(obj)
+        # beyond 64 bits: msgpack has no type for it
         size = (obj.bit_length() + 8) // 8
         if size > _MAX_BIGINT_BYTES:
             raise WireError(f"an int of {obj.bit_length()} bits is too large for the wire")

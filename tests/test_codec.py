@@ -133,3 +133,12 @@ def test_unsupported_space_names_itself():
         encode_space(spaces.Graph(spaces.Box(0, 1, (2,)), None))
     with pytest.raises(WireError, match="unknown space type 'Sequence'"):
         decode_space({"type": "Sequence"})
+
+
+def test_int_subclasses_travel_as_ints():
+    import enum
+
+    class Color(enum.IntEnum):
+        RED = 3
+
+    assert_same(unpackb(packb({"c": Color.RED})), {"c": 3})

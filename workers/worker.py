@@ -27,7 +27,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 
 from rlay import protocol as P
 from rlay.spaces import encode_space, flatten, leaf_spaces, unflatten
-from rlay.values import WireError, packb
+from rlay.values import VersionError, WireError, packb
 from rlay.wire import decode_body, decode_header, decode_leaves, encode_leaves, header
 
 __all__ = ["Worker", "RegistrationError"]
@@ -216,6 +216,8 @@ class Worker:
                     errors=failures.reports,
                 )
             ]
+        except VersionError as exc:
+            return [header(P.ERROR, req=req, code=P.E_VERSION, message=str(exc), supported=list(P.SUPPORTED_VERSIONS))]
         except (WireError, KeyError, TypeError, ValueError) as exc:
             log.warning("bad message from broker: %s", exc)
             return [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE, message=f"worker could not read the message: {exc}")]

@@ -1,0 +1,62 @@
+"""Embedded mode leaves nothing running: after close(), at interpreter exit, and when the trainer dies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, subprocess_env, wait_for
+
+TRAINER = """
+import os, signal, sys, multiprocessing
+import gymnasium as gym
+from rlay import RlayVectorEnv
+envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2)
+envs.reset(seed=0)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+how = sys.argv[1]
+if how == "close":
+    envs.close()
+elif how == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+elif how == "exception":
+    raise RuntimeError("the training script crashed")
+# "exit": fall off the end without close()
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["close", "exit", "exception", "kill"])
+def test_embedded_children_stop_with_the_trainer(how):
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAINER, how], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
+    expected = {"close": 0, "exit": 0, "exception": 1, "kill": -9}[how]
+    assert proc.returncode == expected, proc.stderr
+    children = [int(p) for p in proc.stdout.split()]
+    assert len(children) == 3, f"expected a broker and 2 workers, got {proc.stdout!r}"
+    wait_for(lambda: not any(alive(p) for p in children), 15, f"children {children} to exit after the trainer's {how}")
+
+
+def test_no_ipc_directories_are_left_behind():
+    import tempfile
+
+    import gymnasium as gym
+
+    from rlay import RlayVectorEnv
+
+    before = set(os.listdir(tempfile.gettempdir()))
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")])
+    envs.close()
+    left = {d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("rlay-")}
+    assert not left
