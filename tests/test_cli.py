@@ -109,3 +109,14 @@ def test_configs_in_the_repo_are_valid():
     for path in (ROOT / "configs").glob("*.toml"):
         config = load_config(str(path))
         assert config["workers"], path
+
+
+def test_broker_reads_its_addresses_from_a_config(tmp_path):
+    config, front = write_config(tmp_path)
+    broker = Proc("broker", "--config", str(config))
+    try:
+        status = wait_for(lambda: broker.popen.poll() is not None or broker_status(front), 30, "the broker to answer")
+        assert broker.popen.poll() is None and status["broker"]["frontend"] == front
+    finally:
+        code, _, err = broker.stop(signal.SIGINT)
+    assert code == 0, err
