@@ -1,0 +1,67 @@
+"""Autoreset, written once for every kind of worker.
+
+A *plan* is a generator that yields env commands and receives their results:
+
+- ``("reset", seed, options)`` receives ``(obs, info)``;
+- ``("step", action)`` receives ``(obs, reward, terminated, truncated, info)``;
+
+and returns the per-env result a worker sends back. A command worker runs a
+plan against its env at once (:func:`run`); a push worker runs it across the
+game's decision points, handing each command to the game and feeding back
+the state the game reports next. Either way the results follow gymnasium's
+SyncVectorEnv exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generator
+
+NEXT_STEP, SAME_STEP, DISABLED = "NextStep", "SameStep", "Disabled"
+MODES = (NEXT_STEP, SAME_STEP, DISABLED)
+
+Plan = Generator[tuple, Any, dict]
+
+__all__ = ["MODES", "NEXT_STEP", "SAME_STEP", "DISABLED", "Plan", "reset_plan", "step_plan", "run"]
+
+
+def reset_plan(seed: int | None, options: Any) -> Plan:
+    """Reset one env; returns {"obs", "info"}."""
+    obs, info = yield ("reset", seed, options)
+    return {"obs": obs, "info": info}
+
+
+def step_plan(mode: str, done: bool, action: Any, env_index: int) -> Plan:
+    """Step one env whose last episode ended iff ``done``, autoresetting as ``mode`` says.
+
+    Returns {"obs", "reward", "terminated", "truncated", "info", "final"}, where
+    ``final`` is ``[final_obs, final_info]`` when SameStep reset a finished episode.
+    """
+    if mode == NEXT_STEP and done:
+        obs, info = yield ("reset", None, None)
+        return {"obs": obs, "reward": 0.0, "terminated": False, "truncated": False, "info": info, "final": None}
+    if mode == DISABLED and done:  # SyncVectorEnv asserts this too
+        raise AssertionError(
+            f"env {env_index} was stepped after its episode ended; with autoreset_mode=Disabled, "
+            "reset it first (reset(options={'reset_mask': ...}))"
+        )
+    obs, reward, terminated, truncated, info = yield ("step", action)
+    final = None
+    if mode == SAME_STEP and (terminated or truncated):
+        final = [obs, info]
+        obs, info = yield ("reset", None, None)
+    return {"obs": obs, "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
+            "info": info, "final": final}
+
+
+def run(plan: Plan, env: Any) -> dict:
+    """Carry out a plan against a gymnasium env right away."""
+    try:
+        command = next(plan)
+        while True:
+            if command[0] == "reset":
+                result = env.reset(seed=command[1], options=command[2])
+            else:
+                result = env.step(command[1])
+            command = plan.send(result)
+    except StopIteration as stop:
+        return stop.value

@@ -1,0 +1,277 @@
+"""What every worker does on the wire, whoever drives the env: command workers and push games alike.
+
+Connect a DEALER to the broker's back end, register K env slots with their
+spaces, read the broker's batched requests, and answer each with one reply:
+per-env results batched into observation leaves (raw frames) and a body.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as pysocket
+import time
+import traceback
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import zmq
+from gymnasium.vector.utils import concatenate, create_empty_array
+
+from rlay import protocol as P
+from rlay.spaces import encode_space, flatten, leaf_spaces
+from rlay.values import VersionError, WireError, packb
+from rlay.wire import decode_body, decode_header, encode_leaves, header
+
+__all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
+
+log = logging.getLogger("rlay.worker")
+
+
+class RegistrationError(RuntimeError):
+    """The broker refused this worker, or never answered its registration."""
+
+
+class EnvFailures(Exception):
+    """Env code failed for some envs of a request; carries what the trainer is told."""
+
+    def __init__(self, reports: list[dict]):
+        super().__init__(f"{len(reports)} env(s) failed")
+        self.reports = reports
+
+
+def failure_report(index: int, exc: BaseException) -> dict:
+    """What the trainer learns of an exception raised for env ``index`` (call inside ``except``)."""
+    return {"env": index, "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+
+
+class Request:
+    """One batched call from the broker: its kind, request id, env indices, body and array frames."""
+
+    def __init__(self, kind: str, req: Any, envs: list[int], body: dict, frames: list[Any]):
+        self.kind, self.req, self.envs, self.body, self.frames = kind, req, envs, body, frames
+
+
+class WorkerBase:
+    """Registration, request parsing and reply encoding shared by every worker kind."""
+
+    mode = P.COMMAND_MODE
+
+    def __init__(
+        self,
+        broker: str,
+        *,
+        env_id: str,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        num_envs: int,
+        rank: int = 0,
+        host: str | None = None,
+        metadata: dict | None = None,
+        render_mode: str | None = None,
+        register_timeout: float = 60.0,
+        parent_pid: int | None = None,
+    ):
+        self.broker = broker
+        self.env_id = env_id
+        self.obs_space = observation_space
+        self.act_space = action_space
+        self.num_envs = num_envs
+        self.rank = rank
+        self.host = host or pysocket.gethostname()
+        self.metadata = {k: v for k, v in (metadata or {}).items() if _is_data(v)}
+        self.render_mode = render_mode
+        self.register_timeout = register_timeout
+        self.parent_pid = parent_pid
+        self.obs_leaves = leaf_spaces(observation_space)
+        self.act_leaves = leaf_spaces(action_space)
+        self.name = "?"
+        self.stopping = False
+        self.ctx: zmq.Context | None = None
+        self.sock: zmq.Socket | None = None
+
+    # -- connection ---------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect and register; returns once the broker accepted this worker's slots."""
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(self.broker)
+        self.sock.send(
+            header(
+                P.REGISTER,
+                mode=self.mode,
+                env_id=self.env_id,
+                num_envs=self.num_envs,
+                host=self.host,
+                pid=os.getpid(),
+                rank=self.rank,
+                obs_space=encode_space(self.obs_space),
+                act_space=encode_space(self.act_space),
+                metadata=self.metadata,
+                render_mode=self.render_mode,
+            )
+        )
+        deadline = time.monotonic() + self.register_timeout
+        while not self.stopping:
+            if time.monotonic() > deadline:
+                raise RegistrationError(
+                    f"no broker answered the registration of {self.env_id!r} at {self.broker} "
+                    f"within {self.register_timeout:g} s"
+                )
+            self.check_parent()
+            if not self.sock.poll(P.IDLE_POLL_MS):
+                continue
+            head = decode_header(self.sock.recv_multipart()[0])
+            if head[P.TYPE] == P.REGISTERED:
+                self.name = head.get("worker", "?")
+                log.info("registered as %s with slots %s", self.name, head.get("slots"))
+                return
+            if head[P.TYPE] == P.ERROR:
+                raise RegistrationError(f"broker refused registration: {head.get('message')}")
+            log.warning("ignoring %r before registration", head[P.TYPE])
+
+    def disconnect(self) -> None:
+        """Tell the broker this worker is leaving, and close the socket."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(header(P.DISCONNECT), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.sock.close()
+        self.ctx.term()
+        self.sock = self.ctx = None
+
+    def check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("parent process %d is gone; stopping", self.parent_pid)
+            self.stopping = True
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    # -- requests -----------------------------------------------------------------
+
+    def read(self, frames: list[Any]) -> Request | list[Any] | None:
+        """Parse a message from the broker into a Request.
+
+        Returns a reply to send instead when the message is bad, None when it
+        needs no answer (disconnect, errors). Never raises on bad input.
+        """
+        req = None
+        try:
+            head = decode_header(frames[0])
+            req = head.get(P.REQ)
+            kind = head[P.TYPE]
+            if kind == P.DISCONNECT:
+                log.info("broker disconnected this worker: %s", head.get("reason", ""))
+                self.stopping = True
+                return None
+            if kind == P.ERROR:
+                log.error("broker reports: %s", head.get("message"))
+                return None
+            if kind not in P.BATCH_CALLS:
+                return [header(P.ERROR, req=req, code=P.E_UNKNOWN_TYPE, message=f"unknown message type {kind!r}")]
+            envs = head.get("envs")
+            if (
+                not isinstance(envs, list)
+                or not envs
+                or len(set(map(repr, envs))) != len(envs)
+                or not all(type(i) is int and 0 <= i < self.num_envs for i in envs)
+            ):
+                raise WireError(f"'envs' must be a non-empty list of distinct env indices below {self.num_envs}")
+            if len(frames) < 2:
+                raise WireError(f"a {kind} message needs a body frame")
+            return Request(kind, req, envs, decode_body(frames[1]), frames[2:])
+        except VersionError as exc:
+            return [header(P.ERROR, req=req, code=P.E_VERSION, message=str(exc), supported=list(P.SUPPORTED_VERSIONS))]
+        except (WireError, KeyError, TypeError, ValueError) as exc:
+            return self.bad_message(req, exc)
+
+    def bad_message(self, req: Any, exc: Exception) -> list[Any]:
+        log.warning("bad message from broker: %s", exc)
+        return [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE, message=f"worker could not read the message: {exc}")]
+
+    def internal_error(self, req: Any, exc: Exception) -> list[Any]:
+        log.exception("unexpected error answering the broker")
+        return [header(P.ERROR, req=req, code=P.E_INTERNAL, message=f"worker internal error: {type(exc).__name__}: {exc}")]
+
+    def env_error(self, req: Any, reports: list[dict]) -> list[Any]:
+        message = f"env code raised in worker {self.name} on host {self.host}"
+        return [header(P.ERROR, req=req, code=P.E_ENV, message=message, errors=reports)]
+
+    def reply(self, req: Any, envs: list[int], results: list[dict]) -> list[Any]:
+        """The reply to a reset or step: per-env results batched into leaves and a body.
+
+        Each result has "obs" and "info", and for a step "reward", "terminated",
+        "truncated" and "final". Raises EnvFailures naming the envs whose
+        observation does not fit the space or whose values cannot cross the wire.
+        """
+        descriptors, arrays = self._encode_obs(envs, [r["obs"] for r in results])
+        body = {"obs": descriptors}
+        for key in results[0]:
+            if key != "obs":
+                body[key] = [r[key] for r in results]
+        return [header(P.REPLY, req=req), _pack_reply(envs, body), *arrays]
+
+    def plain_reply(self, request: Request, body: dict) -> list[Any]:
+        """The reply to a call or set_attr: a body of per-env values, no array frames."""
+        return [header(P.REPLY, req=request.req), _pack_reply(request.envs, body)]
+
+    def _encode_obs(self, envs: list[int], obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
+        try:
+            return _obs_leaves(self.obs_space, obs)
+        except Exception:
+            failures = []
+            for i, one in zip(envs, obs):
+                try:
+                    _obs_leaves(self.obs_space, [one])
+                except Exception as exc:
+                    failures.append(failure_report(i, exc))
+            raise EnvFailures(failures or [{"env": envs[0], "type": "ValueError",
+                                            "message": "observations cannot be batched", "traceback": ""}])
+
+
+def _obs_leaves(space: gym.Space, obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
+    # concatenate() casts exactly as SyncVectorEnv's batching does.
+    batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
+    return encode_leaves(flatten(space, batch))
+
+
+def _pack_reply(envs: list[int], body: dict) -> bytes:
+    """Pack a reply body; if some env's value cannot cross the wire, say which env and key."""
+    try:
+        return packb(body)
+    except WireError:
+        failures = []
+        for key, values in body.items():
+            for n, value in enumerate(values if isinstance(values, list) else []):
+                try:
+                    packb(value)
+                except WireError as exc:
+                    failures.append({"env": envs[n], "type": "TypeError", "message": f"{key}: {exc}", "traceback": ""})
+        raise EnvFailures(failures or [{"env": envs[0], "type": "TypeError", "message": "reply cannot be encoded", "traceback": ""}])
+
+
+def _is_data(value: Any) -> bool:
+    try:
+        packb(value)
+        return True
+    except WireError:
+        return False
+
+
+def each(envs: list[int], fn: Callable[[int, int], Any]) -> list[Any]:
+    """Run ``fn(env_index, position)`` for every env; collect every failure, not just the first."""
+    results, failures = [], []
+    for n, i in enumerate(envs):
+        try:
+            results.append(fn(i, n))
+        except Exception as exc:
+            failures.append(failure_report(i, exc))
+    if failures:
+        raise EnvFailures(failures)
+    return results
