@@ -400,7 +400,7 @@ class Broker:
             if slot is None or slot.lease != ident:
                 return P.E_SLOT, f"slot {slot_id!r} is not leased to this trainer"
             if slot.lost is not None:
-                return P.E_SLOT, f"slot {slot_id} is lost: {slot.lost}"
+                return P.E_WORKER_LOST, f"slots [{slot_id}] are lost: {slot.lost}"
             if slot.busy is not None:
                 return P.E_SLOT, f"slot {slot_id} is still busy with an earlier call on {slot.worker.describe()}"
             if worker is not None and slot.worker is not worker:
@@ -447,7 +447,7 @@ class Broker:
             )
             return
         mode = head.get("mode", P.COMMAND_MODE)
-        if mode != P.COMMAND_MODE:
+        if mode not in P.WORKER_MODES:
             self._error(self.back, ident, None, P.E_REGISTRATION, f"unknown worker mode {mode!r}")
             return
         for other in self.workers.values():

@@ -44,7 +44,9 @@ LEASED = "leased"
 RELEASED = "released"
 
 # Worker modes.
-COMMAND_MODE = "command"
+COMMAND_MODE = "command"  # the worker hosts env objects and steps them on request
+PUSH_MODE = "push"  # the worker is the env's own process (a game) and answers at its decision points
+WORKER_MODES = (COMMAND_MODE, PUSH_MODE)
 
 # Error codes carried in ``error`` messages.
 E_BAD_MESSAGE = "bad_message"

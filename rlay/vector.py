@@ -20,6 +20,7 @@ Results equal gymnasium's SyncVectorEnv bit for bit, in every AutoresetMode.
 
 from __future__ import annotations
 
+import re
 import weakref
 from copy import deepcopy
 from typing import Any, Callable, Sequence
@@ -420,6 +421,11 @@ class RlayVectorEnv(VectorEnv):
                 per_row[row] = {key: values[n] for key, values in body.items() if key != "obs"}
         return per_row
 
+    def _name_rows(self, match: re.Match) -> str:
+        """'slots [7, 8]' in a broker message -> 'envs 2, 3 (slots [7, 8])': the trainer's own indices."""
+        slots = [int(s) for s in match.group(1).split(",") if s.strip()]
+        return f"envs {_rows_text([self._row_of_slot.get(s) for s in slots])} ({match.group(0)})"
+
     def _row_obs(self, row: int) -> Any:
         """One env's observation, copied out of the batch buffer."""
         return deepcopy(unflatten(self.single_observation_space, [leaf[row] for leaf in self._obs_leaves]))
@@ -446,9 +452,7 @@ class RlayVectorEnv(VectorEnv):
                     )
             type_name = details[0]["type"] if details else "Exception"
             return remote_env_error(str(type_name), f"during {what}:\n" + "\n".join(lines or [message]), details)
-        for failure in failures:
-            rows = [self._row_of_slot.get(s) for s in failure.get("slots", [])]
-            message = message.replace(f"slots {failure.get('slots')}", f"envs {_rows_text(rows)} (slots {failure.get('slots')})")
+        message = re.sub(r"slots \[([0-9, ]*)\]", self._name_rows, message)
         if code == P.E_TIMEOUT:
             return RlayTimeoutError(f"timed out during {what}: {message}")
         if code == P.E_WORKER_LOST:

@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RLAY = [sys.executable, "-m", "rlay.cli"]
+GAME = [sys.executable, "-m", "workers.examples.tick_game"]
 
 
 def descendants(pid: int) -> set[int]:
@@ -82,8 +83,8 @@ def subprocess_env() -> dict[str, str]:
 class Proc:
     """A CLI subprocess whose exit status the test checks."""
 
-    def __init__(self, *args: str):
-        self.args = [*RLAY, *args]
+    def __init__(self, *args: str, command: list[str] = RLAY):
+        self.args = [*command, *args]
         self.popen = subprocess.Popen(
             self.args, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

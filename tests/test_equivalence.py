@@ -34,8 +34,8 @@ def make_fn(name: str):
     return functools.partial(gym.make, spec, **kwargs)
 
 
-def compare_runs(rlay_env: RlayVectorEnv, name: str, mode: AutoresetMode, seed: int = 7) -> None:
-    sync = SyncVectorEnv([make_fn(name)] * NUM_ENVS, autoreset_mode=mode)
+def compare_runs(rlay_env: RlayVectorEnv, name: str, mode: AutoresetMode, seed: int = 7, num_envs: int = NUM_ENVS) -> None:
+    sync = SyncVectorEnv([make_fn(name)] * num_envs, autoreset_mode=mode)
     try:
         assert rlay_env.single_observation_space == sync.single_observation_space
         assert rlay_env.single_action_space == sync.single_action_space
@@ -52,14 +52,14 @@ def compare_runs(rlay_env: RlayVectorEnv, name: str, mode: AutoresetMode, seed: 
             done = expected[2] | expected[3]
             episodes_ended += int(done.sum())
             if mode == AutoresetMode.DISABLED and done.any():
-                seeds = [seed * 1000 + t * NUM_ENVS + i for i in range(NUM_ENVS)]
+                seeds = [seed * 1000 + t * num_envs + i for i in range(num_envs)]
                 assert_same(
                     rlay_env.reset(seed=seeds, options={"reset_mask": done.copy()}),
                     sync.reset(seed=seeds, options={"reset_mask": done.copy()}),
                     f"masked reset at {t}",
                 )
             if t == STEPS // 2:  # a partial reset mid-run, with options, in every mode
-                mask = np.array([i % 2 == 0 for i in range(NUM_ENVS)])
+                mask = np.array([i % 2 == 0 for i in range(num_envs)])
                 assert_same(
                     rlay_env.reset(seed=seed + t, options={"reset_mask": mask.copy(), "k": 1}),
                     sync.reset(seed=seed + t, options={"reset_mask": mask.copy(), "k": 1}),

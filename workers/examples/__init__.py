@@ -1,0 +1,1 @@
+"""Example games and env processes for rlay."""
