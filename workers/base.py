@@ -114,6 +114,13 @@ class WorkerBase:
                 render_mode=self.render_mode,
             )
         )
+        try:
+            self._await_registration()
+        except BaseException:
+            self.disconnect()
+            raise
+
+    def _await_registration(self) -> None:
         deadline = time.monotonic() + self.register_timeout
         while not self.stopping:
             if time.monotonic() > deadline:

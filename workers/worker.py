@@ -116,7 +116,8 @@ class Worker(WorkerBase):
         return self.reply(request.req, envs, each(envs, step_one))
 
     def call(self, request: Request) -> list[Any]:
-        name, args, kwargs = (request.body.get(k) for k in ("name", "args", "kwargs"))
+        body = request.body
+        name, args, kwargs = body.get("name"), body.get("args", []), body.get("kwargs", {})
         if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
             raise WireError("call needs 'name' (str), 'args' (list) and 'kwargs' (map)")
         if name in P.RESERVED_CALLS:

@@ -1,0 +1,258 @@
+"""``rlay bench``: RlayVectorEnv against gymnasium's SyncVectorEnv and AsyncVectorEnv, in one run.
+
+Every workload runs each implementation in turn, interleaved over several
+rounds, and reports the median. Ratios within one run are the meaningful
+numbers: this machine's absolute speed varies from run to run.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["run", "SleepEnv", "FrameEnv", "NoopEnv"]
+
+
+class SleepEnv(gym.Env):
+    """A latency-bound env: each step sleeps ``delay`` seconds, like a game waiting on its frame."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay: float = 0.001):
+        self.delay = delay
+        self.obs = np.zeros(4, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.obs, {}
+
+    def step(self, action):
+        time.sleep(self.delay)
+        return self.obs, 0.0, False, False, {}
+
+
+class FrameEnv(gym.Env):
+    """Returns a uint8 image of ``shape`` every step (rendered once: the bench measures transport)."""
+
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, shape: tuple[int, ...] = (84, 84, 3)):
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+        self.frame = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.frame, {}
+
+    def step(self, action):
+        return self.frame, 0.0, False, False, {}
+
+
+class NoopEnv(FrameEnv):
+    """The cheapest possible env, for round-trip latency: a 4-float observation."""
+
+    def __init__(self):
+        super().__init__((4,))
+        self.observation_space = spaces.Box(0, 255, (4,), np.uint8)
+
+
+def cartpole() -> gym.Env:
+    return gym.make("CartPole-v1")
+
+
+@dataclass
+class Workload:
+    name: str
+    make: Callable[[], gym.Env]
+    num_envs: int
+    seconds: float  # per implementation per round
+    obs_bytes: int = 0  # per env step, for GB/s
+    results: dict[str, list[float]] = field(default_factory=dict)
+
+
+def workloads(scale: float) -> list[Workload]:
+    import functools
+
+    big = (1080, 1920, 4)
+    return [
+        Workload("CartPole-v1 x8", cartpole, 8, 1.0 * scale),
+        Workload("CartPole-v1 x64", cartpole, 64, 1.0 * scale),
+        Workload("sleep 1 ms x64", functools.partial(SleepEnv, 0.001), 64, 1.0 * scale),
+        Workload("uint8[84,84,3] x8", functools.partial(FrameEnv, (84, 84, 3)), 8, 1.0 * scale, 84 * 84 * 3),
+        Workload("uint8[1080,1920,4] x8", functools.partial(FrameEnv, big), 8, 1.5 * scale, int(np.prod(big))),
+    ]
+
+
+def make_vector(kind: str, w: Workload):
+    from rlay import RlayVectorEnv
+
+    fns = [w.make] * w.num_envs
+    if kind == "sync":
+        return gym.vector.SyncVectorEnv(fns, copy=False)
+    if kind == "async":
+        return gym.vector.AsyncVectorEnv(fns, copy=False)
+    return RlayVectorEnv(fns, copy=False)
+
+
+def steps_per_second(envs, seconds: float) -> float:
+    """Env-steps/s of envs.step over about ``seconds`` (actions sampled beforehand)."""
+    actions = [envs.action_space.sample() for _ in range(64)]
+    envs.reset(seed=0)
+    for a in actions[:3]:  # warm up
+        envs.step(a)
+    gc.collect()
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        envs.step(actions[n % 64])
+        n += 1
+        now = time.perf_counter()
+        if now >= deadline and n >= 3:
+            return n * envs.num_envs / (now - start)
+
+
+def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
+    src = np.ones(nbytes, np.uint8)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def _echo(address: str) -> None:
+    """The far end of the bare round trip: a DEALER that says hello, then echoes until told to stop."""
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(address)
+    sock.send(b"hello")
+    while True:
+        frames = sock.recv_multipart()
+        if frames == [b"stop"]:
+            break
+        sock.send_multipart(frames)
+    sock.close()
+    ctx.term()
+
+
+def bare_round_trips(count: int) -> list[float]:
+    """Round-trip seconds of a bare pyzmq DEALER/ROUTER echo over ipc between two processes."""
+    import zmq
+
+    with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(f"ipc://{tmp}/echo")
+        proc = multiprocessing.Process(target=_echo, args=(f"ipc://{tmp}/echo",), daemon=True)
+        proc.start()
+        try:
+            if not router.poll(30_000):
+                raise RuntimeError("the echo process did not start")
+            ident, _ = router.recv_multipart()
+            payload = [b"h" * 32, np.zeros(4, np.uint8).tobytes()]  # a header and a small observation
+            times = []
+            for _ in range(count):
+                t = time.perf_counter()
+                router.send_multipart([ident, *payload])
+                router.recv_multipart()
+                times.append(time.perf_counter() - t)
+            router.send_multipart([ident, b"stop"])
+        finally:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+            router.close()
+            ctx.term()
+    return times
+
+
+def rlay_round_trips(count: int) -> list[float]:
+    """Round-trip seconds of one env's step through RlayVectorEnv, broker and worker."""
+    from rlay import RlayVectorEnv
+
+    envs = RlayVectorEnv([NoopEnv], copy=False)
+    try:
+        envs.reset(seed=0)
+        action = np.zeros(1, np.int64)
+        times = []
+        for _ in range(count):
+            t = time.perf_counter()
+            envs.step(action)
+            times.append(time.perf_counter() - t)
+        return times
+    finally:
+        envs.close()
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    us = np.asarray(times[len(times) // 10 :]) * 1e6  # drop the first tenth: warm-up
+    return {"median_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99))}
+
+
+IMPLEMENTATIONS = ("rlay", "sync", "async")
+
+
+def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every workload and the latency test; returns the report ``rlay bench --json`` prints."""
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": os.uname().sysname + " " + os.uname().release,
+                    "python": ".".join(map(str, __import__("sys").version_info[:3])),
+                    "gymnasium": gym.__version__, "numpy": np.__version__, "pyzmq": __import__("zmq").__version__},
+        "rounds": rounds,
+        "workloads": [],
+    }
+    for w in workloads(scale):
+        envs = {kind: make_vector(kind, w) for kind in IMPLEMENTATIONS}
+        try:
+            rates = {kind: [] for kind in IMPLEMENTATIONS}
+            for _ in range(rounds):
+                for kind in IMPLEMENTATIONS:
+                    rates[kind].append(steps_per_second(envs[kind], w.seconds))
+        finally:
+            for e in envs.values():
+                e.close()
+        entry = {"name": w.name, "num_envs": w.num_envs, **{kind: statistics.median(r) for kind, r in rates.items()}}
+        if w.obs_bytes:
+            entry["rlay_gbps"] = entry["rlay"] * w.obs_bytes / 1e9
+            entry["memcpy_gbps"] = memcpy_gbps(w.obs_bytes * w.num_envs)
+        report["workloads"].append(entry)
+        log(format_row(entry))
+    report["latency"] = {"bare_pyzmq": percentiles(bare_round_trips(latency_count)),
+                         "rlay": percentiles(rlay_round_trips(latency_count))}
+    return report
+
+
+def format_row(e: dict[str, Any]) -> str:
+    row = (f"{e['name']:<24} {e['rlay']:>12,.0f} {e['sync']:>12,.0f} {e['async']:>12,.0f} "
+           f"{e['rlay'] / e['sync']:>9.2f}x {e['rlay'] / e['async']:>9.2f}x")
+    if "rlay_gbps" in e:
+        row += f"   {e['rlay_gbps']:.2f} GB/s = {e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy {e['memcpy_gbps']:.2f} GB/s"
+    return row
+
+
+HEADER = (f"{'workload (env-steps/s)':<24} {'rlay':>12} {'sync':>12} {'async':>12} "
+          f"{'vs sync':>10} {'vs async':>10}")
+
+
+def format_latency(lat: dict[str, dict[str, float]]) -> str:
+    bare, mine = lat["bare_pyzmq"], lat["rlay"]
+    return (f"round trip, 1 env: rlay median {mine['median_us']:.0f} us, p99 {mine['p99_us']:.0f} us; "
+            f"bare pyzmq median {bare['median_us']:.0f} us, p99 {bare['p99_us']:.0f} us; "
+            f"ratio {mine['median_us'] / bare['median_us']:.2f}x")
