@@ -19,6 +19,7 @@ Slot states (docs/protocol.md, "Slot state machine")::
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -31,7 +32,7 @@ import zmq
 
 from rlay import protocol as P
 from rlay.values import VersionError, WireError
-from rlay.wire import decode_header, header
+from rlay.wire import decode_header, header, send_frames
 
 __all__ = ["Broker"]
 
@@ -40,6 +41,7 @@ log = logging.getLogger("rlay.broker")
 DEFAULT_CALL_TIMEOUT = 60.0  # s, when a batched call names none
 MAX_CALL_TIMEOUT = 24 * 3600.0
 DRAIN_BATCH = 256  # messages taken from one socket before looking at the other
+POLLIN = int(zmq.POLLIN)
 
 
 @dataclass(eq=False)
@@ -116,12 +118,38 @@ class PendingLease:
     deadline: float
 
 
+class InlineFrontEnd:
+    """The front end of a broker that lives in its trainer's process (embedded mode).
+
+    It stands in for the ROUTER socket: what the broker sends to a trainer is
+    queued here, and the trainer, which calls ``process_trainer`` and ``pump``
+    itself while it waits, takes it from the queue. No socket hop, no thread.
+    """
+
+    def __init__(self) -> None:
+        self.outbox: dict[bytes, collections.deque] = collections.defaultdict(collections.deque)
+        self._partial: list[Any] = []
+
+    def send(self, frame: Any, flags: int = 0, copy: bool = True) -> None:
+        """Like a ROUTER's send: frames gather until one comes without SNDMORE."""
+        self._partial.append(frame)
+        if not flags & zmq.SNDMORE:
+            frames, self._partial = self._partial, []
+            self.outbox[frames[0]].append(frames[1:])
+
+    def close(self) -> None:
+        self.outbox.clear()
+
+
 class Broker:
-    """Routes batched env calls between trainers (front end) and workers (back end)."""
+    """Routes batched env calls between trainers (front end) and workers (back end).
+
+    ``frontend=None`` makes an inline broker for embedded mode (see InlineFrontEnd).
+    """
 
     def __init__(
         self,
-        frontend: str = P.DEFAULT_FRONTEND,
+        frontend: str | None = P.DEFAULT_FRONTEND,
         backend: str = P.DEFAULT_BACKEND,
         *,
         parent_pid: int | None = None,
@@ -143,11 +171,19 @@ class Broker:
         self._worker_seq = itertools.count(1)
         self._trainer_seq = itertools.count(1)
         self._batch_ids = itertools.count(1)
+        self.closed = False
         self.ctx = zmq.Context()
-        self.front = self._router(frontend)
         self.back = self._router(backend)
-        self.frontend_addr = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend_addr = self.back.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.poller = zmq.Poller()
+        self.poller.register(self.back, zmq.POLLIN)
+        if frontend is None:  # inline: the trainer in this process calls process_trainer() itself
+            self.front = InlineFrontEnd()
+            self.frontend_addr = "inline"
+        else:
+            self.front = self._router(frontend)
+            self.frontend_addr = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.poller.register(self.front, zmq.POLLIN)
 
     def _router(self, addr: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -169,24 +205,28 @@ class Broker:
     def run(self) -> None:
         """Serve until stop() or a signal; then tell every worker to disconnect."""
         log.info("broker up: trainers on %s, workers on %s", self.frontend_addr, self.backend_addr)
-        poller = zmq.Poller()
-        poller.register(self.front, zmq.POLLIN)
-        poller.register(self.back, zmq.POLLIN)
         try:
             while not self.stopping:
-                events = dict(poller.poll(self._poll_timeout_ms()))
-                if self.back in events:
-                    self._drain(self.back, self.process_worker)
-                if self.front in events:
-                    self._drain(self.front, self.process_trainer)
-                self._expire(time.monotonic())
+                self.pump(P.IDLE_POLL_MS)
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process %d is gone; stopping", self.parent_pid)
                     self.stopping = True
         finally:
             self.close()
 
+    def pump(self, timeout_ms: float) -> None:
+        """One turn of the poll loop: wait up to ``timeout_ms`` (or the next deadline), handle what came."""
+        events = dict(self.poller.poll(min(timeout_ms, self._poll_timeout_ms())))
+        if self.back in events:
+            self._drain(self.back, self.process_worker)
+        if self.front in events:
+            self._drain(self.front, self.process_trainer)
+        self._expire(time.monotonic())
+
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for worker in list(self.workers.values()):
             self._send(self.back, worker.ident, [header(P.DISCONNECT, reason="broker shutting down")])
         self.front.close()
@@ -202,10 +242,9 @@ class Broker:
 
     def _drain(self, sock: zmq.Socket, process) -> None:
         for _ in range(DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not sock.getsockopt(zmq.EVENTS) & POLLIN:
                 return
+            frames = sock.recv_multipart(copy=False)
             ident, body = frames[0].bytes, frames[1:]
             try:
                 process(ident, body)
@@ -215,7 +254,7 @@ class Broker:
     def _send(self, sock: zmq.Socket, ident: bytes, frames: list[Any]) -> zmq.ZMQError | None:
         """Send without blocking; return the error (peer gone, or its queue full) instead of raising."""
         try:
-            sock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(sock, [ident, *frames], zmq.NOBLOCK)
             return None
         except zmq.ZMQError as exc:
             log.warning("could not deliver a message to peer %s: %s", ident.hex(), exc)

@@ -12,7 +12,7 @@ import zmq
 from rlay import protocol as P
 from rlay.errors import BrokerError, RlayTimeoutError
 from rlay.values import WireError
-from rlay.wire import decode_header, header
+from rlay.wire import decode_header, header, send_frames
 
 __all__ = ["BrokerClient"]
 
@@ -38,7 +38,7 @@ class BrokerClient:
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         """Send a request; returns its id for :meth:`wait`."""
         req = next(self._req_ids)
-        self.sock.send_multipart([header(type_, req=req, **fields), *frames], copy=False)
+        send_frames(self.sock, [header(type_, req=req, **fields), *frames])
         return req
 
     def wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
@@ -77,3 +77,44 @@ class BrokerClient:
     def close(self) -> None:
         self.sock.close()
         self.ctx.term()
+
+
+class InlineBrokerClient(BrokerClient):
+    """A trainer's connection to a broker in its own process (embedded mode).
+
+    Requests go straight to the broker's handlers, and while it waits the
+    trainer's thread turns the broker's poll loop itself: a step travels
+    trainer -> worker -> trainer with no broker hop and no thread hand-off.
+    """
+
+    IDENT = b"inline-trainer"
+
+    def __init__(self, broker: Any, *, health_check: Callable[[], None] | None = None):
+        self.broker = broker
+        self.address = "the private broker"
+        self.health_check = health_check
+        self.outbox = broker.front.outbox[self.IDENT]
+        self._req_ids = itertools.count(1)
+
+    def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
+        req = next(self._req_ids)
+        self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
+        return req
+
+    def wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            while self.outbox:
+                frames = self.outbox.popleft()
+                head = decode_header(frames[0])
+                if head.get(P.REQ) == req or (head.get(P.REQ) is None and head[P.TYPE] == P.ERROR):
+                    return head, frames[1:]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RlayTimeoutError(f"no reply from {self.address} within {wait_s:g} s while waiting for {what}")
+            if self.health_check is not None:
+                self.health_check()
+            self.broker.pump(min(remaining * 1000, P.IDLE_POLL_MS) + 1)
+
+    def close(self) -> None:
+        pass  # the broker belongs to the cluster, which closes it

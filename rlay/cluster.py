@@ -49,6 +49,7 @@ class Cluster:
         groups: Sequence[WorkerGroup],
         *,
         frontend: str | None = None,
+        inline_broker: bool = False,
         context: str | None = None,
         daemon: bool = True,
         register_timeout: float = 60.0,
@@ -80,23 +81,29 @@ class Cluster:
                     name=f"rlay-worker-{label}", daemon=daemon,
                 )
                 self.workers.append((label, proc))
+        self.inline_broker = None  # embedded: a broker object the trainer's thread runs (rlay.client)
         try:
             if self.broker is not None:
                 self.broker.start()
             for _, proc in self.workers:
                 proc.start()
+            if inline_broker:
+                from broker.broker import Broker
+
+                self.inline_broker = Broker(None, backend)
         except BaseException:
             self.stop()
             raise
 
     @classmethod
     def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, **kwargs) -> "Cluster":
-        """A private broker and local workers over ipc sockets in a fresh temporary directory."""
+        """A private broker run by the trainer's own thread (no hop between them), and local
+        worker processes over ipc sockets in a fresh temporary directory."""
         tmpdir = tempfile.mkdtemp(prefix="rlay-")
         try:
             return cls(
                 f"ipc://{tmpdir}/workers", [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker)],
-                frontend=f"ipc://{tmpdir}/trainers", tmpdir=tmpdir, **kwargs,
+                inline_broker=True, tmpdir=tmpdir, **kwargs,
             )
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -132,27 +139,31 @@ class Cluster:
         Returns 0, or 1 if a child exited with an error.
         """
         reported: set[int] = set()
-        status = 0
-        while not should_stop():
+
+        def report() -> None:
             for proc in self.processes:
-                if proc.exitcode is not None and proc.pid not in reported:
+                if proc.exitcode not in (None, 0) and proc.pid not in reported:
                     reported.add(proc.pid)
-                    if proc.exitcode != 0:
-                        status = 1
-                        log.error("%s (pid %s) exited with code %s", proc.name, proc.pid, proc.exitcode)
+                    log.error("%s (pid %s) exited with code %s", proc.name, proc.pid, proc.exitcode)
+
+        while not should_stop():
+            report()
             if self.broker is not None and self.broker.exitcode is not None:
                 break
             if self.workers and all(p.exitcode is not None for _, p in self.workers):
                 break
             live = [p.sentinel for p in self.processes if p.exitcode is None]
             multiprocessing.connection.wait(live, timeout=poll)
-        return status
+        report()  # a child may have exited since the last look
+        return 1 if reported else 0
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM every child (each then exits cleanly), wait, and kill what is left."""
         if self.stopped:
             return
         self.stopped = True
+        if self.inline_broker is not None:
+            self.inline_broker.close()  # tells its workers to disconnect
         procs = [p for p in self.processes if p.pid is not None]
         for proc in procs:
             if proc.is_alive():

@@ -32,7 +32,7 @@ from gymnasium.vector.utils import batch_space, create_empty_array
 from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
 from rlay import protocol as P
-from rlay.client import BrokerClient
+from rlay.client import BrokerClient, InlineBrokerClient
 from rlay.cluster import EMBEDDED_ENV_ID, Cluster
 from rlay.errors import (
     AlreadyPendingCallError,
@@ -118,7 +118,8 @@ class RlayVectorEnv(VectorEnv):
         self._cluster = Cluster.embedded(env_fns, envs_per_worker, context=context, daemon=daemon)
         self._finalizer = weakref.finalize(self, self._cluster.stop)
         try:
-            self._connect(self._cluster.frontend, EMBEDDED_ENV_ID, len(env_fns), lease_timeout, self._cluster.check)
+            client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)
+            self._connect(client, EMBEDDED_ENV_ID, len(env_fns), lease_timeout)
         except BaseException:
             self._finalizer()
             raise
@@ -141,7 +142,7 @@ class RlayVectorEnv(VectorEnv):
         self._setup(autoreset_mode, copy, timeout, "same")
         self._cluster = None
         self._finalizer = None
-        self._connect(broker, env_id, num_envs, lease_timeout, None)
+        self._connect(BrokerClient(broker), env_id, num_envs, lease_timeout)
         return self
 
     # -- set up -------------------------------------------------------------------
@@ -158,14 +159,14 @@ class RlayVectorEnv(VectorEnv):
         self._client: BrokerClient | None = None
         self.closed = False
 
-    def _connect(self, address: str, env_id: str, num_envs: int, lease_timeout: float, health_check) -> None:
+    def _connect(self, client: BrokerClient, env_id: str, num_envs: int, lease_timeout: float) -> None:
         if type(num_envs) is not int or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         lease_timeout = self.timeout if lease_timeout is None else float(lease_timeout)
-        self.broker_address = address
+        self.broker_address = client.address
         self.env_id = env_id
         self.num_envs = num_envs
-        self._client = BrokerClient(address, health_check=health_check)
+        self._client = client
         lease = self._client.request(
             P.LEASE, lease_timeout + REPLY_GRACE, f"a lease of {num_envs} slots of {env_id!r}",
             error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,

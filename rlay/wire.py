@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import zmq
 from gymnasium import spaces
 
 from rlay import protocol as P
-from rlay.values import VersionError, WireError, array_dtype_str, array_from_buffer, packb, unpackb
+from rlay.values import MSGPACK_NUMPY_REFUSAL, VersionError, WireError, array_dtype_str, array_from_buffer, packb, unpackb, unpackb_plain
 
 __all__ = [
     "WireError",
@@ -30,6 +31,19 @@ def header(type_: str, **fields: Any) -> bytes:
     return packb({P.VERSION: P.PROTOCOL_VERSION, P.TYPE: type_, **fields})
 
 
+COPY_THRESHOLD = 65536  # frames smaller than this are cheaper to copy than to send zero-copy
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def send_frames(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
+    """send_multipart, but each frame zero-copy only when it is large enough to be worth it."""
+    flags = int(flags)
+    last = len(frames) - 1
+    for n, frame in enumerate(frames):
+        size = frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
+        sock.send(frame, flags | _SNDMORE if n < last else flags, copy=size < COPY_THRESHOLD)
+
+
 def frame_bytes(frame: Any) -> bytes | memoryview:
     """The bytes of a frame received with either copy=True or copy=False."""
     return frame.buffer if hasattr(frame, "buffer") else frame
@@ -37,9 +51,11 @@ def frame_bytes(frame: Any) -> bytes | memoryview:
 
 def decode_header(frame: Any) -> dict[str, Any]:
     """Decode and check a header frame: a map with a supported ``v`` and a string ``type``."""
-    head = unpackb(frame_bytes(frame))
+    head = unpackb_plain(frame_bytes(frame))
     if not isinstance(head, dict):
         raise WireError(f"header must be a msgpack map, got {type(head).__name__}")
+    if b"nd" in head:
+        raise WireError(MSGPACK_NUMPY_REFUSAL)
     version = head.get(P.VERSION)
     if version not in P.SUPPORTED_VERSIONS:
         raise VersionError(

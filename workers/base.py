@@ -186,8 +186,8 @@ class WorkerBase:
             if (
                 not isinstance(envs, list)
                 or not envs
-                or len(set(map(repr, envs))) != len(envs)
                 or not all(type(i) is int and 0 <= i < self.num_envs for i in envs)
+                or len(set(envs)) != len(envs)
             ):
                 raise WireError(f"'envs' must be a non-empty list of distinct env indices below {self.num_envs}")
             if len(frames) < 2:

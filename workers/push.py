@@ -43,7 +43,7 @@ import gymnasium as gym
 from rlay import protocol as P
 from rlay.spaces import unflatten
 from rlay.values import WireError
-from rlay.wire import decode_leaves
+from rlay.wire import decode_leaves, send_frames
 from workers import autoreset
 from workers.base import Request, WorkerBase, failure_report
 
@@ -216,7 +216,7 @@ class PushWorker(WorkerBase):
             else:
                 reply = request
             if reply is not None:
-                self.sock.send_multipart(reply, copy=False)
+                send_frames(self.sock, reply)
 
     def _start(self, request: Request) -> list[Any] | None:
         """Begin serving a request: give each of its agents a plan. Replies only on immediate errors."""
@@ -298,7 +298,7 @@ class PushWorker(WorkerBase):
         batch.waiting.discard(agent)
         if not batch.waiting and not batch.answered and self.sock is not None:
             batch.answered = True
-            self.sock.send_multipart(self._finish(batch), copy=False)
+            send_frames(self.sock, self._finish(batch))
 
     def _finish(self, batch: _Batch) -> list[Any]:
         request = batch.request

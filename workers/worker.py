@@ -22,7 +22,7 @@ import gymnasium as gym
 from rlay import protocol as P
 from rlay.spaces import unflatten
 from rlay.values import WireError
-from rlay.wire import decode_leaves
+from rlay.wire import decode_leaves, send_frames
 from workers import autoreset
 from workers.base import EnvFailures, RegistrationError, Request, WorkerBase, each
 
@@ -71,7 +71,7 @@ class Worker(WorkerBase):
                 continue
             reply = self.handle(self.sock.recv_multipart(copy=False))
             if reply is not None:
-                self.sock.send_multipart(reply, copy=False)
+                send_frames(self.sock, reply)
 
     def handle(self, frames: list[Any]) -> list[Any] | None:
         """Answer one message from the broker. Never raises."""
