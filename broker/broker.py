@@ -80,6 +80,13 @@ class Trainer:
     name: str
     env_id: str
     slots: list[int]
+    parts: dict[tuple, tuple] = field(default_factory=dict)  # validated slot lists -> (worker, env indices)
+
+
+class PartRefused(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 @dataclass(eq=False)
@@ -88,6 +95,8 @@ class Part:
     worker: WorkerRecord
     slots: list[int]
     frames: list[Any]
+    envs: list[int] = field(default_factory=list)  # the slots' env indices on the worker
+    slot_objects: list[Slot] = field(default_factory=list)
     reply: list[Any] | None = None
     error: dict | None = None
 
@@ -391,28 +400,27 @@ class Broker:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, "a batched call needs a non-empty 'parts' list")
             return
         batch = Batch(next(self._batch_ids), ident, req, kind, timeout, time.monotonic() + timeout)
+        trainer = self.trainers.get(ident)
         offset = 0
         seen_workers: set[bytes] = set()
-        for spec in parts_spec:
-            problem = self._check_part(ident, spec, len(frames) - offset, seen_workers)
-            if problem:
-                self._error(self.front, ident, req, *problem)
-                return
-            slots, nframes = spec
-            worker = self.slots[slots[0]].worker
-            seen_workers.add(worker.ident)
-            batch.parts.append(Part(batch, worker, slots, frames[offset : offset + nframes]))
-            offset += nframes
+        try:
+            for spec in parts_spec:
+                worker, envs, slots, nframes = self._resolve_part(trainer, ident, spec, len(frames) - offset, seen_workers)
+                seen_workers.add(worker.ident)
+                batch.parts.append(Part(batch, worker, spec[0], frames[offset : offset + nframes], envs, slots))
+                offset += nframes
+        except PartRefused as refused:
+            self._error(self.front, ident, req, refused.code, refused.message)
+            return
         if offset != len(frames):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"parts announce {offset} frames but {len(frames)} came")
             return
         self.batches[batch.id] = batch
         for part in batch.parts:
-            for slot_id in part.slots:
-                self.slots[slot_id].busy = part
+            for slot in part.slot_objects:
+                slot.busy = part
             self.inflight[(part.worker.ident, batch.id)] = part
-            envs = [self.slots[s].index for s in part.slots]
-            failed = self._send(self.back, part.worker.ident, [header(kind, req=batch.id, envs=envs), *part.frames])
+            failed = self._send(self.back, part.worker.ident, [header(kind, req=batch.id, envs=part.envs), *part.frames])
             part.frames = []
             if failed is None:
                 continue
@@ -420,34 +428,57 @@ class Broker:
                 self._worker_lost(part.worker, "its connection is gone")
             else:  # never reached the worker: the slots are idle again
                 self.inflight.pop((part.worker.ident, batch.id), None)
-                for slot_id in part.slots:
-                    self.slots[slot_id].busy = None
+                for slot in part.slot_objects:
+                    slot.busy = None
                 self._part_failed(part, P.E_WORKER_LOST, f"could not send to {part.worker.describe()}: {failed}")
 
-    def _check_part(self, ident: bytes, spec: Any, frames_left: int, seen_workers: set[bytes]) -> tuple[str, str] | None:
-        """(error code, message) if a part of a batched call cannot be dispatched, else None."""
+    def _resolve_part(self, trainer: Trainer | None, ident: bytes, spec: Any, frames_left: int,
+                      seen_workers: set[bytes]) -> tuple[WorkerRecord, list[int], list[Slot], int]:
+        """The worker, env indices, slots and frame count of one part of a batched call; raises PartRefused.
+
+        What does not change between calls (lease, one worker, distinct slots) is
+        checked once per slot list and cached on the trainer; busy is checked every call.
+        """
         if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], list) and type(spec[1]) is int):
-            return P.E_BAD_MESSAGE, "each part must be [slot ids, frame count]"
-        slots, nframes = spec
-        if not slots or not 1 <= nframes <= frames_left:
-            return P.E_BAD_MESSAGE, f"part {spec!r} announces {nframes} frames; {frames_left} are left (a part needs its body frame)"
-        if len(set(map(repr, slots))) != len(slots):
-            return P.E_BAD_MESSAGE, f"slots {slots} repeat a slot"
-        worker = None
-        for slot_id in slots:
-            slot = self.slots.get(slot_id) if type(slot_id) is int else None
-            if slot is None or slot.lease != ident:
-                return P.E_SLOT, f"slot {slot_id!r} is not leased to this trainer"
-            if slot.lost is not None:
-                return P.E_WORKER_LOST, f"slots [{slot_id}] are lost: {slot.lost}"
+            raise PartRefused(P.E_BAD_MESSAGE, "each part must be [slot ids, frame count]")
+        slot_ids, nframes = spec
+        if not slot_ids or not 1 <= nframes <= frames_left:
+            raise PartRefused(P.E_BAD_MESSAGE, f"part {spec!r} announces {nframes} frames; {frames_left} are left "
+                                               "(a part needs its body frame)")
+        try:
+            key = tuple(slot_ids)
+            resolved = trainer.parts.get(key) if trainer is not None else None
+        except TypeError:  # an unhashable slot id
+            raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}") from None
+        if resolved is None:
+            resolved = self._validate_slots(ident, slot_ids)
+            if trainer is not None and len(trainer.parts) < 4096:
+                trainer.parts[key] = resolved
+        worker, envs, slots = resolved
+        for slot in slots:
             if slot.busy is not None:
-                return P.E_SLOT, f"slot {slot_id} is still busy with an earlier call on {slot.worker.describe()}"
-            if worker is not None and slot.worker is not worker:
-                return P.E_BAD_MESSAGE, f"slots {slots} of one part live on different workers"
-            worker = slot.worker
+                raise PartRefused(P.E_SLOT, f"slot {slot.id} is still busy with an earlier call on {worker.describe()}")
         if worker.ident in seen_workers:
-            return P.E_BAD_MESSAGE, f"two parts address {worker.describe()}; put all its slots in one part"
-        return None
+            raise PartRefused(P.E_BAD_MESSAGE, f"two parts address {worker.describe()}; put all its slots in one part")
+        return worker, envs, slots, nframes
+
+    def _validate_slots(self, ident: bytes, slot_ids: list[int]) -> tuple[WorkerRecord, list[int], list[Slot]]:
+        if not all(type(s) is int for s in slot_ids):
+            raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}")
+        if len(set(slot_ids)) != len(slot_ids):
+            raise PartRefused(P.E_BAD_MESSAGE, f"slots {slot_ids} repeat a slot")
+        worker = None
+        for slot_id in slot_ids:
+            slot = self.slots.get(slot_id)
+            if slot is None or slot.lease != ident:
+                raise PartRefused(P.E_SLOT, f"slot {slot_id!r} is not leased to this trainer")
+            if slot.lost is not None:
+                raise PartRefused(P.E_WORKER_LOST, f"slots [{slot_id}] are lost: {slot.lost}")
+            if worker is not None and slot.worker is not worker:
+                raise PartRefused(P.E_BAD_MESSAGE, f"slots {slot_ids} of one part live on different workers")
+            worker = slot.worker
+        slots = [self.slots[s] for s in slot_ids]
+        return worker, [s.index for s in slots], slots
 
     # -- workers (back end) -----------------------------------------------------------
 
@@ -522,9 +553,8 @@ class Broker:
         if part is None:
             log.warning("dropping a %s from peer %s for unknown request %r", head[P.TYPE], ident.hex(), req)
             return
-        for slot_id in part.slots:
-            slot = self.slots.get(slot_id)
-            if slot is not None and slot.busy is part:
+        for slot in part.slot_objects:
+            if slot.busy is part:
                 slot.busy = None
         if head[P.TYPE] == P.ERROR:
             errors = head.get("errors") if isinstance(head.get("errors"), list) else []
@@ -536,7 +566,8 @@ class Broker:
         elif not part.done:
             part.reply = frames
             self._maybe_finish(part.batch)
-        self._try_leases()
+        if self.pending_leases:  # freed slots may complete a waiting lease
+            self._try_leases()
 
     def _part_failed(self, part: Part, code: str, message: str, errors: list | None = None) -> None:
         if part.done:
@@ -584,6 +615,8 @@ class Broker:
             return  # already handled
         reason = f"{worker.describe()} was lost: {why}"
         log.warning(reason)
+        for trainer in self.trainers.values():
+            trainer.parts.clear()  # validated parts may name its slots
         self.workers.pop(worker.ident, None)
         for slot_id in worker.slots:
             slot = self.slots[slot_id]

@@ -205,8 +205,8 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
               help="Vector steps (each steps every env).")
 @click.option("--broker", "broker_addr", default=None,
               help="Lease from the broker at this front-end address. [default: embedded]")
-@click.option("--envs-per-worker", "-k", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Embedded only: envs per local worker process.")
+@click.option("--envs-per-worker", "-k", default=None, type=click.IntRange(min=1),
+              help="Embedded only: envs per local worker process. [default: one worker per core]")
 @click.option("--env-kwargs", default=None, help="Embedded only: JSON object of env keyword arguments.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
@@ -227,7 +227,7 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
     except (RlayError, TimeoutError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        where = f"broker {broker_addr}" if broker_addr else f"embedded, {envs_per_worker} env(s) per worker"
+        where = f"broker {broker_addr}" if broker_addr else f"embedded, {envs.envs_per_worker} env(s) per worker"
         click.echo(f"rollout: {env}, {num_envs} envs ({where}), {steps} steps, random policy")
         envs.action_space.seed(seed)
         envs.reset(seed=seed)

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from rlay.vector import DEFAULT_TIMEOUT, RlayVectorEnv
+from rlay.vector import DEFAULT_TIMEOUT, RESET_KEYS, STEP_KEYS, RlayVectorEnv
 
 __all__ = ["RlayEnv"]
 
@@ -52,13 +52,13 @@ class RlayEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._vec.reset_async(seed=[seed], options=options)
-        result = self._vec._collect(None)[0]
-        return self._vec._row_obs(0), result["info"]
+        columns = self._vec._collect(None, RESET_KEYS)
+        return self._vec._row_obs(0), columns["info"][0]
 
     def step(self, action: Any):
         self._vec.step_async(_batch_of_one(self.action_space, action))
-        result = self._vec._collect(None)[0]
-        return self._vec._row_obs(0), result["reward"], result["terminated"], result["truncated"], result["info"]
+        c = self._vec._collect(None, STEP_KEYS)
+        return self._vec._row_obs(0), c["reward"][0], c["terminated"][0], c["truncated"][0], c["info"][0]
 
     def render(self):
         return self._vec.call("render")[0]

@@ -226,13 +226,17 @@ def unpackb(data: Any) -> Any:
 
     Raises WireError with a one-line reason on anything malformed.
     """
+    # A msgpack-numpy map has the key b"nd" (bin or str); only data that could hold one
+    # pays for the per-map hook that refuses it.
+    raw = data if isinstance(data, bytes) else bytes(data)
+    suspicious = b"\xc4\x02nd" in raw or b"\xa2nd" in raw
     try:
         return msgpack.unpackb(
-            data,
+            raw,
             raw=False,
             strict_map_key=False,
             ext_hook=_ext_hook,
-            object_hook=_object_hook,
+            object_hook=_object_hook if suspicious else None,
         )
     except WireError:
         raise

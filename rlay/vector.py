@@ -20,6 +20,8 @@ Results equal gymnasium's SyncVectorEnv bit for bit, in every AutoresetMode.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import weakref
 from copy import deepcopy
@@ -50,6 +52,9 @@ from rlay.wire import decode_body, decode_leaves, encode_leaves
 
 __all__ = ["RlayVectorEnv"]
 
+RESET_KEYS = ("info",)
+STEP_KEYS = ("reward", "terminated", "truncated", "info", "final")
+
 DEFAULT_TIMEOUT = 60.0  # s for any call when none is given
 REPLY_GRACE = 5.0  # s the trainer waits past the broker's own deadline (the broker's error is more precise)
 RELEASE_TIMEOUT = 2.0
@@ -75,7 +80,11 @@ class RlayVectorEnv(VectorEnv):
         env_fns: functions that create the envs (lambdas are fine: they are
             cloudpickled to the local worker processes, as AsyncVectorEnv does).
         autoreset_mode: one of gymnasium's AutoresetMode values.
-        envs_per_worker: envs hosted by each local worker process.
+        envs_per_worker: envs hosted by each local worker process. The default,
+            ``ceil(len(env_fns) / os.cpu_count())``, gives one worker per core:
+            right for cheap envs (CartPole, MuJoCo), whose cost is per message.
+            Envs that block (sleep, I/O, a game waiting on its frame) want
+            ``envs_per_worker=1``, or several per worker with ``env_threads``.
         copy: return copies of the observations (as AsyncVectorEnv).
         context: multiprocessing start method for the local processes.
         daemon: daemon flag of the local processes.
@@ -93,7 +102,7 @@ class RlayVectorEnv(VectorEnv):
         env_fns: Sequence[Callable[[], Env]],
         *,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-        envs_per_worker: int = 1,
+        envs_per_worker: int | None = None,
         copy: bool = True,
         context: str | None = None,
         daemon: bool = True,
@@ -105,6 +114,8 @@ class RlayVectorEnv(VectorEnv):
     ):
         if worker is not None:
             raise TypeError("RlayVectorEnv runs rlay's own worker loop; a custom `worker` function is not supported")
+        if envs_per_worker is None:
+            envs_per_worker = default_envs_per_worker(len(env_fns))
         if envs_per_worker < 1:
             raise ValueError(f"envs_per_worker must be >= 1, got {envs_per_worker}")
         if not env_fns:
@@ -232,10 +243,11 @@ class RlayVectorEnv(VectorEnv):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_RESET:
             raise NoAsyncCallError("Calling `reset_wait` without any prior call to `reset_async`.", AsyncState.WAITING_RESET.value)
-        per_row = self._collect(timeout)
+        columns = self._collect(timeout, RESET_KEYS)
         infos: dict[str, Any] = {}
-        for row in sorted(per_row):
-            infos = self._add_info(infos, per_row[row]["info"], row)
+        for row, info in enumerate(columns["info"]):
+            if info:  # (None: a row the reset did not touch; {}: nothing to add)
+                infos = self._add_info(infos, info, row)
         return self._obs_out(), infos
 
     def step(self, actions):
@@ -262,20 +274,17 @@ class RlayVectorEnv(VectorEnv):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_STEP:
             raise NoAsyncCallError("Calling `step_wait` without any prior call to `step_async`.", AsyncState.WAITING_STEP.value)
-        per_row = self._collect(timeout)
-        rewards = np.zeros(self.num_envs, dtype=np.float64)
-        terminations = np.zeros(self.num_envs, dtype=np.bool_)
-        truncations = np.zeros(self.num_envs, dtype=np.bool_)
+        columns = self._collect(timeout, STEP_KEYS)
+        rewards = np.array(columns["reward"], dtype=np.float64)
+        terminations = np.array(columns["terminated"], dtype=np.bool_)
+        truncations = np.array(columns["truncated"], dtype=np.bool_)
         infos: dict[str, Any] = {}
-        for row in range(self.num_envs):
-            result = per_row[row]
-            rewards[row] = result["reward"]
-            terminations[row] = result["terminated"]
-            truncations[row] = result["truncated"]
-            if result["final"] is not None:
-                final_obs, final_info = result["final"]
+        for row, (info, final) in enumerate(zip(columns["info"], columns["final"])):
+            if final is not None:  # SameStep: batched first, as SyncVectorEnv does
+                final_obs, final_info = final
                 infos = self._add_info(infos, {"final_obs": final_obs, "final_info": final_info}, row)
-            infos = self._add_info(infos, result["info"], row)
+            if info:
+                infos = self._add_info(infos, info, row)
         return self._obs_out(), rewards, terminations, truncations, infos
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -406,21 +415,39 @@ class RlayVectorEnv(VectorEnv):
             offset += nframes
         return out
 
-    def _collect(self, timeout: float | None) -> dict[int, dict[str, Any]]:
-        """Wait for a reset or step; copy observations into the batch buffer; return the rest per row."""
-        per_row: dict[int, dict[str, Any]] = {}
-        for rows, body, frames in self._wait(timeout):
-            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
-            index = _row_index(rows)
-            for buffer, leaf in zip(self._obs_leaves, leaves):
-                if isinstance(buffer, list):
-                    for row, text in zip(rows, leaf):
-                        buffer[row] = text
-                else:
-                    buffer[index] = leaf
-            for n, row in enumerate(rows):
-                per_row[row] = {key: values[n] for key, values in body.items() if key != "obs"}
-        return per_row
+    def _collect(self, timeout: float | None, keys: tuple[str, ...]) -> dict[str, list]:
+        """Wait for a reset or step and copy observations into the batch buffer (the one copy).
+
+        Returns the body's other ``keys`` as columns indexed by env row (None
+        where the call did not include that row).
+        """
+        replies = self._wait(timeout)
+        columns = {key: [None] * self.num_envs for key in keys}
+        try:
+            for rows, body, frames in replies:
+                leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
+                index = _row_index(rows)
+                for buffer, leaf in zip(self._obs_leaves, leaves):
+                    if isinstance(buffer, list):
+                        for row, text in zip(rows, leaf):
+                            buffer[row] = text
+                    else:
+                        buffer[index] = leaf
+                for key, column in columns.items():
+                    values = body[key]
+                    if type(values) is not list or len(values) != len(rows):
+                        raise WireError(f"{key!r} must list one value per env")
+                    if type(index) is slice:
+                        column[index] = values
+                    else:
+                        for row, value in zip(rows, values):
+                            column[row] = value
+                for info in body["info"]:
+                    if type(info) is not dict:
+                        raise WireError(f"an info must be a map, got {type(info).__name__}")
+        except (WireError, KeyError, TypeError, ValueError) as exc:
+            raise BrokerError(f"malformed reply from a worker: {exc}") from None
+        return columns
 
     def _name_rows(self, match: re.Match) -> str:
         """'slots [7, 8]' in a broker message -> 'envs 2, 3 (slots [7, 8])': the trainer's own indices."""
@@ -459,6 +486,11 @@ class RlayVectorEnv(VectorEnv):
         if code == P.E_WORKER_LOST:
             return WorkerLostError(f"during {what}: {message}")
         return BrokerError(f"the broker refused {what}: [{code}] {message}")
+
+
+def default_envs_per_worker(num_envs: int) -> int:
+    """One worker process per core: ``ceil(num_envs / cpu_count)``."""
+    return max(1, math.ceil(num_envs / (os.cpu_count() or 1)))
 
 
 def _row_index(rows: list[int]) -> slice | np.ndarray:

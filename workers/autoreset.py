@@ -1,6 +1,9 @@
 """Autoreset, written once for every kind of worker.
 
-A *plan* is a generator that yields env commands and receives their results:
+``step_env`` is the command worker's hot path: a plain function, as tight as
+SyncVectorEnv's own loop. A *plan* expresses the same rules for workers that
+cannot call the env directly (push workers: the game runs the env); it is a
+generator that yields env commands and receives their results:
 
 - ``("reset", seed, options)`` receives ``(obs, info)``;
 - ``("step", action)`` receives ``(obs, reward, terminated, truncated, info)``;
@@ -21,7 +24,33 @@ MODES = (NEXT_STEP, SAME_STEP, DISABLED)
 
 Plan = Generator[tuple, Any, dict]
 
-__all__ = ["MODES", "NEXT_STEP", "SAME_STEP", "DISABLED", "Plan", "reset_plan", "step_plan", "run"]
+__all__ = ["MODES", "NEXT_STEP", "SAME_STEP", "DISABLED", "Plan", "reset_plan", "step_plan", "run", "step_env"]
+
+
+def step_env(env: Any, mode: str, done: bool, action: Any, env_index: int) -> tuple:
+    """Step ``env`` now, autoresetting as ``mode`` says; the same rules as :func:`step_plan`.
+
+    Returns (obs, reward, terminated, truncated, info, final). tests/test_autoreset.py
+    checks that this and the plan agree in every case.
+    """
+    if done:
+        if mode == NEXT_STEP:
+            obs, info = env.reset()
+            return obs, 0.0, False, False, info, None
+        if mode == DISABLED:
+            raise AssertionError(_DISABLED_MESSAGE.format(env_index))
+    obs, reward, terminated, truncated, info = env.step(action)
+    if mode == SAME_STEP and (terminated or truncated):
+        final = [obs, info]
+        obs, info = env.reset()
+        return obs, float(reward), bool(terminated), bool(truncated), info, final
+    return obs, float(reward), bool(terminated), bool(truncated), info, None
+
+
+_DISABLED_MESSAGE = (
+    "env {} was stepped after its episode ended; with autoreset_mode=Disabled, "
+    "reset it first (reset(options={{'reset_mask': ...}}))"
+)
 
 
 def reset_plan(seed: int | None, options: Any) -> Plan:
@@ -40,10 +69,7 @@ def step_plan(mode: str, done: bool, action: Any, env_index: int) -> Plan:
         obs, info = yield ("reset", None, None)
         return {"obs": obs, "reward": 0.0, "terminated": False, "truncated": False, "info": info, "final": None}
     if mode == DISABLED and done:  # SyncVectorEnv asserts this too
-        raise AssertionError(
-            f"env {env_index} was stepped after its episode ended; with autoreset_mode=Disabled, "
-            "reset it first (reset(options={'reset_mask': ...}))"
-        )
+        raise AssertionError(_DISABLED_MESSAGE.format(env_index))
     obs, reward, terminated, truncated, info = yield ("step", action)
     final = None
     if mode == SAME_STEP and (terminated or truncated):

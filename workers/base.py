@@ -210,19 +210,16 @@ class WorkerBase:
         message = f"env code raised in worker {self.name} on host {self.host}"
         return [header(P.ERROR, req=req, code=P.E_ENV, message=message, errors=reports)]
 
-    def reply(self, req: Any, envs: list[int], results: list[dict]) -> list[Any]:
-        """The reply to a reset or step: per-env results batched into leaves and a body.
+    def reply(self, req: Any, envs: list[int], obs: list[Any], columns: dict[str, list]) -> list[Any]:
+        """The reply to a reset or step: observations batched into leaves, the rest in the body.
 
-        Each result has "obs" and "info", and for a step "reward", "terminated",
-        "truncated" and "final". Raises EnvFailures naming the envs whose
-        observation does not fit the space or whose values cannot cross the wire.
+        ``columns`` holds one list per body key, one entry per env: "info", and for
+        a step "reward", "terminated", "truncated" and "final". Raises EnvFailures
+        naming the envs whose observation does not fit the space or whose values
+        cannot cross the wire.
         """
-        descriptors, arrays = self._encode_obs(envs, [r["obs"] for r in results])
-        body = {"obs": descriptors}
-        for key in results[0]:
-            if key != "obs":
-                body[key] = [r[key] for r in results]
-        return [header(P.REPLY, req=req), _pack_reply(envs, body), *arrays]
+        descriptors, arrays = self._encode_obs(envs, obs)
+        return [header(P.REPLY, req=req), _pack_reply(envs, {"obs": descriptors, **columns}), *arrays]
 
     def plain_reply(self, request: Request, body: dict) -> list[Any]:
         """The reply to a call or set_attr: a body of per-env values, no array frames."""

@@ -305,7 +305,9 @@ class PushWorker(WorkerBase):
         if batch.failures:
             return self.env_error(request.req, batch.failures)
         try:
-            return self.reply(request.req, request.envs, [batch.results[j] for j in request.envs])
+            results = [batch.results[j] for j in request.envs]
+            columns = {key: [r[key] for r in results] for key in results[0] if key != "obs"}
+            return self.reply(request.req, request.envs, [r["obs"] for r in results], columns)
         except Exception as exc:
             reports = getattr(exc, "reports", None) or [failure_report(request.envs[0], exc)]
             return self.env_error(request.req, reports)
