@@ -17,7 +17,7 @@ from rlay import protocol as P
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 BROKER_KEYS = {"frontend", "backend", "max_message_size"}
-WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "env_kwargs", "name"}
+WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name"}
 
 
 @click.group(context_settings=CONTEXT)
@@ -58,12 +58,13 @@ def load_config(path: str) -> dict[str, Any]:
     return config
 
 
-def worker_group(env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None):
+def worker_group(env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None,
+                 threads: int = 1):
     from rlay.cluster import WorkerGroup
     from workers.loader import env_factory
 
     fn = env_factory(env, env_kwargs)
-    return WorkerGroup(name or env, [fn] * (num_workers * envs_per_worker), envs_per_worker)
+    return WorkerGroup(name or env, [fn] * (num_workers * envs_per_worker), envs_per_worker, threads)
 
 
 def run_cluster(cluster) -> None:
@@ -111,14 +112,16 @@ def broker(frontend: str | None, backend: str | None, config_path: str | None) -
               help="Envs hosted by each worker process.")
 @click.option("--env-kwargs", default=None, help='JSON object of keyword arguments for the env, e.g. \'{"g": 9.81}\'.')
 @click.option("--name", default=None, help="Env id to register under. [default: ENV]")
+@click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads per worker stepping its envs concurrently (for envs that block).")
 @click.option("--register-timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
 def worker(env: str, broker_addr: str, num_workers: int, envs_per_worker: int, env_kwargs: str | None,
-           name: str | None, register_timeout: float) -> None:
+           name: str | None, threads: int, register_timeout: float) -> None:
     """Host envs for a broker. ENV is a gymnasium id or package.module:factory."""
     from rlay.cluster import Cluster
 
     kwargs = parse_env_kwargs(env_kwargs)
-    cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name)],
+    cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name, threads)],
                       register_timeout=register_timeout)
     click.echo(f"rlay worker: {num_workers} process(es) x {envs_per_worker} env(s) of {name or env} -> {broker_addr}")
     run_cluster(cluster)
@@ -147,7 +150,8 @@ def up(config_path: str) -> None:
     frontend = section.get("frontend", P.DEFAULT_FRONTEND)
     backend = section.get("backend", P.DEFAULT_BACKEND)
     groups = [
-        worker_group(g["env"], g.get("num_workers", 1), g.get("envs_per_worker", 1), g.get("env_kwargs"), g.get("name"))
+        worker_group(g["env"], g.get("num_workers", 1), g.get("envs_per_worker", 1), g.get("env_kwargs"), g.get("name"),
+                     g.get("threads", 1))
         for g in config.get("workers", [])
     ]
     cluster = Cluster(backend, groups, frontend=frontend)

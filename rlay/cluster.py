@@ -38,6 +38,7 @@ class WorkerGroup:
     env_id: str
     env_fns: Sequence[Callable]
     envs_per_worker: int = 1
+    threads: int = 1  # per worker, to step blocking envs concurrently
 
 
 class Cluster:
@@ -77,7 +78,7 @@ class Cluster:
                 label = f"{group.env_id}#{rank}"
                 proc = self.ctx.Process(
                     target=worker_process,
-                    args=(fns, backend, group.env_id, rank, parent, self.errors, register_timeout),
+                    args=(fns, backend, group.env_id, rank, parent, self.errors, register_timeout, group.threads),
                     name=f"rlay-worker-{label}", daemon=daemon,
                 )
                 self.workers.append((label, proc))
@@ -96,13 +97,13 @@ class Cluster:
             raise
 
     @classmethod
-    def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, **kwargs) -> "Cluster":
+    def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int = 1, **kwargs) -> "Cluster":
         """A private broker run by the trainer's own thread (no hop between them), and local
         worker processes over ipc sockets in a fresh temporary directory."""
         tmpdir = tempfile.mkdtemp(prefix="rlay-")
         try:
             return cls(
-                f"ipc://{tmpdir}/workers", [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker)],
+                f"ipc://{tmpdir}/workers", [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker, threads)],
                 inline_broker=True, tmpdir=tmpdir, **kwargs,
             )
         except BaseException:

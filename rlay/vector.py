@@ -85,6 +85,9 @@ class RlayVectorEnv(VectorEnv):
             right for cheap envs (CartPole, MuJoCo), whose cost is per message.
             Envs that block (sleep, I/O, a game waiting on its frame) want
             ``envs_per_worker=1``, or several per worker with ``env_threads``.
+        env_threads: threads per worker stepping its envs concurrently
+            (default 1: in turn). For envs that block and release the GIL,
+            ``env_threads=envs_per_worker`` overlaps their waits.
         copy: return copies of the observations (as AsyncVectorEnv).
         context: multiprocessing start method for the local processes.
         daemon: daemon flag of the local processes.
@@ -103,6 +106,7 @@ class RlayVectorEnv(VectorEnv):
         *,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         envs_per_worker: int | None = None,
+        env_threads: int = 1,
         copy: bool = True,
         context: str | None = None,
         daemon: bool = True,
@@ -126,7 +130,9 @@ class RlayVectorEnv(VectorEnv):
         self.daemon = daemon
         self.envs_per_worker = envs_per_worker
         self._setup(autoreset_mode, copy, timeout, observation_mode)
-        self._cluster = Cluster.embedded(env_fns, envs_per_worker, context=context, daemon=daemon)
+        if env_threads < 1:
+            raise ValueError(f"env_threads must be >= 1, got {env_threads}")
+        self._cluster = Cluster.embedded(env_fns, envs_per_worker, env_threads, context=context, daemon=daemon)
         self._finalizer = weakref.finalize(self, self._cluster.stop)
         try:
             client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)

@@ -223,3 +223,20 @@ def test_observation_outside_the_space_is_the_envs_error():
         assert "env 1 " in str(caught.value)
     finally:
         envs.close()
+
+
+def test_env_threads_step_blocking_envs_concurrently_with_the_same_results():
+    fns = [DictEnv] * 6
+    envs, sync = RlayVectorEnv(fns, envs_per_worker=3, env_threads=3), SyncVectorEnv(fns)
+    try:
+        assert_same(envs.reset(seed=4), sync.reset(seed=4))
+        space = sync.action_space
+        space.seed(4)
+        for _ in range(20):
+            action = space.sample()
+            assert_same(envs.step(action), sync.step(action))
+    finally:
+        envs.close()
+        sync.close()
+    with pytest.raises(ValueError, match="env_threads must be >= 1"):
+        RlayVectorEnv(fns, env_threads=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -32,8 +33,13 @@ __all__ = ["Worker", "RegistrationError", "worker_process"]
 class Worker(WorkerBase):
     """Hosts ``len(env_fns)`` envs and serves the broker's batched calls on them."""
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], broker: str, *, env_id: str, **kwargs: Any):
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], broker: str, *, env_id: str, threads: int = 1,
+                 **kwargs: Any):
+        """``threads`` > 1 steps the envs of one request concurrently, in that many chunks:
+        for envs that block (sleep, I/O, a game waiting on its frame) and release the GIL."""
         self.envs = [fn() for fn in env_fns]
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rlay-env") if threads > 1 else None
+        self.threads = threads
         first = self.envs[0]
         for i, env in enumerate(self.envs):
             if env.observation_space != first.observation_space or env.action_space != first.action_space:
@@ -54,6 +60,8 @@ class Worker(WorkerBase):
             self.serve()
         finally:
             self.disconnect()
+            if self.pool is not None:
+                self.pool.shutdown()
             for env in self.envs:
                 try:
                     env.close()
@@ -92,16 +100,22 @@ class Worker(WorkerBase):
         seeds, options = request.body.get("seeds"), request.body.get("options")
         if not isinstance(seeds, list) or len(seeds) != len(request.envs):
             raise WireError("reset needs 'seeds', one int or nil per env")
-        obs, infos, failures = [], [], []
-        for n, i in enumerate(request.envs):
-            try:
-                o, info = self.envs[i].reset(seed=seeds[n], options=options)
-            except Exception as exc:
-                failures.append(failure_report(i, exc))
-                continue
-            self.done[i] = False
-            obs.append(o)
-            infos.append(info)
+
+        def reset_range(positions: range) -> tuple[list, ...]:
+            obs, infos, failures = [], [], []
+            for n in positions:
+                i = request.envs[n]
+                try:
+                    o, info = self.envs[i].reset(seed=seeds[n], options=options)
+                except Exception as exc:
+                    failures.append(failure_report(i, exc))
+                    continue
+                self.done[i] = False
+                obs.append(o)
+                infos.append(info)
+            return obs, infos, failures
+
+        obs, infos, failures = self._in_chunks(len(request.envs), reset_range)
         if failures:
             raise EnvFailures(failures)
         return self.reply(request.req, request.envs, obs, {"info": infos})
@@ -116,26 +130,40 @@ class Worker(WorkerBase):
             actions = leaves[0]
         else:
             actions = [unflatten(self.act_space, [leaf[n] for leaf in leaves]) for n in range(len(envs))]
-        # The hot loop: as little per env as SyncVectorEnv's own.
-        obs, rewards, terminations, truncations, infos, finals, failures = [], [], [], [], [], [], []
-        step_env, done, env_objects = autoreset.step_env, self.done, self.envs
-        for n, i in enumerate(envs):
-            try:
-                o, reward, terminated, truncated, info, final = step_env(env_objects[i], mode, done[i], actions[n], i)
-            except Exception as exc:
-                failures.append(failure_report(i, exc))
-                continue
-            done[i] = terminated or truncated
-            obs.append(o)
-            rewards.append(reward)
-            terminations.append(terminated)
-            truncations.append(truncated)
-            infos.append(info)
-            finals.append(final)
+
+        def step_range(positions: range) -> tuple[list, ...]:
+            # The hot loop: as little per env as SyncVectorEnv's own.
+            obs, rewards, terminations, truncations, infos, finals, failures = [], [], [], [], [], [], []
+            step_env, done, env_objects = autoreset.step_env, self.done, self.envs
+            for n in positions:
+                i = envs[n]
+                try:
+                    o, reward, terminated, truncated, info, final = step_env(env_objects[i], mode, done[i], actions[n], i)
+                except Exception as exc:
+                    failures.append(failure_report(i, exc))
+                    continue
+                done[i] = terminated or truncated
+                obs.append(o)
+                rewards.append(reward)
+                terminations.append(terminated)
+                truncations.append(truncated)
+                infos.append(info)
+                finals.append(final)
+            return obs, rewards, terminations, truncations, infos, finals, failures
+
+        obs, rewards, terminations, truncations, infos, finals, failures = self._in_chunks(len(envs), step_range)
         if failures:
             raise EnvFailures(failures)
         return self.reply(request.req, envs, obs, {"reward": rewards, "terminated": terminations,
                                                    "truncated": truncations, "info": infos, "final": finals})
+
+    def _in_chunks(self, count: int, run: Callable[[range], tuple[list, ...]]) -> tuple[list, ...]:
+        """``run(range(count))``, or with threads: contiguous chunks concurrently, joined in order."""
+        if self.pool is None or count < 2:
+            return run(range(count))
+        size = -(-count // self.threads)
+        parts = list(self.pool.map(run, [range(start, min(start + size, count)) for start in range(0, count, size)]))
+        return tuple([item for part in parts for item in part[k]] for k in range(len(parts[0])))
 
     def call(self, request: Request) -> list[Any]:
         body = request.body
@@ -167,6 +195,7 @@ def worker_process(
     parent_pid: int | None = None,
     error_queue: Any = None,
     register_timeout: float = 60.0,
+    threads: int = 1,
 ) -> None:
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
@@ -175,7 +204,8 @@ def worker_process(
     """
     fns = getattr(env_fns, "fn", env_fns)
     try:
-        worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid, register_timeout=register_timeout)
+        worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid,
+                        register_timeout=register_timeout, threads=threads)
         worker.install_signal_handlers()
         worker.run()
     except BaseException:
