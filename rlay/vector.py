@@ -434,9 +434,9 @@ class RlayVectorEnv(VectorEnv):
                 leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
                 index = _row_index(rows)
                 for buffer, leaf in zip(self._obs_leaves, leaves):
-                    if isinstance(buffer, list):
-                        for row, text in zip(rows, leaf):
-                            buffer[row] = text
+                    if isinstance(buffer, list) or isinstance(leaf, list):  # Text, or one frame per row
+                        for row, value in zip(rows, leaf):
+                            buffer[row] = value
                     else:
                         buffer[index] = leaf
                 for key, column in columns.items():

@@ -86,6 +86,16 @@ def encode_leaves(leaves: Sequence[Any], rows: Any = None) -> tuple[list[dict], 
     return descriptors, frames
 
 
+def encode_rows(rows: Sequence[Any], space: spaces.Box) -> tuple[dict, list[np.ndarray]]:
+    """A leaf sent as one frame per env: each env's own array, zero-copy when it already
+    has the space's dtype and is contiguous. For large observations (frames)."""
+    arrays = [np.ascontiguousarray(np.asarray(row, dtype=space.dtype)) for row in rows]
+    for array in arrays:
+        if array.shape != space.shape:
+            raise WireError(f"an observation of shape {array.shape} does not fit {space}")
+    return {"dtype": space.dtype.str, "shape": [len(arrays), *space.shape], "rows": True}, arrays
+
+
 def _pick(items: tuple, rows: Any) -> list:
     if isinstance(rows, slice):
         return list(items[rows])
@@ -124,6 +134,9 @@ def decode_leaves(
                 raise WireError(f"leaf {n}: expected {num_rows} strings, got {len(texts)}")
             leaves.append(tuple(texts))
             continue
+        if desc.get("rows") is True:  # one frame per row
+            leaves.append(_decode_rows(n, desc, frame_iter, space, num_rows, check_dtype))
+            continue
         frame = next(frame_iter, None)
         if frame is None:
             raise WireError(f"leaf {n} announces an array frame that is missing")
@@ -141,6 +154,30 @@ def decode_leaves(
     if next(frame_iter, None) is not None:
         raise WireError("more array frames than leaf descriptors")
     return leaves
+
+
+class RowFrames(list):
+    """A leaf that came as one array per row (each a view of its own frame)."""
+
+
+def _decode_rows(n: int, desc: dict, frame_iter, space, num_rows: int | None, check_dtype: bool) -> RowFrames:
+    shape = desc.get("shape")
+    if not isinstance(shape, list) or not shape or type(shape[0]) is not int or shape[0] < 0:
+        raise WireError(f"leaf {n}: a row-framed leaf needs a shape [rows, ...]")
+    if num_rows is not None and shape[0] != num_rows:
+        raise WireError(f"leaf {n}: expected {num_rows} rows, got {shape[0]}")
+    rows = RowFrames()
+    for _ in range(shape[0]):
+        frame = next(frame_iter, None)
+        if frame is None:
+            raise WireError(f"leaf {n} announces {shape[0]} row frames; some are missing")
+        rows.append(array_from_buffer(desc.get("dtype"), shape[1:], frame_bytes(frame)))
+    if space is not None and rows:
+        if isinstance(space, spaces.Text) or rows[0].shape != space.shape:
+            raise WireError(f"leaf {n}: rows of shape {rows[0].shape} do not fit {space}")
+        if check_dtype and rows[0].dtype != space.dtype:
+            raise WireError(f"leaf {n}: dtype {rows[0].dtype} does not match {space}")
+    return rows
 
 
 def encode_body(body: dict[str, Any]) -> bytes:

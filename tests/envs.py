@@ -51,7 +51,7 @@ class DictEnv(gym.Env):
         self.t += 1
         obs = self._obs()
         reward = float(np.sum(action["move"])) + int(action["pick"])
-        terminated = obs["count"] == 9
+        terminated = obs.get("count") == 9
         truncated = self.t >= self.horizon
         info = {
             "np_float": np.float32(reward / 2),
@@ -129,3 +129,21 @@ class BadObsEnv(FailingEnv):
 
     def step(self, action):
         return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+class ImageDictEnv(DictEnv):
+    """A Dict observation with a 64 KiB image (sent as one frame per env) beside small leaves."""
+
+    def __init__(self, horizon: int = 7):
+        super().__init__(horizon=horizon)
+        self.observation_space = spaces.Dict(
+            {"image": spaces.Box(0, 255, (128, 128, 4), np.uint8), "pos": spaces.Box(-1.0, 1.0, (3,), np.float32)}
+        )
+
+    def _obs(self):
+        return {"image": self.np_random.integers(0, 256, (128, 128, 4), dtype=np.uint8),
+                "pos": self.np_random.uniform(-1, 1, 3).astype(np.float32)}
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, reward, bool(obs["pos"][0] > 0.8), truncated, info

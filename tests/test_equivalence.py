@@ -28,6 +28,10 @@ MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLE
 
 
 def make_fn(name: str):
+    if name == "ImageDictEnv":
+        from tests.envs import ImageDictEnv
+
+        return ImageDictEnv
     spec, kwargs = ENVS[name]
     if spec == "tests.envs:DictEnv":
         return functools.partial(DictEnv, **kwargs)

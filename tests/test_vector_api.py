@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 from gymnasium.utils.env_checker import check_env
-from gymnasium.vector import SyncVectorEnv
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import rlay
 from rlay import RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
@@ -240,3 +240,18 @@ def test_env_threads_step_blocking_envs_concurrently_with_the_same_results():
         sync.close()
     with pytest.raises(ValueError, match="env_threads must be >= 1"):
         RlayVectorEnv(fns, env_threads=0)
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
+def test_large_observations_travel_as_row_frames_with_the_same_results(mode):
+    from tests.test_equivalence import compare_runs
+
+    from tests.envs import ImageDictEnv
+    from workers.base import ROW_FRAME_BYTES
+
+    assert 128 * 128 * 4 >= ROW_FRAME_BYTES  # the image leaf takes the one-frame-per-env path
+    envs = RlayVectorEnv([ImageDictEnv] * 3, envs_per_worker=2, autoreset_mode=mode)
+    try:
+        compare_runs(envs, "ImageDictEnv", mode, num_envs=3)
+    finally:
+        envs.close()

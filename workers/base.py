@@ -8,6 +8,7 @@ per-env results batched into observation leaves (raw frames) and a body.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket as pysocket
 import time
@@ -22,7 +23,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 from rlay import protocol as P
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
-from rlay.wire import decode_body, decode_header, encode_leaves, header
+from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
 
@@ -239,10 +240,29 @@ class WorkerBase:
                                             "message": "observations cannot be batched", "traceback": ""}])
 
 
+ROW_FRAME_BYTES = 65536  # a Box leaf this large per env travels as one zero-copy frame per env
+
+
 def _obs_leaves(space: gym.Space, obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
-    # concatenate() casts exactly as SyncVectorEnv's batching does.
-    batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
-    return encode_leaves(flatten(space, batch))
+    leaf_spaces_ = leaf_spaces(space)
+    big = [isinstance(s, gym.spaces.Box) and s.dtype.itemsize * math.prod(s.shape) >= ROW_FRAME_BYTES
+           for s in leaf_spaces_]
+    if not any(big):
+        # concatenate() casts exactly as SyncVectorEnv's batching does.
+        batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
+        return encode_leaves(flatten(space, batch))
+    per_env = [flatten(space, o) for o in obs]  # each observation's leaves, by reference
+    descriptors, frames = [], []
+    for n, (leaf_space, is_big) in enumerate(zip(leaf_spaces_, big)):
+        items = [leaves[n] for leaves in per_env]
+        if is_big:  # no batch copy: the envs' own arrays go out as frames
+            desc, arrays = encode_rows(items, leaf_space)
+        else:
+            batch = concatenate(leaf_space, items, create_empty_array(leaf_space, n=len(items), fn=np.empty))
+            (desc,), arrays = encode_leaves(flatten(leaf_space, batch))
+        descriptors.append(desc)
+        frames.extend(arrays)
+    return descriptors, frames
 
 
 def _pack_reply(envs: list[int], body: dict) -> bytes:
