@@ -113,6 +113,7 @@ class Batch:
     kind: str
     timeout: float
     deadline: float
+    gather: bool = True  # False: answer each part as it completes (first-ready stepping)
     parts: list[Part] = field(default_factory=list)
     finished: bool = False
 
@@ -399,7 +400,11 @@ class Broker:
         if not isinstance(parts_spec, list) or not parts_spec:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, "a batched call needs a non-empty 'parts' list")
             return
-        batch = Batch(next(self._batch_ids), ident, req, kind, timeout, time.monotonic() + timeout)
+        gather = head.get("gather", True)
+        if type(gather) is not bool:
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"'gather' must be true or false, got {gather!r}")
+            return
+        batch = Batch(next(self._batch_ids), ident, req, kind, timeout, time.monotonic() + timeout, gather)
         trainer = self.trainers.get(ident)
         offset = 0
         seen_workers: set[bytes] = set()
@@ -565,7 +570,7 @@ class Broker:
             self._part_failed(part, str(head.get("code", P.E_ENV)), str(head.get("message", "")), errors)
         elif not part.done:
             part.reply = frames
-            self._maybe_finish(part.batch)
+            self._part_done(part)
         if self.pending_leases:  # freed slots may complete a waiting lease
             self._try_leases()
 
@@ -576,25 +581,34 @@ class Broker:
             "slots": part.slots, "worker": part.worker.name, "host": part.worker.host, "pid": part.worker.pid,
             "code": code, "message": message, "errors": errors or [],
         }
-        self._maybe_finish(part.batch)
+        self._part_done(part)
 
-    def _maybe_finish(self, batch: Batch) -> None:
+    def _part_done(self, part: Part) -> None:
+        """A part has its reply or its error: answer the trainer, now (gather false) or with the last part."""
+        batch = part.batch
+        if not batch.gather:
+            self._answer(batch, [part])
         if batch.finished or not all(p.done for p in batch.parts):
             return
         batch.finished = True
         self.batches.pop(batch.id, None)
+        if batch.gather:
+            self._answer(batch, batch.parts)
+
+    def _answer(self, batch: Batch, parts: list[Part]) -> None:
+        """ONE reply for ``parts``: their frames concatenated, or an error naming every failure."""
         if batch.trainer not in self.trainers:
             return  # released while the call ran: nobody to answer
-        failures = [p.error for p in batch.parts if p.error is not None]
+        failures = [p.error for p in parts if p.error is not None]
         if failures:
             codes = {f["code"] for f in failures}
             code = P.E_ENV if P.E_ENV in codes else sorted(codes)[0]
             message = "; ".join(f"slots {f['slots']} on worker {f['worker']} (host {f['host']}): {f['message']}" for f in failures)
             self._error(self.front, batch.trainer, batch.req, code, message, failures=failures)
             return
-        spec = [[p.slots, len(p.reply)] for p in batch.parts]
+        spec = [[p.slots, len(p.reply)] for p in parts]
         frames = [header(P.REPLY, req=batch.req, parts=spec)]
-        for part in batch.parts:
+        for part in parts:
             frames.extend(part.reply)
         self._send(self.front, batch.trainer, frames)
 

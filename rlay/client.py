@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Container, Sequence
 
 import zmq
 
@@ -42,8 +42,8 @@ class BrokerClient:
         send_frames(self.sock, [header(type_, req=req, **fields), *frames])
         return req
 
-    def wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
-        """Wait up to ``wait_s`` s for the reply to ``req``; stale replies are dropped.
+    def wait(self, req: int | Container[int], wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        """Wait up to ``wait_s`` s for a reply to ``req`` (or to any of several); stale replies are dropped.
 
         Returns (header, frames after the header). An ``error`` reply is
         returned too: the caller knows what it means for its request.
@@ -65,8 +65,8 @@ class BrokerClient:
                 head = decode_header(frames[0])
             except WireError as exc:
                 raise BrokerError(f"unreadable reply from the broker at {self.address}: {exc}") from None
-            if head.get(P.REQ) == req or (head.get(P.REQ) is None and head[P.TYPE] == P.ERROR):
-                return head, frames[1:]  # (an error without req: the broker could not read our header)
+            if _answers(head, req):
+                return head, frames[1:]
             log.debug("dropping a stale reply to request %r", head.get(P.REQ))
 
     def request(self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any) -> dict:
@@ -79,6 +79,14 @@ class BrokerClient:
     def close(self) -> None:
         self.sock.close()
         self.ctx.term()
+
+
+def _answers(head: dict, req: int | Container[int]) -> bool:
+    """Whether ``head`` answers ``req``; an error without req means the broker could not read our header."""
+    got = head.get(P.REQ)
+    if got is None:
+        return head[P.TYPE] == P.ERROR
+    return got == req if isinstance(req, int) else got in req
 
 
 class InlineBrokerClient(BrokerClient):
@@ -110,7 +118,7 @@ class InlineBrokerClient(BrokerClient):
             while self.outbox:
                 frames = self.outbox.popleft()
                 head = decode_header(frames[0])
-                if head.get(P.REQ) == req or (head.get(P.REQ) is None and head[P.TYPE] == P.ERROR):
+                if _answers(head, req):
                     return head, frames[1:]
             remaining = deadline - time.monotonic()
             if remaining <= 0:

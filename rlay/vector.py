@@ -20,9 +20,11 @@ Results equal gymnasium's SyncVectorEnv bit for bit, in every AutoresetMode.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import re
+import time
 import weakref
 from copy import deepcopy
 from typing import Any, Callable, Sequence
@@ -71,6 +73,29 @@ class _Group:
 
     def describe(self) -> str:
         return f"worker {self.worker} (pid {self.pid} on host {self.host})"
+
+
+class _EnvResult:
+    """One env's step or reset result, waiting in recv()'s queue."""
+
+    __slots__ = ("row", "obs", "reward", "terminated", "truncated", "info", "final")
+
+    def __init__(self, row, obs, reward, terminated, truncated, info, final):
+        self.row, self.obs, self.reward, self.terminated, self.truncated = row, obs, reward, terminated, truncated
+        self.info, self.final = info, final
+
+
+def _seed_list(seed: int | list[int | None] | None, num_envs: int) -> list[int | None]:
+    """Per-env seeds as SyncVectorEnv derives them."""
+    if seed is None:
+        seed = [None for _ in range(num_envs)]
+    elif isinstance(seed, int):
+        seed = [seed + i for i in range(num_envs)]
+    if len(seed) != num_envs:
+        raise ValueError(
+            f"If seeds are passed as a list the length must match num_envs={num_envs} but got length={len(seed)}."
+        )
+    return [None if s is None else int(s) for s in seed]
 
 
 class RlayVectorEnv(VectorEnv):
@@ -173,6 +198,8 @@ class RlayVectorEnv(VectorEnv):
         self.observation_mode = observation_mode
         self._state = AsyncState.DEFAULT
         self._pending: tuple[int, list[_Group], Any] | None = None
+        self._in_flight: dict[int, int] = {}  # first-ready stepping: env row -> request id
+        self._ready: collections.deque[_EnvResult] = collections.deque()
         self._client: BrokerClient | None = None
         self.closed = False
 
@@ -218,14 +245,7 @@ class RlayVectorEnv(VectorEnv):
 
     def reset_async(self, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
         self._assert_is_running()
-        if seed is None:
-            seed = [None for _ in range(self.num_envs)]
-        elif isinstance(seed, int):
-            seed = [seed + i for i in range(self.num_envs)]
-        if len(seed) != self.num_envs:
-            raise ValueError(
-                f"If seeds are passed as a list the length must match num_envs={self.num_envs} but got length={len(seed)}."
-            )
+        seeds = _seed_list(seed, self.num_envs)
         self._assert_idle("reset_async")
         rows = np.arange(self.num_envs)
         if options is not None and "reset_mask" in options:
@@ -241,7 +261,6 @@ class RlayVectorEnv(VectorEnv):
                     f"`options['reset_mask']` must contain a boolean array with at least one True value, got reset_mask={reset_mask}"
                 )
             rows = np.flatnonzero(reset_mask)
-        seeds = [None if s is None else int(s) for s in seed]
         self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []))
         self._state = AsyncState.WAITING_RESET
 
@@ -365,6 +384,115 @@ class RlayVectorEnv(VectorEnv):
         where = "embedded" if getattr(self, "_cluster", None) is not None else getattr(self, "broker_address", "?")
         return f"RlayVectorEnv({getattr(self, 'env_id', '?')}, num_envs={getattr(self, 'num_envs', '?')}, broker={where})"
 
+    # -- first-ready stepping (envpool style) --------------------------------------
+
+    def async_reset(self, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
+        """Reset every env; the results arrive through :meth:`recv` (reward 0), worker by worker."""
+        self._assert_is_running()
+        self._assert_idle("async_reset")
+        if self._in_flight:
+            raise AlreadyPendingCallError("async_reset() while envs are stepping: recv() their results first", "send")
+        seeds = _seed_list(seed, self.num_envs)
+        rows = np.arange(self.num_envs)
+        req = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []),
+                         gather=False)
+        self._in_flight.update(dict.fromkeys(rows.tolist(), req))
+
+    def send(self, actions: Any, env_ids: Any) -> None:
+        """Step the envs ``env_ids`` with ``actions`` (a batch with one row per id, in that order).
+
+        Returns at once; :meth:`recv` returns results as the envs finish, fastest
+        first, so the trainer never waits for the slowest env. Autoreset follows
+        ``autoreset_mode`` exactly as for :meth:`step`.
+        """
+        self._assert_is_running()
+        self._assert_idle("send")
+        ids = np.asarray(env_ids, dtype=np.int64).ravel()
+        if len(set(ids.tolist())) != len(ids) or (len(ids) and (ids.min() < 0 or ids.max() >= self.num_envs)):
+            raise ValueError(f"env_ids must be distinct env indices below {self.num_envs}, got {ids.tolist()}")
+        busy = sorted(set(ids.tolist()) & set(self._in_flight))
+        if busy:
+            raise AlreadyPendingCallError(f"envs {busy} are still stepping: recv() their results first", "send")
+        leaves = flatten(self.single_action_space, actions)
+        for leaf in leaves:
+            if len(leaf) != len(ids):
+                raise ValueError(f"send() got {len(ids)} env ids but {len(leaf)} actions")
+        position = {int(row): k for k, row in enumerate(ids)}
+        mode = self.autoreset_mode.value
+
+        def body(group: _Group, rows: list[int]):
+            descriptors, frames = encode_leaves(leaves, np.asarray([position[r] for r in rows]))
+            return {"autoreset": mode, "actions": descriptors}, frames
+
+        req = self._send(P.STEP, ids, body, gather=False)
+        self._in_flight.update(dict.fromkeys(ids.tolist(), req))
+
+    def recv(self, batch_size: int | None = None, timeout: float | None = None):
+        """The results of the first ``batch_size`` envs to finish since :meth:`send` / :meth:`async_reset`.
+
+        Returns ``(obs, rewards, terminations, truncations, infos)`` batched over
+        those envs in the order they finished; ``infos["env_id"]`` says which.
+        ``batch_size`` defaults to every env in flight.
+        """
+        self._assert_is_running()
+        available = len(self._ready) + len(self._in_flight)
+        batch_size = available if batch_size is None else batch_size
+        if not 0 < batch_size <= available:
+            raise ValueError(f"recv(batch_size={batch_size}) but {available} env result(s) are pending; send() first")
+        wait = self.timeout + REPLY_GRACE if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while len(self._ready) < batch_size:
+            what = f"the first {batch_size} of envs {_rows_text(sorted(self._in_flight))} to finish"
+            head, frames = self._client.wait(set(self._in_flight.values()), max(0.0, deadline - time.monotonic()), what)
+            if head[P.TYPE] == P.ERROR:
+                for failure in head.get("failures") or []:
+                    for slot in failure.get("slots", []):
+                        self._in_flight.pop(self._row_of_slot.get(slot), None)
+                raise self._error_from(head, what)
+            self._take_results(head, frames)
+        results = [self._ready.popleft() for _ in range(batch_size)]
+        return self._batch_results(results)
+
+    def _take_results(self, head: dict, frames: list[Any]) -> None:
+        try:  # (a reset's reply has no "reward": its results enter the queue with reward 0)
+            for rows, body, part_frames in self._split_reply(head, frames):
+                leaves = decode_leaves(body["obs"], part_frames, self._obs_leaf_spaces, len(rows))
+                stepped = "reward" in body
+                for n, row in enumerate(rows):
+                    obs = [leaf[n] if isinstance(leaf, tuple) else np.array(leaf[n]) for leaf in leaves]
+                    if stepped:
+                        result = _EnvResult(row, obs, float(body["reward"][n]), bool(body["terminated"][n]),
+                                            bool(body["truncated"][n]), body["info"][n], body["final"][n])
+                    else:
+                        result = _EnvResult(row, obs, 0.0, False, False, body["info"][n], None)
+                    self._in_flight.pop(row, None)
+                    self._ready.append(result)
+        except (WireError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BrokerError(f"malformed reply from a worker: {exc}") from None
+
+    def _batch_results(self, results: list["_EnvResult"]):
+        n = len(results)
+        batch = create_empty_array(self.single_observation_space, n=n, fn=np.zeros)
+        out = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, batch)]
+        for k, result in enumerate(results):
+            for buffer, value in zip(out, result.obs):
+                buffer[k] = value
+        obs = unflatten(self.single_observation_space, [tuple(x) if isinstance(x, list) else x for x in out])
+        infos: dict[str, Any] = {}
+        for k, result in enumerate(results):
+            if result.final is not None:
+                infos = self._add_info(infos, {"final_obs": result.final[0], "final_info": result.final[1]}, k)
+            if result.info:
+                infos = self._add_info(infos, result.info, k)
+        infos["env_id"] = np.array([r.row for r in results], dtype=np.int32)
+        return (
+            obs,
+            np.array([r.reward for r in results], dtype=np.float64),
+            np.array([r.terminated for r in results], dtype=np.bool_),
+            np.array([r.truncated for r in results], dtype=np.bool_),
+            infos,
+        )
+
     # -- plumbing -----------------------------------------------------------------
 
     def _assert_is_running(self) -> None:
@@ -377,9 +505,18 @@ class RlayVectorEnv(VectorEnv):
                 f"Calling `{method}` while waiting for a pending call to `{self._state.value}` to complete.",
                 str(self._state.value),
             )
+        if self._in_flight and method not in ("send", "async_reset"):
+            raise AlreadyPendingCallError(
+                f"Calling `{method}` while envs {_rows_text(sorted(self._in_flight))} are stepping after send(); "
+                "recv() their results first", "send",
+            )
 
-    def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]]) -> None:
-        """Send one batched call: one part per worker that hosts some of ``rows``."""
+    def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]],
+              gather: bool = True) -> int:
+        """Send one batched call: one part per worker that hosts some of ``rows``.
+
+        ``gather`` (the synchronous API) waits for every part in one reply; without
+        it each part is answered as it completes (first-ready stepping)."""
         wanted = set(rows.tolist())
         parts, frames, groups = [], [], []
         for group in self._groups:
@@ -391,8 +528,12 @@ class RlayVectorEnv(VectorEnv):
             frames.append(packb(body))
             frames.extend(arrays)
             groups.append(group)
-        req = self._client.send(kind, frames, parts=parts, timeout=self.timeout)
-        self._pending = (req, groups, kind)
+        if gather:
+            req = self._client.send(kind, frames, parts=parts, timeout=self.timeout)
+            self._pending = (req, groups, kind)
+        else:
+            req = self._client.send(kind, frames, parts=parts, timeout=self.timeout, gather=False)
+        return req
 
     def _wait(self, timeout: float | None) -> list[tuple[list[int], dict, list[Any]]]:
         """Wait for the pending call's reply: [(rows, body, array frames) per part]."""

@@ -147,3 +147,14 @@ class ImageDictEnv(DictEnv):
     def step(self, action):
         obs, reward, _, truncated, info = super().step(action)
         return obs, reward, bool(obs["pos"][0] > 0.8), truncated, info
+
+
+def delayed_cartpole(delay: float) -> gym.Env:
+    """CartPole-v1 whose steps take ``delay`` seconds longer: a game instance on a slow host."""
+
+    class Delayed(gym.Wrapper):
+        def step(self, action):
+            time.sleep(delay)
+            return self.env.step(action)
+
+    return Delayed(gym.make("CartPole-v1"))
