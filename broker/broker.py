@@ -610,6 +610,9 @@ class Broker:
         frames = [header(P.REPLY, req=batch.req, parts=spec)]
         for part in parts:
             frames.extend(part.reply)
+            # Batch and Part refer to each other: drop the frames now, not whenever the cyclic GC
+            # runs, so that large observations' memory is reused at once (no fresh pages per step).
+            part.reply = []
         self._send(self.front, batch.trainer, frames)
 
     def _expire(self, now: float) -> None:

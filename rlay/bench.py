@@ -78,7 +78,7 @@ class Workload:
     num_envs: int
     seconds: float  # per implementation per round
     obs_bytes: int = 0  # per env step, for GB/s
-    results: dict[str, list[float]] = field(default_factory=dict)
+    rlay_kwargs: dict[str, Any] = field(default_factory=dict)  # what the docs tell a user to set
 
 
 def workloads(scale: float) -> list[Workload]:
@@ -88,7 +88,9 @@ def workloads(scale: float) -> list[Workload]:
     return [
         Workload("CartPole-v1 x8", cartpole, 8, 1.0 * scale),
         Workload("CartPole-v1 x64", cartpole, 64, 1.0 * scale),
-        Workload("sleep 1 ms x64", functools.partial(SleepEnv, 0.001), 64, 1.0 * scale),
+        # Envs that block: several per worker, stepped by as many threads (README, RlayVectorEnv docs).
+        Workload("sleep 1 ms x64", functools.partial(SleepEnv, 0.001), 64, 1.0 * scale,
+                 rlay_kwargs={"envs_per_worker": 16, "env_threads": 16}),
         Workload("uint8[84,84,3] x8", functools.partial(FrameEnv, (84, 84, 3)), 8, 1.0 * scale, 84 * 84 * 3),
         Workload("uint8[1080,1920,4] x8", functools.partial(FrameEnv, big), 8, 1.5 * scale, int(np.prod(big))),
     ]
@@ -102,7 +104,7 @@ def make_vector(kind: str, w: Workload):
         return gym.vector.SyncVectorEnv(fns, copy=False)
     if kind == "async":
         return gym.vector.AsyncVectorEnv(fns, copy=False)
-    return RlayVectorEnv(fns, copy=False)
+    return RlayVectorEnv(fns, copy=False, **w.rlay_kwargs)
 
 
 def steps_per_second(envs, seconds: float) -> float:
@@ -123,14 +125,65 @@ def steps_per_second(envs, seconds: float) -> float:
 
 
 def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
+    """Copy bandwidth (GB/s) into a warm, preallocated buffer: the best a copy can do here."""
     src = np.ones(nbytes, np.uint8)
-    dst = np.empty_like(src)
+    dst = np.zeros_like(src)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         np.copyto(dst, src)
         times.append(time.perf_counter() - t)
     return nbytes / statistics.median(times) / 1e9
+
+
+def _frame_sender(address: str, shape: tuple[int, ...], count: int, n: int) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(address)
+    frames = [np.full(shape, i, np.uint8) for i in range(count)]
+    sock.send(b"hello")
+    for _ in range(n):
+        sock.recv()
+        sock.send_multipart([b"h", *frames], copy=False)
+    sock.close()
+    ctx.term()
+
+
+def bare_frames_gbps(shape: tuple[int, ...], count: int, seconds: float) -> float:
+    """A bare pyzmq transfer of ``count`` frames of ``shape`` per request over ipc, copied into a
+    preallocated batch as rlay's trainer does: the transport's ceiling on this machine."""
+    import zmq
+
+    n = max(3, int(seconds * 20))
+    buf = np.zeros((count, *shape), np.uint8)
+    with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(f"ipc://{tmp}/frames")
+        proc = multiprocessing.Process(target=_frame_sender, args=(f"ipc://{tmp}/frames", shape, count, n), daemon=True)
+        proc.start()
+        try:
+            if not router.poll(30_000):
+                raise RuntimeError("the frame sender did not start")
+            ident, _ = router.recv_multipart()
+            start = None
+            for i in range(n):
+                if i == 1:
+                    start = time.perf_counter()  # the first transfer warms the buffers
+                router.send_multipart([ident, b"go"])
+                for k, frame in enumerate(router.recv_multipart(copy=False)[2:]):
+                    buf[k] = np.frombuffer(frame.buffer, np.uint8).reshape(shape)
+            elapsed = time.perf_counter() - start
+        finally:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+            router.close()
+            ctx.term()
+    return buf.nbytes * (n - 1) / elapsed / 1e9
 
 
 def _echo(address: str) -> None:
@@ -219,19 +272,21 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
         "workloads": [],
     }
     for w in workloads(scale):
-        envs = {kind: make_vector(kind, w) for kind in IMPLEMENTATIONS}
-        try:
-            rates = {kind: [] for kind in IMPLEMENTATIONS}
-            for _ in range(rounds):
-                for kind in IMPLEMENTATIONS:
-                    rates[kind].append(steps_per_second(envs[kind], w.seconds))
-        finally:
-            for e in envs.values():
-                e.close()
-        entry = {"name": w.name, "num_envs": w.num_envs, **{kind: statistics.median(r) for kind, r in rates.items()}}
+        rates = {kind: [] for kind in IMPLEMENTATIONS}
+        for _ in range(rounds):
+            for kind in IMPLEMENTATIONS:  # interleaved; each runs alone (built before, closed after)
+                envs = make_vector(kind, w)
+                try:
+                    rates[kind].append(steps_per_second(envs, w.seconds))
+                finally:
+                    envs.close()
+        entry = {"name": w.name, "num_envs": w.num_envs, "rlay_kwargs": w.rlay_kwargs,
+                 **{kind: statistics.median(r) for kind, r in rates.items()}}
         if w.obs_bytes:
             entry["rlay_gbps"] = entry["rlay"] * w.obs_bytes / 1e9
             entry["memcpy_gbps"] = memcpy_gbps(w.obs_bytes * w.num_envs)
+            shape = w.make().observation_space.shape
+            entry["bare_pyzmq_gbps"] = bare_frames_gbps(shape, w.num_envs, w.seconds)
         report["workloads"].append(entry)
         log(format_row(entry))
     report["latency"] = {"bare_pyzmq": percentiles(bare_round_trips(latency_count)),
@@ -242,9 +297,15 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
 def format_row(e: dict[str, Any]) -> str:
     row = (f"{e['name']:<24} {e['rlay']:>12,.0f} {e['sync']:>12,.0f} {e['async']:>12,.0f} "
            f"{e['rlay'] / e['sync']:>9.2f}x {e['rlay'] / e['async']:>9.2f}x")
-    if "rlay_gbps" in e:
-        row += f"   {e['rlay_gbps']:.2f} GB/s = {e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy {e['memcpy_gbps']:.2f} GB/s"
+    if e.get("rlay_kwargs"):
+        row += "   (" + ", ".join(f"{k}={v}" for k, v in e["rlay_kwargs"].items()) + ")"
     return row
+
+
+def format_bandwidth(e: dict[str, Any]) -> str:
+    return (f"{e['name']:<24} rlay {e['rlay_gbps']:.2f} GB/s of observations = "
+            f"{e['rlay_gbps'] / e['bare_pyzmq_gbps']:.0%} of a bare pyzmq ipc transfer ({e['bare_pyzmq_gbps']:.2f} GB/s), "
+            f"{e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy ({e['memcpy_gbps']:.2f} GB/s)")
 
 
 HEADER = (f"{'workload (env-steps/s)':<24} {'rlay':>12} {'sync':>12} {'async':>12} "
