@@ -120,3 +120,16 @@ def test_broker_reads_its_addresses_from_a_config(tmp_path):
     finally:
         code, _, err = broker.stop(signal.SIGINT)
     assert code == 0, err
+
+
+def test_bench_smoke_prints_a_table_and_json():
+    result = run_cli("bench", "--quick", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [w["name"] for w in report["workloads"]]
+    assert names == ["CartPole-v1 x8", "CartPole-v1 x64", "sleep 1 ms x64", "uint8[84,84,3] x8", "uint8[1080,1920,4] x8"]
+    for w in report["workloads"]:
+        assert w["rlay"] > 0 and w["sync"] > 0 and w["async"] > 0, w
+    assert report["workloads"][-1]["bare_pyzmq_gbps"] > 0 and report["workloads"][-1]["memcpy_gbps"] > 0
+    assert report["latency"]["rlay"]["median_us"] > 0 and report["latency"]["bare_pyzmq"]["p99_us"] > 0
+    assert "vs async" in result.stderr and "round trip, 1 env" in result.stderr
