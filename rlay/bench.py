@@ -7,6 +7,7 @@ numbers: this machine's absolute speed varies from run to run.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -136,6 +137,33 @@ def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
+@contextlib.contextmanager
+def _peer(target: Callable, *args: Any):
+    """A ROUTER on a fresh ipc address and a peer process running ``target(address, *args)``,
+    which says hello first; yields (router, peer identity) and cleans both up."""
+    import zmq
+
+    with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
+        address = f"ipc://{tmp}/peer"
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(address)
+        proc = multiprocessing.Process(target=target, args=(address, *args), daemon=True)
+        proc.start()
+        try:
+            if not router.poll(30_000):
+                raise RuntimeError("the bench's peer process did not start")
+            ident, _ = router.recv_multipart()
+            yield router, ident
+        finally:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+            router.close()
+            ctx.term()
+
+
 def _frame_sender(address: str, shape: tuple[int, ...], count: int, n: int) -> None:
     import zmq
 
@@ -154,35 +182,16 @@ def _frame_sender(address: str, shape: tuple[int, ...], count: int, n: int) -> N
 def bare_frames_gbps(shape: tuple[int, ...], count: int, seconds: float) -> float:
     """A bare pyzmq transfer of ``count`` frames of ``shape`` per request over ipc, copied into a
     preallocated batch as rlay's trainer does: the transport's ceiling on this machine."""
-    import zmq
-
     n = max(3, int(seconds * 20))
     buf = np.zeros((count, *shape), np.uint8)
-    with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
-        ctx = zmq.Context()
-        router = ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.bind(f"ipc://{tmp}/frames")
-        proc = multiprocessing.Process(target=_frame_sender, args=(f"ipc://{tmp}/frames", shape, count, n), daemon=True)
-        proc.start()
-        try:
-            if not router.poll(30_000):
-                raise RuntimeError("the frame sender did not start")
-            ident, _ = router.recv_multipart()
-            start = None
-            for i in range(n):
-                if i == 1:
-                    start = time.perf_counter()  # the first transfer warms the buffers
-                router.send_multipart([ident, b"go"])
-                for k, frame in enumerate(router.recv_multipart(copy=False)[2:]):
-                    buf[k] = np.frombuffer(frame.buffer, np.uint8).reshape(shape)
-            elapsed = time.perf_counter() - start
-        finally:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-            router.close()
-            ctx.term()
+    with _peer(_frame_sender, shape, count, n) as (router, ident):
+        for i in range(n):
+            if i == 1:
+                start = time.perf_counter()  # the first transfer warms the buffers
+            router.send_multipart([ident, b"go"])
+            for k, frame in enumerate(router.recv_multipart(copy=False)[2:]):
+                buf[k] = np.frombuffer(frame.buffer, np.uint8).reshape(shape)
+        elapsed = time.perf_counter() - start
     return buf.nbytes * (n - 1) / elapsed / 1e9
 
 
@@ -205,33 +214,15 @@ def _echo(address: str) -> None:
 
 def bare_round_trips(count: int) -> list[float]:
     """Round-trip seconds of a bare pyzmq DEALER/ROUTER echo over ipc between two processes."""
-    import zmq
-
-    with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
-        ctx = zmq.Context()
-        router = ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.bind(f"ipc://{tmp}/echo")
-        proc = multiprocessing.Process(target=_echo, args=(f"ipc://{tmp}/echo",), daemon=True)
-        proc.start()
-        try:
-            if not router.poll(30_000):
-                raise RuntimeError("the echo process did not start")
-            ident, _ = router.recv_multipart()
-            payload = [b"h" * 32, np.zeros(4, np.uint8).tobytes()]  # a header and a small observation
-            times = []
-            for _ in range(count):
-                t = time.perf_counter()
-                router.send_multipart([ident, *payload])
-                router.recv_multipart()
-                times.append(time.perf_counter() - t)
-            router.send_multipart([ident, b"stop"])
-        finally:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-            router.close()
-            ctx.term()
+    payload = [b"h" * 32, np.zeros(4, np.uint8).tobytes()]  # a header and a small observation
+    times = []
+    with _peer(_echo) as (router, ident):
+        for _ in range(count):
+            t = time.perf_counter()
+            router.send_multipart([ident, *payload])
+            router.recv_multipart()
+            times.append(time.perf_counter() - t)
+        router.send_multipart([ident, b"stop"])
     return times
 
 
