@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import gymnasium as gym
 import numpy as np
@@ -92,9 +93,7 @@ def cli_deployment():
     broker = Proc("broker", "--frontend", front, "--backend", back)
     workers = []
     try:
-        for name, (spec, kwargs) in ENVS.items():
-            import json
-
+        for spec, kwargs in ENVS.values():
             args = ["worker", spec, "--broker", back, "--num-workers", "2", "--envs-per-worker", "2"]
             if kwargs:
                 args += ["--env-kwargs", json.dumps(kwargs)]

@@ -10,8 +10,7 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from rlay import RemoteEnvError, RlayTimeoutError, RlayVectorEnv, WorkerLostError
-from rlay import protocol as P
-from tests.conftest import GAME, Proc, assert_same, broker_status, free_port, wait_for
+from tests.conftest import GAME, Proc, broker_status, free_port, wait_for
 from tests.test_equivalence import MODES, compare_runs
 
 TICK_HZ = "2000"
