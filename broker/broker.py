@@ -460,6 +460,8 @@ class Broker:
             if trainer is not None and len(trainer.parts) < 4096:
                 trainer.parts[key] = resolved
         worker, envs, slots = resolved
+        if len(set(map(type, slot_ids))) != 1 or type(slot_ids[0]) is not int:  # 1.0 and True hash as 1
+            raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}")
         for slot in slots:
             if slot.busy is not None:
                 raise PartRefused(P.E_SLOT, f"slot {slot.id} is still busy with an earlier call on {worker.describe()}")

@@ -18,6 +18,11 @@ VERSION = "v"
 TYPE = "type"
 REQ = "req"
 
+# Any peer <-> broker: liveness (rlay/heartbeat.py).
+HEARTBEAT = "heartbeat"
+HEARTBEAT_INTERVAL = 0.5  # s between pings
+HEARTBEAT_LIVENESS = 4  # pings missed before the other side counts as lost: 2 s by default
+
 # Worker -> broker.
 REGISTER = "register"
 DISCONNECT = "disconnect"  # also broker -> worker

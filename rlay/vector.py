@@ -445,9 +445,14 @@ class RlayVectorEnv(VectorEnv):
             what = f"the first {batch_size} of envs {_rows_text(sorted(self._in_flight))} to finish"
             head, frames = self._client.wait(set(self._in_flight.values()), max(0.0, deadline - time.monotonic()), what)
             if head[P.TYPE] == P.ERROR:
-                for failure in head.get("failures") or []:
+                failures = head.get("failures") or []
+                for failure in failures:
                     for slot in failure.get("slots", []):
                         self._in_flight.pop(self._row_of_slot.get(slot), None)
+                if not failures:  # the whole call was refused: none of its envs is stepping
+                    req = head.get(P.REQ)
+                    for row in [r for r, q in self._in_flight.items() if req is None or q == req]:
+                        del self._in_flight[row]
                 raise self._error_from(head, what)
             self._take_results(head, frames)
         results = [self._ready.popleft() for _ in range(batch_size)]

@@ -89,10 +89,16 @@ def encode_leaves(leaves: Sequence[Any], rows: Any = None) -> tuple[list[dict], 
 def encode_rows(rows: Sequence[Any], space: spaces.Box) -> tuple[dict, list[np.ndarray]]:
     """A leaf sent as one frame per env: each env's own array, zero-copy when it already
     has the space's dtype and is contiguous. For large observations (frames)."""
-    arrays = [np.ascontiguousarray(np.asarray(row, dtype=space.dtype)) for row in rows]
-    for array in arrays:
+    arrays = []
+    for row in rows:
+        array = np.asarray(row)
         if array.shape != space.shape:
-            raise WireError(f"an observation of shape {array.shape} does not fit {space}")
+            raise ValueError(f"an observation of shape {array.shape} does not fit {space}")
+        if array.dtype != space.dtype:  # cast as SyncVectorEnv's np.stack(out=...) does: same_kind
+            cast = np.empty(space.shape, space.dtype)
+            np.copyto(cast, array, casting="same_kind")
+            array = cast
+        arrays.append(np.ascontiguousarray(array))
     return {"dtype": space.dtype.str, "shape": [len(arrays), *space.shape], "rows": True}, arrays
 
 

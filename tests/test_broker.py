@@ -158,3 +158,19 @@ def test_two_trainers_share_a_broker_with_their_own_slots(deployment):
         a.close()
         b.close()
     assert broker_status(front)["trainers"] == []
+
+
+def test_cached_parts_still_refuse_non_int_slot_ids(deployment):
+    front, _ = deployment
+    envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
+    try:
+        envs.reset(seed=0)
+        envs.step(np.zeros(2, dtype=np.int64))  # the broker has now validated and cached this part
+        group = envs._groups[0]
+        forged = [float(s) for s in group.slots]  # equal to the cached key, but not slot ids
+        req = envs._client.send(P.STEP, [b"\x80"], parts=[[forged, 1]], timeout=5)
+        head, _ = envs._client.wait(req, 10, "the forged step")
+        assert head[P.TYPE] == P.ERROR and head["code"] == P.E_SLOT and "must be ints" in head["message"]
+        assert envs.step(np.zeros(2, dtype=np.int64))[0].shape == (2, 4)
+    finally:
+        envs.close()

@@ -142,3 +142,18 @@ def test_int_subclasses_travel_as_ints():
         RED = 3
 
     assert_same(unpackb(packb({"c": Color.RED})), {"c": 3})
+
+
+@pytest.mark.parametrize("key_type", ["bin8", "bin16", "bin32"])
+def test_msgpack_numpy_maps_are_refused_whatever_the_key_encoding(key_type, tmp_path):
+    # (msgpack-numpy only unpickles maps whose key b"nd" is bytes; a str "nd" key is plain data.)
+    import struct
+
+    marker = tmp_path / "owned"
+    prefix = {"bin8": b"\xc4\x02", "bin16": b"\xc5" + struct.pack(">H", 2), "bin32": b"\xc6" + struct.pack(">I", 2)}
+    rest = msgpack.packb({b"type": "|O", b"kind": b"O", b"shape": [1], b"data": pickle.dumps(_CreatesFile(str(marker)))},
+                         use_bin_type=True)
+    payload = bytes([0x80 | 5]) + prefix[key_type] + b"nd" + b"\xc3" + rest[1:]  # {nd: True, ...4 more}
+    with pytest.raises(WireError, match="msgpack-numpy"):
+        unpackb(payload)
+    assert not marker.exists()

@@ -16,6 +16,7 @@ import traceback
 from typing import Any, Callable
 
 import gymnasium as gym
+import msgpack
 import numpy as np
 import zmq
 from gymnasium.vector.utils import concatenate, create_empty_array
@@ -81,7 +82,7 @@ class WorkerBase:
         self.num_envs = num_envs
         self.rank = rank
         self.host = host or pysocket.gethostname()
-        self.metadata = {k: v for k, v in (metadata or {}).items() if _is_data(v)}
+        self.metadata = {k: v for k, v in (metadata or {}).items() if _is_plain(v)}
         self.render_mode = render_mode
         self.register_timeout = register_timeout
         self.parent_pid = parent_pid
@@ -280,11 +281,12 @@ def _pack_reply(envs: list[int], body: dict) -> bytes:
         raise EnvFailures(failures or [{"env": envs[0], "type": "TypeError", "message": "reply cannot be encoded", "traceback": ""}])
 
 
-def _is_data(value: Any) -> bool:
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is plain msgpack (no numpy, no tuples): what a header may carry."""
     try:
-        packb(value)
+        msgpack.packb(value, strict_types=True)
         return True
-    except WireError:
+    except (TypeError, ValueError, OverflowError):
         return False
 
 

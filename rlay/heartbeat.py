@@ -1,0 +1,93 @@
+"""Liveness between a peer (worker or trainer) and its broker: the Paranoid Pirate pattern.
+
+A peer pings the broker every ``interval`` seconds from a thread of its own, on a
+socket of its own whose routing id is the peer's main id plus ``|hb``: a main
+thread that is busy in a long env step, or in the trainer's own computation,
+still proves its process alive. The broker answers every ping; it counts a peer
+lost after ``interval * liveness`` seconds without a ping, and the peer counts the
+broker lost after as long without an answer. A process that is killed, stopped
+(SIGSTOP) or cut off stops pinging, whatever its main thread was doing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import zmq
+
+from rlay import protocol as P
+from rlay.wire import decode_header, header
+
+__all__ = ["Heartbeat", "new_identity", "HEARTBEAT_SUFFIX"]
+
+log = logging.getLogger("rlay.heartbeat")
+
+HEARTBEAT_SUFFIX = b"|hb"
+
+
+def new_identity() -> bytes:
+    """A routing id for a peer's main socket; its heartbeat socket adds HEARTBEAT_SUFFIX."""
+    return b"r" + os.urandom(11)
+
+
+class Heartbeat:
+    """Pings ``address`` on behalf of the peer whose main socket has routing id ``identity``."""
+
+    def __init__(self, address: str, identity: bytes, interval: float = P.HEARTBEAT_INTERVAL,
+                 liveness: int = P.HEARTBEAT_LIVENESS, context: zmq.Context | None = None):
+        self.address = address
+        self.identity = identity
+        self.interval = interval
+        self.liveness = liveness
+        self.context = context or zmq.Context.instance()
+        self.last_answer = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
+        self._thread.start()
+
+    @property
+    def silence(self) -> float:
+        """Seconds since the broker last answered."""
+        return time.monotonic() - self.last_answer
+
+    @property
+    def lost(self) -> bool:
+        return self.silence > self.interval * self.liveness
+
+    def reset(self) -> None:
+        """Start counting again (after reconnecting to a restarted broker)."""
+        self.last_answer = time.monotonic()
+
+    def _run(self) -> None:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity + HEARTBEAT_SUFFIX)
+        sock.setsockopt(zmq.SNDHWM, self.liveness)  # a broker that is away gets no backlog of pings
+        sock.connect(self.address)
+        ping = header(P.HEARTBEAT)
+        try:
+            next_ping = time.monotonic()
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_ping:
+                    try:
+                        sock.send(ping, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # the broker is not there: silence grows, the owner finds out
+                    next_ping = now + self.interval
+                if sock.poll(max(0.0, next_ping - time.monotonic()) * 1000):
+                    frames = sock.recv_multipart()
+                    try:
+                        if decode_header(frames[0])[P.TYPE] == P.HEARTBEAT:
+                            self.last_answer = time.monotonic()
+                    except Exception:
+                        log.warning("unreadable answer to a heartbeat")
+        finally:
+            sock.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.interval * 2 + 1)
