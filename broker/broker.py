@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from rlay import protocol as P
+from rlay.heartbeat import HEARTBEAT_SUFFIX
 from rlay.values import VersionError, WireError
 from rlay.wire import decode_header, header, send_frames
 
@@ -164,8 +165,14 @@ class Broker:
         *,
         parent_pid: int | None = None,
         max_message_size: int = -1,
+        heartbeat_interval: float = P.HEARTBEAT_INTERVAL,
+        heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
     ):
         self.frontend_addr = frontend
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_expiry = heartbeat_interval * heartbeat_liveness
+        self.last_seen: dict[bytes, float] = {}  # peers that send heartbeats: main ident -> last sign of life
+        self._next_liveness_check = 0.0
         self.backend_addr = backend
         self.parent_pid = parent_pid
         self.max_message_size = max_message_size
@@ -291,6 +298,11 @@ class Broker:
         if head is None:
             return
         req, kind = head.get(P.REQ), head[P.TYPE]
+        if kind == P.HEARTBEAT:
+            self._heartbeat(self.front, ident, self.trainers)
+            return
+        if ident in self.last_seen:
+            self.last_seen[ident] = time.monotonic()
         if kind in P.BATCH_CALLS:
             self._dispatch(ident, head, frames[1:])
         elif kind == P.LEASE:
@@ -377,6 +389,7 @@ class Broker:
     def _release(self, ident: bytes) -> None:
         self.pending_leases = [p for p in self.pending_leases if p.ident != ident]
         trainer = self.trainers.pop(ident, None)
+        self.last_seen.pop(ident, None)
         if trainer is None:
             return
         for slot_id in trainer.slots:
@@ -494,6 +507,11 @@ class Broker:
         if head is None:
             return
         kind, req = head[P.TYPE], head.get(P.REQ)
+        if kind == P.HEARTBEAT:
+            self._heartbeat(self.back, ident, self.workers)
+            return
+        if ident in self.last_seen:
+            self.last_seen[ident] = time.monotonic()
         if kind == P.REGISTER:
             self._register(ident, head)
         elif kind in (P.REPLY, P.ERROR):
@@ -504,10 +522,36 @@ class Broker:
         else:
             self._error(self.back, ident, req, P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
-    def _register(self, ident: bytes, head: dict) -> None:
-        if ident in self.workers:
-            self._error(self.back, ident, None, P.E_REGISTRATION, f"already registered as {self.workers[ident].name}")
+    def _heartbeat(self, sock: zmq.Socket, ident: bytes, peers: dict) -> None:
+        """Answer a ping, saying whether we know the peer (a worker or trainer we dropped or forgot
+        must register or lease again). The ping keeps that peer alive: once a peer has pinged, it
+        must go on pinging (see _check_liveness)."""
+        main = ident[: -len(HEARTBEAT_SUFFIX)] if ident.endswith(HEARTBEAT_SUFFIX) else ident
+        known = main in peers
+        if known:
+            self.last_seen[main] = time.monotonic()
+        self._send(sock, ident, [header(P.HEARTBEAT, known=known)])
+
+    def _check_liveness(self, now: float) -> None:
+        """Count as lost every peer that pinged before and has been silent for the expiry."""
+        if now < self._next_liveness_check:
             return
+        self._next_liveness_check = now + self.heartbeat_interval
+        for ident, seen in list(self.last_seen.items()):
+            silence = now - seen
+            if silence <= self.heartbeat_expiry:
+                continue
+            del self.last_seen[ident]
+            why = f"no heartbeat for {silence:.1f} s"
+            if ident in self.workers:
+                self._worker_lost(self.workers[ident], why)
+            elif ident in self.trainers:
+                log.warning("trainer %s lost (%s); its slots are freed", self.trainers[ident].name, why)
+                self._release(ident)
+
+    def _register(self, ident: bytes, head: dict) -> None:
+        if ident in self.workers:  # registering again: it lost us (or we it); the old slots are gone
+            self._worker_lost(self.workers[ident], "it registered again")
         fields = {k: head.get(k) for k in ("env_id", "num_envs", "host", "pid", "obs_space", "act_space")}
         if not (
             isinstance(fields["env_id"], str)
@@ -618,6 +662,8 @@ class Broker:
         self._send(self.front, batch.trainer, frames)
 
     def _expire(self, now: float) -> None:
+        if self.last_seen:
+            self._check_liveness(now)
         for batch in [b for b in self.batches.values() if b.deadline <= now]:
             for part in batch.parts:
                 if not part.done:
@@ -637,6 +683,7 @@ class Broker:
         for trainer in self.trainers.values():
             trainer.parts.clear()  # validated parts may name its slots
         self.workers.pop(worker.ident, None)
+        self.last_seen.pop(worker.ident, None)
         for slot_id in worker.slots:
             slot = self.slots[slot_id]
             if slot.lease is None:
@@ -672,8 +719,10 @@ class Broker:
         }
 
 
-def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1) -> None:
+def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1,
+          heartbeat_interval: float = P.HEARTBEAT_INTERVAL, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS) -> None:
     """Process entry point: run a broker until SIGTERM/SIGINT (or until ``parent_pid`` exits)."""
-    broker = Broker(frontend, backend, parent_pid=parent_pid, max_message_size=max_message_size)
+    broker = Broker(frontend, backend, parent_pid=parent_pid, max_message_size=max_message_size,
+                    heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness)
     broker.install_signal_handlers()
     broker.run()

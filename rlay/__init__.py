@@ -11,6 +11,7 @@ from gymnasium.vector import AutoresetMode
 from rlay.env import RlayEnv
 from rlay.errors import (
     BrokerError,
+    BrokerLostError,
     LeaseError,
     RemoteEnvError,
     RlayError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoresetMode",
     "BrokerError",
+    "BrokerLostError",
     "LeaseError",
     "RemoteEnvError",
     "RlayEnv",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from typing import Any, Callable, Container, Sequence
 
 import zmq
 
 from rlay import protocol as P
-from rlay.errors import BrokerError, RlayTimeoutError
+from rlay.errors import BrokerError, BrokerLostError, RlayTimeoutError
+from rlay.heartbeat import Heartbeat, new_identity
 from rlay.values import WireError
 from rlay.wire import decode_header, header, send_frames
 
@@ -26,13 +28,20 @@ class BrokerClient:
     embedded trainer notices a local child process that died.
     """
 
-    def __init__(self, address: str, *, health_check: Callable[[], None] | None = None):
+    def __init__(self, address: str, *, health_check: Callable[[], None] | None = None,
+                 heartbeat_interval: float | None = None, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS):
         self.address = address
         self.health_check = health_check
+        self.leased_at: float | None = None  # once a lease is granted, a broker that forgets us is an error
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        identity = new_identity()
+        self.sock.setsockopt(zmq.ROUTING_ID, identity)
         self.sock.connect(address)
+        self.heartbeat = None
+        if heartbeat_interval is not None:
+            self.heartbeat = Heartbeat(address, identity, heartbeat_interval, heartbeat_liveness, self.ctx)
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
 
@@ -58,6 +67,7 @@ class BrokerClient:
             if self.health_check is not None and time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
                 self.health_check()
+            self._check_broker(what)
             if not self.sock.poll(min(remaining * 1000, P.IDLE_POLL_MS) + 1):
                 continue
             frames = self.sock.recv_multipart(copy=False)
@@ -69,6 +79,17 @@ class BrokerClient:
                 return head, frames[1:]
             log.debug("dropping a stale reply to request %r", head.get(P.REQ))
 
+    def _check_broker(self, what: str) -> None:
+        hb = self.heartbeat
+        if hb is None:
+            return
+        if hb.lost:
+            raise BrokerLostError(f"the broker at {self.address} has not answered heartbeats for "
+                                  f"{hb.silence:.1f} s, while waiting for {what}")
+        if self.leased_at is not None and hb.forgotten_since(self.leased_at):
+            raise BrokerLostError(f"the broker at {self.address} no longer knows this trainer (it restarted, or "
+                                  f"counted this trainer lost): its lease is gone; while waiting for {what}")
+
     def request(self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any) -> dict:
         """Send a header-only request and return the reply header; raise ``error`` on an error reply."""
         head, _ = self.wait(self.send(type_, **fields), wait_s, what)
@@ -77,6 +98,8 @@ class BrokerClient:
         return head
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.sock.close()
         self.ctx.term()
 
@@ -98,21 +121,45 @@ class InlineBrokerClient(BrokerClient):
     """
 
     IDENT = b"inline-trainer"
+    IDLE_PUMP_S = 0.1  # while the trainer computes, the broker still answers its workers' heartbeats
 
     def __init__(self, broker: Any, *, health_check: Callable[[], None] | None = None):
         self.broker = broker
         self.address = "the private broker"
         self.health_check = health_check
         self.outbox = broker.front.outbox[self.IDENT]
+        self.heartbeat = None  # in the same process: nothing to ping
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
+        # The broker is turned by whoever holds the lock: the trainer's thread in send/wait,
+        # otherwise the idle pumper, which never blocks while holding it.
+        self.lock = threading.Lock()
+        self._closed = threading.Event()
+        self._pumper = threading.Thread(target=self._pump_while_idle, name="rlay-inline-broker", daemon=True)
+        self._pumper.start()
+
+    def _pump_while_idle(self) -> None:
+        while not self._closed.wait(self.IDLE_PUMP_S):
+            if self.lock.acquire(blocking=False):
+                try:
+                    if not self._closed.is_set():
+                        self.broker.pump(0)
+                except Exception:
+                    log.exception("the private broker failed while the trainer was idle")
+                finally:
+                    self.lock.release()
 
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         req = next(self._req_ids)
-        self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
+        with self.lock:
+            self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
         return req
 
     def wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        with self.lock:
+            return self._wait(req, wait_s, what)
+
+    def _wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
         deadline = time.monotonic() + wait_s
         while True:
             while self.outbox:
@@ -129,4 +176,6 @@ class InlineBrokerClient(BrokerClient):
             self.broker.pump(min(remaining * 1000, P.IDLE_POLL_MS) + 1)
 
     def close(self) -> None:
-        pass  # the broker belongs to the cluster, which closes it
+        """Stop the idle pumper; the broker itself belongs to the cluster, which closes it."""
+        self._closed.set()
+        self._pumper.join(self.IDLE_PUMP_S * 10)

@@ -15,6 +15,7 @@ __all__ = [
     "BrokerError",
     "RemoteEnvError",
     "WorkerLostError",
+    "BrokerLostError",
     "AlreadyPendingCallError",
     "ClosedEnvironmentError",
     "NoAsyncCallError",
@@ -35,6 +36,10 @@ class BrokerError(RlayError):
 
 class LeaseError(BrokerError):
     """The broker could not lease the slots a trainer asked for."""
+
+
+class BrokerLostError(RlayError):
+    """The broker stopped answering heartbeats, or no longer knows this trainer's lease."""
 
 
 class WorkerLostError(RlayError):

@@ -26,6 +26,7 @@ __all__ = ["Heartbeat", "new_identity", "HEARTBEAT_SUFFIX"]
 log = logging.getLogger("rlay.heartbeat")
 
 HEARTBEAT_SUFFIX = b"|hb"
+STOP_SLICE = 0.05  # s: how long stop() may wait for the thread to notice
 
 
 def new_identity() -> bytes:
@@ -44,6 +45,7 @@ class Heartbeat:
         self.liveness = liveness
         self.context = context or zmq.Context.instance()
         self.last_answer = time.monotonic()
+        self.last_unknown: float | None = None  # when the broker last said it does not know this peer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
         self._thread.start()
@@ -58,8 +60,14 @@ class Heartbeat:
         return self.silence > self.interval * self.liveness
 
     def reset(self) -> None:
-        """Start counting again (after reconnecting to a restarted broker)."""
+        """Start counting again (after registering anew)."""
         self.last_answer = time.monotonic()
+        self.last_unknown = None
+
+    def forgotten_since(self, since: float) -> bool:
+        """Whether the broker said it does not know this peer in an answer received more than an
+        interval after ``since`` (when the peer registered or leased): older answers may predate it."""
+        return self.last_unknown is not None and self.last_unknown > since + self.interval
 
     def _run(self) -> None:
         sock = self.context.socket(zmq.DEALER)
@@ -78,11 +86,14 @@ class Heartbeat:
                     except zmq.Again:
                         pass  # the broker is not there: silence grows, the owner finds out
                     next_ping = now + self.interval
-                if sock.poll(max(0.0, next_ping - time.monotonic()) * 1000):
+                # short slices: stop() must not wait for a whole interval
+                if sock.poll(min(max(0.0, next_ping - time.monotonic()), STOP_SLICE) * 1000):
                     frames = sock.recv_multipart()
                     try:
-                        if decode_header(frames[0])[P.TYPE] == P.HEARTBEAT:
+                        answer = decode_header(frames[0])
+                        if answer[P.TYPE] == P.HEARTBEAT:
                             self.last_answer = time.monotonic()
+                            self.last_unknown = None if answer.get("known") else self.last_answer
                     except Exception:
                         log.warning("unreadable answer to a heartbeat")
         finally:

@@ -85,6 +85,12 @@ class _EnvResult:
         self.info, self.final = info, final
 
 
+def _stop_embedded(client: InlineBrokerClient, cluster: Cluster) -> None:
+    """Stop the broker's idle pumper, then the broker and the workers (also at exit, via weakref.finalize)."""
+    client.close()
+    cluster.stop()
+
+
 def _seed_list(seed: int | list[int | None] | None, num_envs: int) -> list[int | None]:
     """Per-env seeds as SyncVectorEnv derives them."""
     if seed is None:
@@ -158,9 +164,9 @@ class RlayVectorEnv(VectorEnv):
         if env_threads < 1:
             raise ValueError(f"env_threads must be >= 1, got {env_threads}")
         self._cluster = Cluster.embedded(env_fns, envs_per_worker, env_threads, context=context, daemon=daemon)
-        self._finalizer = weakref.finalize(self, self._cluster.stop)
+        client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)
+        self._finalizer = weakref.finalize(self, _stop_embedded, client, self._cluster)
         try:
-            client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)
             self._connect(client, EMBEDDED_ENV_ID, len(env_fns), lease_timeout)
         except BaseException:
             self._finalizer()
@@ -177,14 +183,19 @@ class RlayVectorEnv(VectorEnv):
         lease_timeout: float | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
+        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
     ) -> "RlayVectorEnv":
-        """Lease ``num_envs`` slots of ``env_id`` from a running broker."""
+        """Lease ``num_envs`` slots of ``env_id`` from a running broker.
+
+        The trainer pings the broker every ``heartbeat_interval`` seconds from a thread
+        (None: never): the broker frees the slots of a trainer that stops, and a call
+        fails with BrokerLostError soon after the broker stops answering."""
         self = cls.__new__(cls)
         self.env_fns = None
         self._setup(autoreset_mode, copy, timeout, "same")
         self._cluster = None
         self._finalizer = None
-        self._connect(BrokerClient(broker), env_id, num_envs, lease_timeout)
+        self._connect(BrokerClient(broker, heartbeat_interval=heartbeat_interval), env_id, num_envs, lease_timeout)
         return self
 
     # -- set up -------------------------------------------------------------------
@@ -215,6 +226,7 @@ class RlayVectorEnv(VectorEnv):
             P.LEASE, lease_timeout + REPLY_GRACE, f"a lease of {num_envs} slots of {env_id!r}",
             error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
         )
+        client.leased_at = time.monotonic()
         self.slots = [s["slot"] for s in lease["slots"]]
         by_worker: dict[str, list[int]] = {}
         for row, s in enumerate(lease["slots"]):

@@ -22,6 +22,7 @@ import zmq
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from rlay import protocol as P
+from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
 from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header
@@ -74,8 +75,13 @@ class WorkerBase:
         render_mode: str | None = None,
         register_timeout: float = 60.0,
         parent_pid: int | None = None,
+        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
+        heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
     ):
         self.broker = broker
+        self.identity = new_identity()
+        self.heartbeat_interval, self.heartbeat_liveness = heartbeat_interval, heartbeat_liveness
+        self.heartbeat: Heartbeat | None = None
         self.env_id = env_id
         self.obs_space = observation_space
         self.act_space = action_space
@@ -97,9 +103,10 @@ class WorkerBase:
 
     def connect(self) -> None:
         """Connect and register; returns once the broker accepted this worker's slots."""
-        self.ctx = zmq.Context()
+        self.ctx = self.ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.ROUTING_ID, self.identity)
         self.sock.connect(self.broker)
         self.sock.send(
             header(
@@ -121,6 +128,30 @@ class WorkerBase:
         except BaseException:
             self.disconnect()
             raise
+        if self.heartbeat_interval is not None:
+            if self.heartbeat is None:
+                self.heartbeat = Heartbeat(self.broker, self.identity, self.heartbeat_interval,
+                                           self.heartbeat_liveness, self.ctx)
+            self.heartbeat.reset()
+        self.registered_at = time.monotonic()
+
+    def broker_lost(self) -> str | None:
+        """Why this worker must register again (the broker went silent, or forgot it), or None."""
+        hb = self.heartbeat
+        if hb is None:
+            return None
+        if hb.lost:
+            return f"the broker has not answered heartbeats for {hb.silence:.1f} s"
+        if hb.forgotten_since(self.registered_at):
+            return "the broker no longer knows this worker (it restarted, or counted it lost)"
+        return None
+
+    def register_again(self, why: str) -> None:
+        """Drop the connection and register anew, keeping the envs: for a restarted broker."""
+        log.warning("%s: registering again with %s", why, self.broker)
+        self.sock.close(linger=0)
+        self.sock = None
+        self.connect()
 
     def _await_registration(self) -> None:
         deadline = time.monotonic() + self.register_timeout
@@ -144,13 +175,19 @@ class WorkerBase:
 
     def disconnect(self) -> None:
         """Tell the broker this worker is leaving, and close the socket."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
         if self.sock is None:
+            if self.ctx is not None:
+                self.ctx.term()
+                self.ctx = None
             return
         try:
             self.sock.send(header(P.DISCONNECT), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
-        self.sock.close()
+        self.sock.close(linger=100)  # a courtesy: a broker that is gone gets no longer wait
         self.ctx.term()
         self.sock = self.ctx = None
 

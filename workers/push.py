@@ -128,6 +128,9 @@ class PushWorker(WorkerBase):
         a = self._agent(agent)
         if a.deciding:
             raise RuntimeError(f"agent {agent} already submitted; wait for its command")
+        if a.handed is not None and a.plan is None:  # its request was forgotten when the broker restarted
+            a.handed, a.deciding = None, True
+            return
         if a.handed is None and obs is not None:
             raise RuntimeError(f"agent {agent} was not given a command, so it has no state to submit")
         if a.handed is not None and obs is None:
@@ -206,6 +209,11 @@ class PushWorker(WorkerBase):
 
     def _pump(self, timeout: float) -> None:
         """Read what the broker sent, for up to ``timeout`` seconds."""
+        lost = self.broker_lost() if self.sock is not None else None
+        if lost:
+            self.register_again(lost)
+            for agent in self.agents:  # the broker forgot the requests they were serving
+                agent.batch = agent.plan = agent.next = None
         if self.sock is None or not self.sock.poll(timeout * 1000):
             return
         while self.sock is not None and self.sock.poll(0):

@@ -75,6 +75,9 @@ class Worker(WorkerBase):
 
     def serve(self) -> None:
         while not self.stopping:
+            lost = self.broker_lost()
+            if lost:
+                self.register_again(lost)
             if not self.sock.poll(P.IDLE_POLL_MS):
                 self.check_parent()
                 continue
@@ -240,6 +243,7 @@ def worker_process(
     error_queue: Any = None,
     register_timeout: float = 60.0,
     threads: int = 1,
+    heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
 ) -> None:
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
@@ -249,7 +253,7 @@ def worker_process(
     fns = getattr(env_fns, "fn", env_fns)
     try:
         worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid,
-                        register_timeout=register_timeout, threads=threads)
+                        register_timeout=register_timeout, threads=threads, heartbeat_interval=heartbeat_interval)
         worker.install_signal_handlers()
         worker.run()
     except BaseException:
