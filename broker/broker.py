@@ -206,6 +206,9 @@ class Broker:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A peer that reconnects keeps its routing id (to register again): its new connection
+        # must take the id over from the old one, which may not be torn down yet.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.bind(addr)
         return sock

@@ -1,0 +1,149 @@
+"""Liveness with real processes: killed, stopped and restarted peers are noticed within seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rlay import BrokerLostError, RlayVectorEnv, WorkerLostError
+from rlay import protocol as P
+from tests.conftest import ROOT, Proc, broker_status, free_port, subprocess_env, wait_for
+
+EXPIRY = P.HEARTBEAT_INTERVAL * P.HEARTBEAT_LIVENESS  # 2 s by default
+BOUND = 3.0  # the issue's bound for noticing a lost peer
+
+
+@pytest.fixture
+def addresses():
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+def worker_pids(front: str) -> dict[str, int]:
+    return {w["name"]: w["pid"] for w in broker_status(front)["workers"]}
+
+
+def start(addresses, *worker_args: str, workers: int = 2) -> tuple[Proc, Proc]:
+    front, back = addresses
+    broker = Proc("broker", "--frontend", front, "--backend", back)
+    worker = Proc("worker", *worker_args, "--broker", back, "-p", str(workers))
+    wait_for(lambda: len(broker_status(front)["workers"]) == workers, 60, f"{workers} workers to register")
+    return broker, worker
+
+
+def stop(*procs: Proc) -> None:
+    for proc in procs:
+        proc.stop()
+
+
+def test_killed_idle_worker_is_noticed_within_the_bound(addresses):
+    front, _ = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    try:
+        victim = next(iter(worker_pids(front).values()))
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: victim not in worker_pids(front).values(), BOUND + 2, "the broker to drop the killed worker")
+        assert time.monotonic() - killed < BOUND
+    finally:
+        stop(worker, broker)
+
+
+def test_stopped_worker_fails_the_step_in_flight_naming_it(addresses):
+    front, _ = addresses
+    broker, worker = start(addresses, "tests.envs:SlowEnv", "--env-kwargs", '{"delay": 0.3}', workers=2)
+    envs = RlayVectorEnv.remote("tests.envs:SlowEnv", 2, broker=front, timeout=30)
+    try:
+        envs.reset(seed=0)
+        victim = envs._groups[1].pid
+        envs.step_async(np.array([0, 0]))
+        os.kill(victim, signal.SIGSTOP)  # hangs mid-step: no reply, no heartbeat
+        stopped = time.monotonic()
+        try:
+            with pytest.raises(WorkerLostError) as caught:
+                envs.step_wait()
+            waited = time.monotonic() - stopped
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        text = str(caught.value)
+        assert f"pid {victim}" in text and "no heartbeat" in text and "envs 1 (slots [" in text and "on host" in text
+        assert waited < BOUND + 0.5, f"noticed after {waited:.1f} s (the call's own timeout is 30 s)"
+        # The continued worker learns that the broker dropped it, and registers again.
+        wait_for(lambda: victim in worker_pids(front).values(), 15, "the continued worker to register again")
+    finally:
+        envs.close()
+        stop(worker, broker)
+
+
+TRAINER = """
+import sys, time
+from rlay import RlayVectorEnv
+envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=sys.argv[1])
+envs.reset(seed=0)
+print("leased", flush=True)
+time.sleep(600)  # killed by the test long before
+"""
+
+
+def test_killed_trainer_has_its_slots_freed_within_the_bound(addresses):
+    front, _ = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, front], cwd=ROOT, env=subprocess_env(),
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "leased"
+        assert sum(w["leased"] for w in broker_status(front)["workers"]) == 2
+        trainer.kill()
+        trainer.wait(10)
+        killed = time.monotonic()
+        wait_for(lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0, BOUND + 2,
+                 "the killed trainer's slots to be freed")
+        assert time.monotonic() - killed < BOUND
+        assert broker_status(front)["trainers"] == []
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(10)
+        stop(worker, broker)
+
+
+def test_a_slow_trainer_keeps_its_slots(addresses):
+    front, _ = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front)
+    try:
+        envs.reset(seed=0)
+        time.sleep(EXPIRY + 1)  # the trainer computes for longer than the expiry: its heartbeats go on
+        assert envs.step(np.array([0, 1]))[0].shape == (2, 4)
+    finally:
+        envs.close()
+        stop(worker, broker)
+
+
+def test_workers_register_again_when_the_broker_restarts(addresses):
+    front, back = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    try:
+        before = sorted(worker_pids(front).values())
+        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30)
+        envs.reset(seed=0)
+        code, _, err = broker.stop(signal.SIGKILL)
+        with pytest.raises(BrokerLostError, match="has not answered heartbeats"):
+            envs.step(np.array([0, 1]))  # the trainer learns within seconds, not at the call's 30 s timeout
+        envs.close()
+        broker = Proc("broker", "--frontend", front, "--backend", back)
+        wait_for(lambda: sorted(worker_pids(front).values()) == before, 30,
+                 "the same worker processes to register with the new broker")
+        again = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30)
+        try:
+            obs, _ = again.reset(seed=0)
+            assert obs.shape == (2, 4)
+        finally:
+            again.close()
+    finally:
+        stop(worker, broker)
