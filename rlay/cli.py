@@ -16,7 +16,7 @@ from rlay import protocol as P
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-BROKER_KEYS = {"frontend", "backend", "max_message_size"}
+BROKER_KEYS = {"frontend", "backend", "max_message_size", "heartbeat_interval", "heartbeat_liveness"}
 WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name"}
 
 
@@ -67,6 +67,28 @@ def worker_group(env: str, num_workers: int, envs_per_worker: int, env_kwargs: d
     return WorkerGroup(name or env, [fn] * (num_workers * envs_per_worker), envs_per_worker, threads)
 
 
+def supervision(restart: bool, max_restarts: int):
+    from rlay.cluster import Supervision
+
+    return Supervision(max_restarts=max_restarts) if restart else None
+
+
+restart_options = [
+    click.option("--restart/--no-restart", default=True, show_default=True,
+                 help="Restart worker processes that die (after 0.5 s, doubling up to 30 s)."),
+    click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(min=0),
+                 help="Restarts of one worker per minute before giving up on it."),
+]
+
+
+def with_options(options):
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
 def run_cluster(cluster) -> None:
     """Wait on a cluster until Ctrl-C / SIGTERM or until its children are gone; then stop it all."""
     stop = {"now": False}
@@ -90,7 +112,12 @@ def run_cluster(cluster) -> None:
 @click.option("--backend", help=f"Address for workers. [default: {P.DEFAULT_BACKEND}]")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML file whose [broker] section sets the addresses.")
-def broker(frontend: str | None, backend: str | None, config_path: str | None) -> None:
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0.01),
+              help=f"Seconds between heartbeats. [default: {P.HEARTBEAT_INTERVAL}]")
+@click.option("--heartbeat-liveness", type=click.IntRange(min=1),
+              help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]")
+def broker(frontend: str | None, backend: str | None, config_path: str | None,
+           heartbeat_interval: float | None, heartbeat_liveness: int | None) -> None:
     """Run a broker in the foreground until Ctrl-C or SIGTERM."""
     from broker.broker import serve
 
@@ -98,8 +125,17 @@ def broker(frontend: str | None, backend: str | None, config_path: str | None) -
     serve(
         frontend or section.get("frontend", P.DEFAULT_FRONTEND),
         backend or section.get("backend", P.DEFAULT_BACKEND),
-        max_message_size=section.get("max_message_size", -1),
+        **broker_settings(section, heartbeat_interval, heartbeat_liveness),
     )
+
+
+def broker_settings(section: dict, heartbeat_interval: float | None = None, heartbeat_liveness: int | None = None) -> dict:
+    """serve() keyword arguments from a [broker] section, command-line values first."""
+    return {
+        "max_message_size": section.get("max_message_size", -1),
+        "heartbeat_interval": heartbeat_interval or section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
+        "heartbeat_liveness": heartbeat_liveness or section.get("heartbeat_liveness", P.HEARTBEAT_LIVENESS),
+    }
 
 
 @main.command(context_settings=CONTEXT)
@@ -115,14 +151,19 @@ def broker(frontend: str | None, backend: str | None, config_path: str | None) -
 @click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads per worker stepping its envs concurrently (for envs that block).")
 @click.option("--register-timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
+@click.option("--heartbeat-interval", default=P.HEARTBEAT_INTERVAL, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between heartbeats to the broker.")
+@with_options(restart_options)
 def worker(env: str, broker_addr: str, num_workers: int, envs_per_worker: int, env_kwargs: str | None,
-           name: str | None, threads: int, register_timeout: float) -> None:
+           name: str | None, threads: int, register_timeout: float, heartbeat_interval: float,
+           restart: bool, max_restarts: int) -> None:
     """Host envs for a broker. ENV is a gymnasium id or package.module:factory."""
     from rlay.cluster import Cluster
 
     kwargs = parse_env_kwargs(env_kwargs)
     cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name, threads)],
-                      register_timeout=register_timeout)
+                      register_timeout=register_timeout, supervision=supervision(restart, max_restarts),
+                      heartbeat_interval=heartbeat_interval)
     click.echo(f"rlay worker: {num_workers} process(es) x {envs_per_worker} env(s) of {name or env} -> {broker_addr}")
     run_cluster(cluster)
 
@@ -141,7 +182,8 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
-def up(config_path: str) -> None:
+@with_options(restart_options)
+def up(config_path: str, restart: bool, max_restarts: int) -> None:
     """Run the broker and workers a TOML file lists, until Ctrl-C or SIGTERM."""
     from rlay.cluster import Cluster
 
@@ -154,7 +196,9 @@ def up(config_path: str) -> None:
                      g.get("threads", 1))
         for g in config.get("workers", [])
     ]
-    cluster = Cluster(backend, groups, frontend=frontend)
+    cluster = Cluster(backend, groups, frontend=frontend, supervision=supervision(restart, max_restarts),
+                      broker_kwargs=broker_settings(section),
+                      heartbeat_interval=section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL))
     total = sum(len(g.env_fns) for g in groups)
     click.echo(f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
                f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything.")

@@ -21,14 +21,26 @@ from typing import Callable, Sequence
 
 from gymnasium.vector.utils import CloudpickleWrapper
 
+from rlay import protocol as P
 from rlay.errors import RlayError
 
-__all__ = ["Cluster", "WorkerGroup", "EMBEDDED_ENV_ID"]
+__all__ = ["Cluster", "WorkerGroup", "Supervision", "EMBEDDED_ENV_ID"]
 
 log = logging.getLogger("rlay.cluster")
 
 EMBEDDED_ENV_ID = "embedded"
 STOP_TIMEOUT = 5.0  # s a child gets to exit cleanly before it is killed
+
+
+@dataclass
+class Supervision:
+    """How ``rlay worker`` and ``rlay up`` restart workers that die: after ``delay`` s, doubling
+    up to ``max_delay``, and at most ``max_restarts`` times per ``window`` s before giving up."""
+
+    max_restarts: int = 5
+    window: float = 60.0
+    delay: float = 0.5
+    max_delay: float = 30.0
 
 
 @dataclass
@@ -55,12 +67,22 @@ class Cluster:
         daemon: bool = True,
         register_timeout: float = 60.0,
         tmpdir: str | None = None,
+        supervision: "Supervision | None" = None,
+        broker_kwargs: dict | None = None,
+        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
     ):
         # Imported here: rlay (the trainer's package) only launches broker and workers.
         from broker.broker import serve
         from workers.worker import worker_process
 
         self.frontend, self.backend, self.tmpdir = frontend, backend, tmpdir
+        self.supervision = supervision  # None: a worker that dies stays dead (the embedded trainer raises)
+        self.daemon = daemon
+        self._worker_target = worker_process
+        self._worker_args: dict[str, tuple] = {}
+        self._restarts: dict[str, list[float]] = {}  # label -> when it was restarted
+        self._due: dict[str, float] = {}  # label -> when to restart it
+        self.gave_up: set[str] = set()
         self.ctx = multiprocessing.get_context(context)
         self.errors = self.ctx.Queue()
         self.stopped = False
@@ -68,7 +90,7 @@ class Cluster:
         self.broker = None
         if frontend is not None:
             self.broker = self.ctx.Process(
-                target=serve, args=(frontend, backend), kwargs={"parent_pid": parent},
+                target=serve, args=(frontend, backend), kwargs={"parent_pid": parent, **(broker_kwargs or {})},
                 name="rlay-broker", daemon=daemon,
             )
         self.workers: list[tuple[str, multiprocessing.Process]] = []
@@ -76,12 +98,9 @@ class Cluster:
             for rank, start in enumerate(range(0, len(group.env_fns), group.envs_per_worker)):
                 fns = CloudpickleWrapper(list(group.env_fns[start : start + group.envs_per_worker]))
                 label = f"{group.env_id}#{rank}"
-                proc = self.ctx.Process(
-                    target=worker_process,
-                    args=(fns, backend, group.env_id, rank, parent, self.errors, register_timeout, group.threads),
-                    name=f"rlay-worker-{label}", daemon=daemon,
-                )
-                self.workers.append((label, proc))
+                self._worker_args[label] = (fns, backend, group.env_id, rank, parent, self.errors, register_timeout,
+                                            group.threads, heartbeat_interval)
+                self.workers.append((label, self._new_worker(label)))
         self.inline_broker = None  # embedded: a broker object the trainer's thread runs (rlay.client)
         try:
             if self.broker is not None:
@@ -95,6 +114,10 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
+
+    def _new_worker(self, label: str) -> multiprocessing.Process:
+        return self.ctx.Process(target=self._worker_target, args=self._worker_args[label],
+                                name=f"rlay-worker-{label}", daemon=self.daemon)
 
     @classmethod
     def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int = 1, **kwargs) -> "Cluster":
@@ -151,12 +174,47 @@ class Cluster:
             report()
             if self.broker is not None and self.broker.exitcode is not None:
                 break
-            if self.workers and all(p.exitcode is not None for _, p in self.workers):
+            if self.supervision is not None:
+                self._supervise(time.monotonic())
+            # Done when every worker is dead for good (unsupervised, or given up on under supervision).
+            if self.workers and not self._due and all(
+                p.exitcode is not None and (self.supervision is None or label in self.gave_up)
+                for label, p in self.workers
+            ):
                 break
             live = [p.sentinel for p in self.processes if p.exitcode is None]
-            multiprocessing.connection.wait(live, timeout=poll)
+            due = min(self._due.values(), default=None)
+            wait = poll if due is None else max(0.0, min(poll, due - time.monotonic()))
+            multiprocessing.connection.wait(live, timeout=wait)
         report()  # a child may have exited since the last look
-        return 1 if reported else 0
+        # Under supervision a worker that died and was restarted is not a failure; giving up is.
+        failed = self.gave_up if self.supervision is not None else reported
+        return 1 if failed else 0
+
+    def _supervise(self, now: float) -> None:
+        """Restart workers that died, after a growing delay, at most max_restarts per window."""
+        policy = self.supervision
+        for n, (label, proc) in enumerate(self.workers):
+            if proc.exitcode is None or label in self.gave_up:
+                continue
+            if label not in self._due:
+                recent = [t for t in self._restarts.get(label, []) if now - t < policy.window]
+                self._restarts[label] = recent
+                if len(recent) >= policy.max_restarts:
+                    self.gave_up.add(label)
+                    log.error("worker %s died %d times in %g s; not restarting it again",
+                              label, len(recent) + 1, policy.window)
+                    continue
+                delay = min(policy.max_delay, policy.delay * 2 ** len(recent))
+                log.warning("worker %s (pid %s) exited with code %s; restarting it in %.1f s",
+                            label, proc.pid, proc.exitcode, delay)
+                self._due[label] = now + delay
+            elif now >= self._due[label]:
+                del self._due[label]
+                self._restarts[label].append(now)
+                replacement = self._new_worker(label)
+                replacement.start()
+                self.workers[n] = (label, replacement)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM every child (each then exits cleanly), wait, and kill what is left."""

@@ -158,3 +158,8 @@ def delayed_cartpole(delay: float) -> gym.Env:
             return self.env.step(action)
 
     return Delayed(gym.make("CartPole-v1"))
+
+
+def broken_factory() -> gym.Env:
+    """A worker built with this dies at start-up: what supervision must not restart forever."""
+    raise RuntimeError("this env cannot be built")

@@ -98,7 +98,8 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
 
 
 def test_worker_without_broker_gives_up_after_its_timeout():
-    result = run_cli("worker", "CartPole-v1", "--broker", f"tcp://127.0.0.1:{free_port()}", "--register-timeout", "0.5")
+    result = run_cli("worker", "CartPole-v1", "--broker", f"tcp://127.0.0.1:{free_port()}", "--register-timeout", "0.5",
+                     "--no-restart")
     assert result.returncode == 1
     assert "no broker answered the registration" in result.stderr
 

@@ -147,3 +147,36 @@ def test_workers_register_again_when_the_broker_restarts(addresses):
             again.close()
     finally:
         stop(worker, broker)
+
+
+def test_rlay_worker_restarts_a_killed_worker_process(addresses):
+    front, _ = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    try:
+        before = set(worker_pids(front).values())
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(front)) == 2 and victim not in worker_pids(front).values(), 20,
+                 "the supervisor to restart the killed worker")
+        assert len(set(worker_pids(front).values()) & before) == 1
+    finally:
+        code, _, err = worker.stop()
+        stop(broker)
+    assert code == 0, err  # a worker that was restarted is not a failure
+    assert "restarting it in" in err
+
+
+def test_supervision_gives_up_on_a_worker_that_keeps_dying(addresses):
+    front, back = addresses
+    broker = Proc("broker", "--frontend", front, "--backend", back)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "rlay.cli", "worker", "tests.envs:broken_factory", "--broker", back,
+             "--max-restarts", "2"],
+            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 1
+        assert result.stderr.count("restarting it in") == 2 and "not restarting it again" in result.stderr
+        assert "this env cannot be built" in result.stderr
+    finally:
+        stop(broker)
