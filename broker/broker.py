@@ -343,6 +343,8 @@ class Broker:
 
     def _try_leases(self) -> None:
         for pending in list(self.pending_leases):
+            if pending not in self.pending_leases:  # granted by a nested call (after an undone lease)
+                continue
             free = self._free_slots(pending.env_id)
             if len(free) < pending.num_envs:
                 continue
@@ -354,7 +356,7 @@ class Broker:
                 slot.lease = pending.ident
             first = granted[0].worker
             log.info("leased %d slots of %r to trainer %s", len(granted), pending.env_id, trainer.name)
-            self._send(
+            failed = self._send(
                 self.front,
                 pending.ident,
                 [
@@ -374,6 +376,8 @@ class Broker:
                     )
                 ],
             )
+            if failed is not None:  # the trainer is gone (it died while waiting): undo the lease
+                self._release(pending.ident)
 
     def _lease_shortfall(self, pending: PendingLease) -> str:
         mine = [s for s in self.slots.values() if s.worker.env_id == pending.env_id and s.lost is None]

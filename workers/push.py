@@ -78,6 +78,7 @@ class _Agent:
         self.next: tuple | None = None  # env command the plan asked for, not yet handed to the game
         self.handed: tuple | None = None  # env command handed to the game, awaiting its state
         self.deciding = False  # at a decision point: submitted, waiting for a command
+        self.stale = False  # its handed command belongs to a request the broker forgot
         self.started = False  # has been reset at least once
         self.done = False  # its last step ended the episode
 
@@ -128,8 +129,8 @@ class PushWorker(WorkerBase):
         a = self._agent(agent)
         if a.deciding:
             raise RuntimeError(f"agent {agent} already submitted; wait for its command")
-        if a.handed is not None and a.plan is None:  # its request was forgotten when the broker restarted
-            a.handed, a.deciding = None, True
+        if a.stale:  # the state answers a request the restarted broker forgot: drop it
+            a.stale, a.handed, a.deciding = False, None, True
             return
         if a.handed is None and obs is not None:
             raise RuntimeError(f"agent {agent} was not given a command, so it has no state to submit")
@@ -214,6 +215,7 @@ class PushWorker(WorkerBase):
             self.register_again(lost)
             for agent in self.agents:  # the broker forgot the requests they were serving
                 agent.batch = agent.plan = agent.next = None
+                agent.stale = agent.handed is not None  # the game owes state nobody waits for
         if self.sock is None or not self.sock.poll(timeout * 1000):
             return
         while self.sock is not None and self.sock.poll(0):
