@@ -1,0 +1,149 @@
+"""Fuzzing: decoders and live sockets take any bytes; afterwards the broker still serves correct steps."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlay import RlayVectorEnv
+from rlay import protocol as P
+from rlay.spaces import decode_space
+from rlay.values import WireError, unpackb
+from rlay.wire import decode_body, decode_header, decode_leaves
+from tests.conftest import Proc, broker_status, free_port, wait_for
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# Plain msgpack data, shaped like what peers send.
+data = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=64),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10) | st.binary(max_size=4), inner,
+                                                                 max_size=6),
+    max_leaves=30,
+)
+VOCABULARY = ["v", "type", "req", "parts", "envs", "slots", "env_id", "num_envs", "timeout", "gather", "obs_space",
+              "act_space", "host", "pid", "mode", "errors", "code", "known", "dtype", "shape", "rows", "text", "nd"]
+TYPES = [P.REGISTER, P.REPLY, P.ERROR, P.DISCONNECT, P.LEASE, P.RELEASE, P.STATUS, P.HEARTBEAT, *P.BATCH_CALLS, "x"]
+headers = st.fixed_dictionaries(
+    {"v": st.sampled_from([1, 1, 1, 2, None, "1"]), "type": st.sampled_from(TYPES)},
+    optional={k: data for k in VOCABULARY[2:]},
+)
+ext = st.builds(lambda code, payload: msgpack.packb(msgpack.ExtType(code, payload)),
+                st.integers(0, 127), st.binary(max_size=40))
+
+
+def packed(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+frames = st.one_of(st.binary(max_size=200), data.map(packed), headers.map(packed), ext)
+messages = st.lists(frames, min_size=1, max_size=6)
+
+
+@FUZZ
+@given(st.binary(max_size=300) | data.map(packed) | ext)
+def test_decoders_raise_only_wire_errors(raw):
+    for decode in (unpackb, decode_header, decode_body):
+        try:
+            decode(raw)
+        except WireError:
+            pass
+
+
+@FUZZ
+@given(data)
+def test_space_decoder_raises_only_wire_errors(value):
+    try:
+        decode_space(value)
+    except WireError:
+        pass
+
+
+@FUZZ
+@given(data, st.lists(st.binary(max_size=64), max_size=4), st.none() | st.integers(0, 8))
+def test_leaf_decoder_raises_only_wire_errors(descriptors, raw_frames, rows):
+    try:
+        decode_leaves(descriptors, raw_frames, None, rows)
+    except WireError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def live():
+    """A real broker (with a message size limit) and a real worker, fuzzed through both sockets."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    procs = [Proc("broker", "--frontend", front, "--backend", back)]
+    try:
+        procs.append(Proc("worker", "CartPole-v1", "--broker", back, "-p", "1", "-k", "2"))
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+        ctx = zmq.Context()
+        socks = {}
+        for name, addr in (("front", front), ("back", back)):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.connect(addr)
+            socks[name] = sock
+        yield front, socks
+        for sock in socks.values():
+            sock.close()
+        ctx.term()
+    finally:
+        for proc in reversed(procs):
+            code, _, err = proc.stop()
+            assert code == 0, err
+            # Bad input must meet explicit checks, not the broker's and worker's last-resort handlers.
+            assert "unexpected error" not in err and "internal error" not in err, err[-3000:]
+
+
+@FUZZ
+@given(st.sampled_from(["front", "back"]), messages)
+def test_live_sockets_survive_any_message(live, side, message):
+    front, socks = live
+    socks[side].send_multipart(message)
+    while socks[side].poll(0):  # answers (errors, mostly) are fine; drain them
+        socks[side].recv_multipart()
+
+
+def test_broker_still_serves_correct_steps_after_the_fuzzing(live):
+    front, socks = live
+    status = broker_status(front)
+    assert [w["env_id"] for w in status["workers"] if w["env_id"] == "CartPole-v1"] == ["CartPole-v1"]
+    envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=15)
+    sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    try:
+        np.testing.assert_array_equal(envs.reset(seed=9)[0], sync.reset(seed=9)[0])
+        for _ in range(50):
+            action = sync.action_space.sample()
+            for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
+                np.testing.assert_array_equal(got, expected)
+    finally:
+        envs.close()
+        sync.close()
+
+
+def test_messages_over_the_size_limit_are_dropped_and_the_broker_serves_on(tmp_path):
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "small.toml"
+    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 65536\n')
+    broker = Proc("broker", "--config", str(config))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        wait_for(lambda: broker_status(front), 30, "the broker to answer")
+        sock.connect(front)
+        sock.send_multipart([msgpack.packb({"v": 1, "type": "status", "req": 1}), b"x" * 1_000_000])
+        assert not sock.poll(500), "an oversized message must get no answer: libzmq drops it"
+        assert broker_status(front)["workers"] == []  # still serving other peers
+    finally:
+        sock.close()
+        ctx.term()
+        code, _, err = broker.stop()
+        assert code == 0, err
