@@ -167,8 +167,10 @@ class Broker:
         max_message_size: int = -1,
         heartbeat_interval: float = P.HEARTBEAT_INTERVAL,
         heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
+        curve: Any = None,
     ):
         self.frontend_addr = frontend
+        self.curve = curve  # rlay.security.Curve: both sockets encrypt, and let in only authorized keys
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_expiry = heartbeat_interval * heartbeat_liveness
         self.last_seen: dict[bytes, float] = {}  # peers that send heartbeats: main ident -> last sign of life
@@ -190,6 +192,7 @@ class Broker:
         self._batch_ids = itertools.count(1)
         self.closed = False
         self.ctx = zmq.Context()
+        self.authenticator = curve.start_authenticator(self.ctx) if curve is not None else None
         self.back = self._router(backend)
         self.backend_addr = self.back.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
@@ -210,6 +213,8 @@ class Broker:
         # must take the id over from the old one, which may not be torn down yet.
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        if self.curve is not None:
+            self.curve.secure_server(sock)
         sock.bind(addr)
         return sock
 
@@ -251,6 +256,8 @@ class Broker:
             self._send(self.back, worker.ident, [header(P.DISCONNECT, reason="broker shutting down")])
         self.front.close()
         self.back.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.ctx.term()
 
     def _poll_timeout_ms(self) -> int:
@@ -727,9 +734,10 @@ class Broker:
 
 
 def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1,
-          heartbeat_interval: float = P.HEARTBEAT_INTERVAL, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS) -> None:
+          heartbeat_interval: float = P.HEARTBEAT_INTERVAL, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
+          curve: Any = None) -> None:
     """Process entry point: run a broker until SIGTERM/SIGINT (or until ``parent_pid`` exits)."""
     broker = Broker(frontend, backend, parent_pid=parent_pid, max_message_size=max_message_size,
-                    heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness)
+                    heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness, curve=curve)
     broker.install_signal_handlers()
     broker.run()

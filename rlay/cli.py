@@ -16,7 +16,7 @@ from rlay import protocol as P
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-BROKER_KEYS = {"frontend", "backend", "max_message_size", "heartbeat_interval", "heartbeat_liveness"}
+BROKER_KEYS = {"frontend", "backend", "max_message_size", "heartbeat_interval", "heartbeat_liveness", "curve"}
 WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name"}
 
 
@@ -105,6 +105,23 @@ def run_cluster(cluster) -> None:
     sys.exit(status)
 
 
+def load_curve(keydir: str | None, role: str):
+    """The CURVE keys of ``role`` in ``keydir`` (made by `rlay keys generate`), or None."""
+    if not keydir:
+        return None
+    from rlay.security import Curve
+
+    try:
+        return Curve.from_dir(keydir, role)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--curve") from None
+
+
+curve_option = click.option(
+    "--curve", "curve_dir", type=click.Path(file_okay=False),
+    help="Encrypt and authenticate with the CURVE keys in this directory (made by `rlay keys generate`).")
+
+
 # -- commands -------------------------------------------------------------------------
 
 @main.command(context_settings=CONTEXT)
@@ -116,8 +133,9 @@ def run_cluster(cluster) -> None:
               help=f"Seconds between heartbeats. [default: {P.HEARTBEAT_INTERVAL}]")
 @click.option("--heartbeat-liveness", type=click.IntRange(min=1),
               help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]")
+@curve_option
 def broker(frontend: str | None, backend: str | None, config_path: str | None,
-           heartbeat_interval: float | None, heartbeat_liveness: int | None) -> None:
+           heartbeat_interval: float | None, heartbeat_liveness: int | None, curve_dir: str | None) -> None:
     """Run a broker in the foreground until Ctrl-C or SIGTERM."""
     from broker.broker import serve
 
@@ -125,17 +143,20 @@ def broker(frontend: str | None, backend: str | None, config_path: str | None,
     serve(
         frontend or section.get("frontend", P.DEFAULT_FRONTEND),
         backend or section.get("backend", P.DEFAULT_BACKEND),
-        **broker_settings(section, heartbeat_interval, heartbeat_liveness),
+        **broker_settings(section, heartbeat_interval, heartbeat_liveness, curve_dir),
     )
 
 
-def broker_settings(section: dict, heartbeat_interval: float | None = None, heartbeat_liveness: int | None = None) -> dict:
+def broker_settings(section: dict, heartbeat_interval: float | None = None, heartbeat_liveness: int | None = None,
+                    curve_dir: str | None = None) -> dict:
     """serve() keyword arguments from a [broker] section, command-line values first."""
     return {
         "max_message_size": section.get("max_message_size", -1),
         "heartbeat_interval": heartbeat_interval or section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
         "heartbeat_liveness": heartbeat_liveness or section.get("heartbeat_liveness", P.HEARTBEAT_LIVENESS),
+        "curve": load_curve(curve_dir or section.get("curve"), "broker"),
     }
+
 
 
 @main.command(context_settings=CONTEXT)
@@ -154,16 +175,17 @@ def broker_settings(section: dict, heartbeat_interval: float | None = None, hear
 @click.option("--heartbeat-interval", default=P.HEARTBEAT_INTERVAL, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds between heartbeats to the broker.")
 @with_options(restart_options)
+@curve_option
 def worker(env: str, broker_addr: str, num_workers: int, envs_per_worker: int, env_kwargs: str | None,
            name: str | None, threads: int, register_timeout: float, heartbeat_interval: float,
-           restart: bool, max_restarts: int) -> None:
+           restart: bool, max_restarts: int, curve_dir: str | None) -> None:
     """Host envs for a broker. ENV is a gymnasium id or package.module:factory."""
     from rlay.cluster import Cluster
 
     kwargs = parse_env_kwargs(env_kwargs)
     cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name, threads)],
                       register_timeout=register_timeout, supervision=supervision(restart, max_restarts),
-                      heartbeat_interval=heartbeat_interval)
+                      heartbeat_interval=heartbeat_interval, curve=load_curve(curve_dir, "client"))
     click.echo(f"rlay worker: {num_workers} process(es) x {envs_per_worker} env(s) of {name or env} -> {broker_addr}")
     run_cluster(cluster)
 
@@ -198,7 +220,8 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
     ]
     cluster = Cluster(backend, groups, frontend=frontend, supervision=supervision(restart, max_restarts),
                       broker_kwargs=broker_settings(section),
-                      heartbeat_interval=section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL))
+                      heartbeat_interval=section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
+                      curve=load_curve(section.get("curve"), "client"))
     total = sum(len(g.env_fns) for g in groups)
     click.echo(f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
                f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything.")
@@ -210,12 +233,13 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
               help="The broker's trainer (front-end) address.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(broker_addr: str, timeout: float, as_json: bool) -> None:
+@curve_option
+def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | None) -> None:
     """Show a broker's workers, hosts, env ids, slots and trainers."""
     from rlay.client import BrokerClient
     from rlay.errors import RlayError
 
-    client = BrokerClient(broker_addr)
+    client = BrokerClient(broker_addr, curve=load_curve(curve_dir, "client"))
     try:
         head = client.request(P.STATUS, timeout, f"the status of the broker at {broker_addr}")
     except (RlayError, TimeoutError) as exc:
@@ -258,8 +282,9 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 @click.option("--env-kwargs", default=None, help="Embedded only: JSON object of env keyword arguments.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
+@curve_option
 def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_per_worker: int,
-            env_kwargs: str | None, seed: int, timeout: float) -> None:
+            env_kwargs: str | None, seed: int, timeout: float, curve_dir: str | None) -> None:
     """Random-policy rollout; prints env-steps/s and episode-return statistics."""
     import numpy as np
 
@@ -270,6 +295,8 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
     vector_kwargs: dict[str, Any] = {"timeout": timeout}
     if broker_addr is None:
         vector_kwargs["envs_per_worker"] = envs_per_worker
+    elif curve_dir:
+        vector_kwargs["curve"] = load_curve(curve_dir, "client")
     try:
         envs = rlay.make_vec(env, num_envs, broker=broker_addr, vector_kwargs=vector_kwargs, **kwargs)
     except (RlayError, TimeoutError, TypeError) as exc:
@@ -298,6 +325,29 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
         click.echo(f"{len(r)} episodes: return mean {r.mean():.2f} +- {r.std():.2f}, min {r.min():.2f}, max {r.max():.2f}")
     else:
         click.echo("no episode finished")
+
+
+@main.group(context_settings=CONTEXT)
+def keys() -> None:
+    """CURVE keys for encrypted, authenticated brokers."""
+
+
+@keys.command("generate", context_settings=CONTEXT)
+@click.argument("keydir", type=click.Path(file_okay=False))
+def keys_generate(keydir: str) -> None:
+    """Write a broker keypair, a client keypair and KEYDIR/authorized/client.key.
+
+    \b
+    Broker host:          KEYDIR/broker.key_secret and KEYDIR/authorized/
+    Worker/trainer hosts: KEYDIR/broker.key and KEYDIR/client.key_secret
+    Then: rlay broker --curve KEYDIR, rlay worker ... --curve KEYDIR, and in a trainer
+    RlayVectorEnv.remote(..., curve=rlay.security.Curve.from_dir(KEYDIR, "client")).
+    Let in more clients by copying their public .key files into KEYDIR/authorized/.
+    """
+    from rlay.security import generate_keys
+
+    for path in generate_keys(keydir):
+        click.echo(path)
 
 
 @main.command(context_settings=CONTEXT)

@@ -29,7 +29,8 @@ class BrokerClient:
     """
 
     def __init__(self, address: str, *, health_check: Callable[[], None] | None = None,
-                 heartbeat_interval: float | None = None, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS):
+                 heartbeat_interval: float | None = None, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
+                 curve: Any = None):
         self.address = address
         self.health_check = health_check
         self.leased_at: float | None = None  # once a lease is granted, a broker that forgets us is an error
@@ -38,10 +39,12 @@ class BrokerClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         identity = new_identity()
         self.sock.setsockopt(zmq.ROUTING_ID, identity)
+        if curve is not None:
+            curve.secure_client(self.sock)
         self.sock.connect(address)
         self.heartbeat = None
         if heartbeat_interval is not None:
-            self.heartbeat = Heartbeat(address, identity, heartbeat_interval, heartbeat_liveness, self.ctx)
+            self.heartbeat = Heartbeat(address, identity, heartbeat_interval, heartbeat_liveness, self.ctx, curve)
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
 

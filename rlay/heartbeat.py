@@ -38,12 +38,13 @@ class Heartbeat:
     """Pings ``address`` on behalf of the peer whose main socket has routing id ``identity``."""
 
     def __init__(self, address: str, identity: bytes, interval: float = P.HEARTBEAT_INTERVAL,
-                 liveness: int = P.HEARTBEAT_LIVENESS, context: zmq.Context | None = None):
+                 liveness: int = P.HEARTBEAT_LIVENESS, context: zmq.Context | None = None, curve=None):
         self.address = address
         self.identity = identity
         self.interval = interval
         self.liveness = liveness
         self.context = context or zmq.Context.instance()
+        self.curve = curve
         self.last_answer = time.monotonic()
         self.last_unknown: float | None = None  # when the broker last said it does not know this peer
         self._stop = threading.Event()
@@ -74,6 +75,8 @@ class Heartbeat:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.identity + HEARTBEAT_SUFFIX)
         sock.setsockopt(zmq.SNDHWM, self.liveness)  # a broker that is away gets no backlog of pings
+        if self.curve is not None:
+            self.curve.secure_client(sock)
         sock.connect(self.address)
         ping = header(P.HEARTBEAT)
         try:

@@ -184,18 +184,27 @@ class RlayVectorEnv(VectorEnv):
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
         heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
+        curve: Any = None,
     ) -> "RlayVectorEnv":
         """Lease ``num_envs`` slots of ``env_id`` from a running broker.
 
         The trainer pings the broker every ``heartbeat_interval`` seconds from a thread
         (None: never): the broker frees the slots of a trainer that stops, and a call
-        fails with BrokerLostError soon after the broker stops answering."""
+        fails with BrokerLostError soon after the broker stops answering. ``curve``
+        (``rlay.security.Curve.from_dir(KEYDIR, "client")``) encrypts and authenticates
+        the connection to a broker started with ``--curve``."""
         self = cls.__new__(cls)
         self.env_fns = None
         self._setup(autoreset_mode, copy, timeout, "same")
         self._cluster = None
         self._finalizer = None
-        self._connect(BrokerClient(broker, heartbeat_interval=heartbeat_interval), env_id, num_envs, lease_timeout)
+        client = BrokerClient(broker, heartbeat_interval=heartbeat_interval, curve=curve)
+        try:
+            self._connect(client, env_id, num_envs, lease_timeout)
+        except BaseException:
+            client.close()  # its heartbeat thread and socket must not outlive a failed lease
+            self.closed = True
+            raise
         return self
 
     # -- set up -------------------------------------------------------------------

@@ -77,8 +77,10 @@ class WorkerBase:
         parent_pid: int | None = None,
         heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
         heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
+        curve: Any = None,
     ):
         self.broker = broker
+        self.curve = curve  # rlay.security.Curve, or None for plain sockets
         self.identity = new_identity()
         self.heartbeat_interval, self.heartbeat_liveness = heartbeat_interval, heartbeat_liveness
         self.heartbeat: Heartbeat | None = None
@@ -107,6 +109,8 @@ class WorkerBase:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        if self.curve is not None:
+            self.curve.secure_client(self.sock)
         self.sock.connect(self.broker)
         self.sock.send(
             header(
@@ -131,7 +135,7 @@ class WorkerBase:
         if self.heartbeat_interval is not None:
             if self.heartbeat is None:
                 self.heartbeat = Heartbeat(self.broker, self.identity, self.heartbeat_interval,
-                                           self.heartbeat_liveness, self.ctx)
+                                           self.heartbeat_liveness, self.ctx, self.curve)
             self.heartbeat.reset()
         self.registered_at = time.monotonic()
 

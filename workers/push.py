@@ -100,11 +100,12 @@ class PushWorker(WorkerBase):
         render_mode: str | None = None,
         host: str | None = None,
         register_timeout: float = 60.0,
+        curve: Any = None,
     ):
         super().__init__(
             broker, env_id=env_id, observation_space=observation_space, action_space=action_space,
             num_envs=num_agents, metadata=metadata, render_mode=render_mode, host=host,
-            register_timeout=register_timeout,
+            register_timeout=register_timeout, curve=curve,
         )
         self.agents = [_Agent() for _ in range(num_agents)]
         self.connect()

@@ -244,6 +244,7 @@ def worker_process(
     register_timeout: float = 60.0,
     threads: int = 1,
     heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
+    curve: Any = None,
 ) -> None:
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
@@ -253,7 +254,8 @@ def worker_process(
     fns = getattr(env_fns, "fn", env_fns)
     try:
         worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid,
-                        register_timeout=register_timeout, threads=threads, heartbeat_interval=heartbeat_interval)
+                        register_timeout=register_timeout, threads=threads, heartbeat_interval=heartbeat_interval,
+                        curve=curve)
         worker.install_signal_handlers()
         worker.run()
     except BaseException:

@@ -1,0 +1,92 @@
+"""CURVE: only peers with an authorized key can register, lease or step; traffic is encrypted."""
+
+from __future__ import annotations
+
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from rlay import BrokerLostError, RlayTimeoutError, RlayVectorEnv
+from rlay import protocol as P
+from rlay.client import BrokerClient
+from rlay.security import Curve, generate_keys
+from tests.conftest import Proc, free_port, run_cli, wait_for
+
+
+@pytest.fixture
+def keys(tmp_path):
+    generate_keys(str(tmp_path / "keys"))
+    # A second, unauthorized client: same layout, but its public key is not in the broker's authorized/.
+    generate_keys(str(tmp_path / "stranger"))
+    shutil.copy(tmp_path / "keys" / "broker.key", tmp_path / "stranger" / "broker.key")
+    return tmp_path / "keys", tmp_path / "stranger"
+
+
+def secure_status(front: str, curve: Curve | None, timeout: float = 2.0) -> dict:
+    client = BrokerClient(front, curve=curve)
+    try:
+        return client.request(P.STATUS, timeout, "status")
+    finally:
+        client.close()
+
+
+def test_only_authorized_keys_get_in(keys):
+    keydir, stranger = keys
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    good = Curve.from_dir(str(keydir), "client")
+    broker = Proc("broker", "--frontend", front, "--backend", back, "--curve", str(keydir))
+    workers = []
+    try:
+        wait_for(lambda: _answers(front, good), 30, "the CURVE broker to answer an authorized client")
+        workers.append(Proc("worker", "CartPole-v1", "--broker", back, "-p", "2", "--curve", str(keydir)))
+        wait_for(lambda: len(secure_status(front, good, 5)["workers"]) == 2, 60, "authorized workers to register")
+
+        # Workers without a key, or with a key the broker does not know, never get through.
+        for extra in ([], ["--curve", str(stranger)]):
+            result = run_cli("worker", "CartPole-v1", "--broker", back, "--register-timeout", "1.5",
+                             "--no-restart", *extra)
+            assert result.returncode == 1 and "no broker answered the registration" in result.stderr
+        assert len(secure_status(front, good, 5)["workers"]) == 2
+
+        # Trainers likewise: no key, or an unknown key, gets no answer at all (not even to heartbeats).
+        for curve in (None, Curve.from_dir(str(stranger), "client")):
+            with pytest.raises((RlayTimeoutError, BrokerLostError), match="no reply from the broker|not answered heartbeats"):
+                RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=1.0, curve=curve)
+        status = run_cli("status", "--broker", front, "--timeout", "1")
+        assert status.returncode == 1 and "no reply" in status.stderr
+
+        # An authorized trainer leases and steps, with the same results as SyncVectorEnv.
+        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=15, curve=good)
+        sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+        try:
+            np.testing.assert_array_equal(envs.reset(seed=2)[0], sync.reset(seed=2)[0])
+            for _ in range(20):
+                action = sync.action_space.sample()
+                for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
+                    np.testing.assert_array_equal(got, expected)
+        finally:
+            envs.close()
+            sync.close()
+        secured = run_cli("status", "--broker", front, "--curve", str(keydir))
+        assert secured.returncode == 0 and "2 worker(s)" in secured.stdout
+    finally:
+        for proc in [*workers, broker]:
+            code, _, err = proc.stop()
+            assert code == 0, err
+
+
+def _answers(front: str, curve: Curve) -> bool:
+    try:
+        secure_status(front, curve, 1.0)
+        return True
+    except RlayTimeoutError:
+        return False
+
+
+def test_missing_key_files_are_a_clear_usage_error(tmp_path):
+    result = run_cli("broker", "--curve", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "rlay keys generate" in result.stderr
+    result = run_cli("keys", "generate", str(tmp_path / "k"))
+    assert result.returncode == 0 and "authorized/client.key" in result.stdout
