@@ -138,3 +138,22 @@ def assert_same(a, b, path: str = "value") -> None:
             assert_same(x, y, f"{path}[{i}]")
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def assert_remote_cartpole_equals_sync(front: str, steps: int, seed: int = 0, curve=None) -> None:
+    """Lease 2 CartPole-v1 slots from the broker at ``front``; they must step exactly as SyncVectorEnv."""
+    import gymnasium as gym
+
+    from rlay import RlayVectorEnv
+
+    envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=15, curve=curve)
+    sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    try:
+        np.testing.assert_array_equal(envs.reset(seed=seed)[0], sync.reset(seed=seed)[0])
+        for _ in range(steps):
+            action = sync.action_space.sample()
+            for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
+                np.testing.assert_array_equal(got, expected)
+    finally:
+        envs.close()
+        sync.close()

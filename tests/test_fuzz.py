@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import msgpack
-import numpy as np
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlay import RlayVectorEnv
 from rlay import protocol as P
 from rlay.spaces import decode_space
 from rlay.values import WireError, unpackb
 from rlay.wire import decode_body, decode_header, decode_leaves
-from tests.conftest import Proc, broker_status, free_port, wait_for
+from tests.conftest import Proc, assert_remote_cartpole_equals_sync, broker_status, free_port, wait_for
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -115,17 +112,7 @@ def test_broker_still_serves_correct_steps_after_the_fuzzing(live):
     front, socks = live
     status = broker_status(front)
     assert [w["env_id"] for w in status["workers"] if w["env_id"] == "CartPole-v1"] == ["CartPole-v1"]
-    envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=15)
-    sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
-    try:
-        np.testing.assert_array_equal(envs.reset(seed=9)[0], sync.reset(seed=9)[0])
-        for _ in range(50):
-            action = sync.action_space.sample()
-            for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
-                np.testing.assert_array_equal(got, expected)
-    finally:
-        envs.close()
-        sync.close()
+    assert_remote_cartpole_equals_sync(front, steps=50, seed=9)
 
 
 def test_messages_over_the_size_limit_are_dropped_and_the_broker_serves_on(tmp_path):

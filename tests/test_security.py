@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import shutil
 
-import gymnasium as gym
-import numpy as np
 import pytest
 
 from rlay import BrokerLostError, RlayTimeoutError, RlayVectorEnv
 from rlay import protocol as P
 from rlay.client import BrokerClient
 from rlay.security import Curve, generate_keys
-from tests.conftest import Proc, free_port, run_cli, wait_for
+from tests.conftest import Proc, assert_remote_cartpole_equals_sync, free_port, run_cli, wait_for
 
 
 @pytest.fixture
@@ -58,17 +56,7 @@ def test_only_authorized_keys_get_in(keys):
         assert status.returncode == 1 and "no reply" in status.stderr
 
         # An authorized trainer leases and steps, with the same results as SyncVectorEnv.
-        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=15, curve=good)
-        sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
-        try:
-            np.testing.assert_array_equal(envs.reset(seed=2)[0], sync.reset(seed=2)[0])
-            for _ in range(20):
-                action = sync.action_space.sample()
-                for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
-                    np.testing.assert_array_equal(got, expected)
-        finally:
-            envs.close()
-            sync.close()
+        assert_remote_cartpole_equals_sync(front, steps=20, seed=2, curve=good)
         secured = run_cli("status", "--broker", front, "--curve", str(keydir))
         assert secured.returncode == 0 and "2 worker(s)" in secured.stdout
     finally:
