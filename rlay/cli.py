@@ -334,7 +334,8 @@ def keys() -> None:
 
 @keys.command("generate", context_settings=CONTEXT)
 @click.argument("keydir", type=click.Path(file_okay=False))
-def keys_generate(keydir: str) -> None:
+@click.option("--force", is_flag=True, help="Replace keys already in KEYDIR (locks out hosts that use them).")
+def keys_generate(keydir: str, force: bool) -> None:
     """Write a broker keypair, a client keypair and KEYDIR/authorized/client.key.
 
     \b
@@ -342,11 +343,16 @@ def keys_generate(keydir: str) -> None:
     Worker/trainer hosts: KEYDIR/broker.key and KEYDIR/client.key_secret
     Then: rlay broker --curve KEYDIR, rlay worker ... --curve KEYDIR, and in a trainer
     RlayVectorEnv.remote(..., curve=rlay.security.Curve.from_dir(KEYDIR, "client")).
-    Let in more clients by copying their public .key files into KEYDIR/authorized/.
+    Let in more clients by copying their public .key files into KEYDIR/authorized/
+    (the broker reads it when it starts: restart it to admit them).
     """
     from rlay.security import generate_keys
 
-    for path in generate_keys(keydir):
+    try:
+        paths = generate_keys(keydir, overwrite=force)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in paths:
         click.echo(path)
 
 

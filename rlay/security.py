@@ -75,8 +75,16 @@ class Curve:
         return auth
 
 
-def generate_keys(keydir: str) -> list[str]:
-    """Write a broker keypair, a client keypair and authorized/client.key into ``keydir``."""
+def generate_keys(keydir: str, overwrite: bool = False) -> list[str]:
+    """Write a broker keypair, a client keypair and authorized/client.key into ``keydir``.
+
+    Refuses to replace existing keys (every host using them would be locked out) unless ``overwrite``.
+    """
+    existing = [n for n in ("broker.key", "broker.key_secret", "client.key", "client.key_secret")
+                if os.path.exists(os.path.join(keydir, n))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{keydir} already holds keys ({', '.join(existing)}); replacing them locks out "
+                              "every host that uses them (pass overwrite / --force to do it anyway)")
     os.makedirs(keydir, exist_ok=True)
     authorized = os.path.join(keydir, "authorized")
     os.makedirs(authorized, exist_ok=True)

@@ -78,3 +78,8 @@ def test_missing_key_files_are_a_clear_usage_error(tmp_path):
     assert result.returncode == 2 and "rlay keys generate" in result.stderr
     result = run_cli("keys", "generate", str(tmp_path / "k"))
     assert result.returncode == 0 and "authorized/client.key" in result.stdout
+    before = (tmp_path / "k" / "broker.key_secret").read_text()
+    again = run_cli("keys", "generate", str(tmp_path / "k"))
+    assert again.returncode == 1 and "already holds keys" in again.stderr
+    assert (tmp_path / "k" / "broker.key_secret").read_text() == before  # nothing replaced
+    assert run_cli("keys", "generate", str(tmp_path / "k"), "--force").returncode == 0
