@@ -64,23 +64,31 @@ class BrokerClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RlayTimeoutError(
-                    f"no reply from the broker at {self.address} within {wait_s:g} s while waiting for {what}"
-                )
+                raise RlayTimeoutError(f"no reply from {self.where} within {wait_s:g} s while waiting for {what}")
             if self.health_check is not None and time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
                 self.health_check()
             self._check_broker(what)
-            if not self.sock.poll(min(remaining * 1000, P.IDLE_POLL_MS) + 1):
+            frames = self._next_message(min(remaining * 1000, P.IDLE_POLL_MS) + 1)
+            if frames is None:
                 continue
-            frames = self.sock.recv_multipart(copy=False)
             try:
                 head = decode_header(frames[0])
             except WireError as exc:
-                raise BrokerError(f"unreadable reply from the broker at {self.address}: {exc}") from None
+                raise BrokerError(f"unreadable reply from {self.where}: {exc}") from None
             if _answers(head, req):
                 return head, frames[1:]
             log.debug("dropping a stale reply to request %r", head.get(P.REQ))
+
+    @property
+    def where(self) -> str:
+        return f"the broker at {self.address}"
+
+    def _next_message(self, timeout_ms: float) -> list[Any] | None:
+        """The next message from the broker, if one comes within ``timeout_ms``."""
+        if not self.sock.poll(timeout_ms):
+            return None
+        return self.sock.recv_multipart(copy=False)
 
     def _check_broker(self, what: str) -> None:
         hb = self.heartbeat
@@ -158,25 +166,19 @@ class InlineBrokerClient(BrokerClient):
             self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
         return req
 
-    def wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
-        with self.lock:
-            return self._wait(req, wait_s, what)
+    def wait(self, req: int | Container[int], wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        with self.lock:  # the idle pumper stays out while this thread turns the broker
+            return super().wait(req, wait_s, what)
 
-    def _wait(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
-        deadline = time.monotonic() + wait_s
-        while True:
-            while self.outbox:
-                frames = self.outbox.popleft()
-                head = decode_header(frames[0])
-                if _answers(head, req):
-                    return head, frames[1:]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RlayTimeoutError(f"no reply from {self.address} within {wait_s:g} s while waiting for {what}")
-            if self.health_check is not None and time.monotonic() >= self._next_check:
-                self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
-                self.health_check()
-            self.broker.pump(min(remaining * 1000, P.IDLE_POLL_MS) + 1)
+    @property
+    def where(self) -> str:
+        return "the private broker"
+
+    def _next_message(self, timeout_ms: float) -> list[Any] | None:
+        """What the broker answered, turning its poll loop for up to ``timeout_ms`` if nothing is queued."""
+        if not self.outbox:
+            self.broker.pump(timeout_ms)
+        return self.outbox.popleft() if self.outbox else None
 
     def close(self) -> None:
         """Stop the idle pumper; the broker itself belongs to the cluster, which closes it."""

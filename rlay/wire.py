@@ -186,10 +186,6 @@ def _decode_rows(n: int, desc: dict, frame_iter, space, num_rows: int | None, ch
     return rows
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
-    return packb(body)
-
-
 def decode_body(frame: Any) -> dict[str, Any]:
     body = unpackb(frame_bytes(frame))
     if not isinstance(body, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -157,3 +158,34 @@ def assert_remote_cartpole_equals_sync(front: str, steps: int, seed: int = 0, cu
     finally:
         envs.close()
         sync.close()
+
+
+def start_deployment(front: str, back: str, worker_commands: list[list[str]], workers: int) -> list[Proc]:
+    """`rlay broker` on ``front``/``back`` and one `rlay worker` per command (each gets --broker BACK);
+    returns [broker, *workers] once ``workers`` worker processes have registered."""
+    procs = [Proc("broker", "--frontend", front, "--backend", back)]
+    try:
+        for command in worker_commands:
+            procs.append(Proc("worker", *command, "--broker", back))
+        wait_for(lambda: len(broker_status(front)["workers"]) == workers, 60, f"{workers} workers to register")
+    except BaseException:
+        for proc in reversed(procs):
+            proc.stop()
+        raise
+    return procs
+
+
+@contextlib.contextmanager
+def deployment(worker_commands: list[list[str]], workers: int, check_log=None):
+    """start_deployment() on fresh ports; yields (front, back). Afterwards every process must exit 0
+    (and pass ``check_log(stderr)`` when given)."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    procs = start_deployment(front, back, worker_commands, workers)
+    try:
+        yield front, back
+    finally:
+        results = [(proc, proc.stop()) for proc in reversed(procs)]
+        for proc, (code, _, err) in results:
+            assert code == 0, f"{proc.args} exited with {code}:\n{err}"
+            if check_log is not None:
+                check_log(err)

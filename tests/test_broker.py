@@ -10,23 +10,15 @@ import zmq
 from rlay import BrokerError, RlayVectorEnv
 from rlay import protocol as P
 from rlay.wire import decode_header, header
-from tests.conftest import Proc, broker_status, free_port, wait_for
+from tests.conftest import broker_status, deployment
 from tests.test_codec import pickle_payload
 
 
 @pytest.fixture
-def deployment():
+def cartpoles():
     """`rlay broker` and a 2x2 CartPole `rlay worker`, as subprocesses."""
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    procs = [Proc("broker", "--frontend", front, "--backend", back)]
-    try:
-        procs.append(Proc("worker", "CartPole-v1", "--broker", back, "-p", "2", "-k", "2"))
-        wait_for(lambda: len(broker_status(front)["workers"]) == 2, 60, "2 workers to register")
-        yield front, back
-    finally:
-        for proc in reversed(procs):
-            code, _, err = proc.stop()
-            assert code == 0, f"{proc.args} exited with {code}:\n{err}"
+    with deployment([["CartPole-v1", "-p", "2", "-k", "2"]], workers=2) as addresses:
+        yield addresses
 
 
 @pytest.fixture
@@ -63,8 +55,8 @@ def assert_serves(front: str) -> None:
         envs.close()
 
 
-def test_malformed_trainer_messages_get_error_replies(deployment, raw, tmp_path):
-    front, _ = deployment
+def test_malformed_trainer_messages_get_error_replies(cartpoles, raw, tmp_path):
+    front, _ = cartpoles
     sock = raw(front)
     marker = tmp_path / "owned"
     cases = [
@@ -88,8 +80,8 @@ def test_malformed_trainer_messages_get_error_replies(deployment, raw, tmp_path)
     assert_serves(front)
 
 
-def test_malformed_worker_messages_get_error_replies(deployment, raw, tmp_path):
-    front, back = deployment
+def test_malformed_worker_messages_get_error_replies(cartpoles, raw, tmp_path):
+    front, back = cartpoles
     sock = raw(back)
     marker = tmp_path / "owned"
     good = dict(env_id="X", num_envs=1, host="h", pid=1, obs_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"},
@@ -117,9 +109,9 @@ def test_malformed_worker_messages_get_error_replies(deployment, raw, tmp_path):
     assert_serves(front)
 
 
-def test_pickle_payload_forwarded_to_a_worker_runs_nothing(deployment, tmp_path):
+def test_pickle_payload_forwarded_to_a_worker_runs_nothing(cartpoles, tmp_path):
     """The broker forwards bodies untouched; the worker must refuse the payload itself."""
-    front, _ = deployment
+    front, _ = cartpoles
     marker = tmp_path / "owned"
     envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
     try:
@@ -136,16 +128,16 @@ def test_pickle_payload_forwarded_to_a_worker_runs_nothing(deployment, tmp_path)
         envs.close()
 
 
-def test_lease_timeout_says_what_it_found(deployment):
-    front, _ = deployment
+def test_lease_timeout_says_what_it_found(cartpoles):
+    front, _ = cartpoles
     with pytest.raises(BrokerError, match=r"found 4 free of 4 registered on 2 worker\(s\)"):
         RlayVectorEnv.remote("CartPole-v1", 5, broker=front, timeout=0.5)
     with pytest.raises(BrokerError, match="other env ids registered: CartPole-v1"):
         RlayVectorEnv.remote("Nope-v0", 1, broker=front, timeout=0.5)
 
 
-def test_two_trainers_share_a_broker_with_their_own_slots(deployment):
-    front, _ = deployment
+def test_two_trainers_share_a_broker_with_their_own_slots(cartpoles):
+    front, _ = cartpoles
     a = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
     b = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
     try:
@@ -163,8 +155,8 @@ def test_two_trainers_share_a_broker_with_their_own_slots(deployment):
     assert broker_status(front)["trainers"] == []
 
 
-def test_cached_parts_still_refuse_non_int_slot_ids(deployment):
-    front, _ = deployment
+def test_cached_parts_still_refuse_non_int_slot_ids(cartpoles):
+    front, _ = cartpoles
     envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
     try:
         envs.reset(seed=0)

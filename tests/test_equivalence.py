@@ -11,7 +11,7 @@ import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from rlay import RlayVectorEnv
-from tests.conftest import Proc, assert_same, broker_status, free_port, wait_for
+from tests.conftest import assert_same, broker_status, deployment
 from tests.envs import DictEnv
 
 NUM_ENVS = 4
@@ -89,22 +89,10 @@ def test_embedded_equals_sync(name, mode, envs_per_worker):
 @pytest.fixture(scope="module")
 def cli_deployment():
     """`rlay broker` plus one `rlay worker` per env kind, as real subprocesses."""
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    broker = Proc("broker", "--frontend", front, "--backend", back)
-    workers = []
-    try:
-        for spec, kwargs in ENVS.values():
-            args = ["worker", spec, "--broker", back, "--num-workers", "2", "--envs-per-worker", "2"]
-            if kwargs:
-                args += ["--env-kwargs", json.dumps(kwargs)]
-            workers.append(Proc(*args))
-        expected = 2 * len(ENVS)
-        wait_for(lambda: len(broker_status(front)["workers"]) == expected, 60, f"{expected} workers to register")
+    commands = [[spec, "--num-workers", "2", "--envs-per-worker", "2",
+                 *(["--env-kwargs", json.dumps(kwargs)] if kwargs else [])] for spec, kwargs in ENVS.values()]
+    with deployment(commands, workers=2 * len(ENVS)) as (front, _):
         yield front
-    finally:
-        results = [(p, p.stop()) for p in workers + [broker]]
-        for proc, (code, _, err) in results:
-            assert code == 0, f"{proc.args} exited with {code}:\n{err}"
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)

@@ -12,7 +12,7 @@ from rlay import protocol as P
 from rlay.spaces import decode_space
 from rlay.values import WireError, unpackb
 from rlay.wire import decode_body, decode_header, decode_leaves
-from tests.conftest import Proc, assert_remote_cartpole_equals_sync, broker_status, free_port, wait_for
+from tests.conftest import Proc, assert_remote_cartpole_equals_sync, broker_status, deployment, free_port, wait_for
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -73,12 +73,13 @@ def test_leaf_decoder_raises_only_wire_errors(descriptors, raw_frames, rows):
 
 @pytest.fixture(scope="module")
 def live():
-    """A real broker (with a message size limit) and a real worker, fuzzed through both sockets."""
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    procs = [Proc("broker", "--frontend", front, "--backend", back)]
-    try:
-        procs.append(Proc("worker", "CartPole-v1", "--broker", back, "-p", "1", "-k", "2"))
-        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+    """A real broker and a real worker, fuzzed through both sockets."""
+
+    def no_last_resort(err: str) -> None:
+        # Bad input must meet explicit checks, not the broker's and worker's last-resort handlers.
+        assert "unexpected error" not in err and "internal error" not in err, err[-3000:]
+
+    with deployment([["CartPole-v1", "-p", "1", "-k", "2"]], workers=1, check_log=no_last_resort) as (front, back):
         ctx = zmq.Context()
         socks = {}
         for name, addr in (("front", front), ("back", back)):
@@ -87,16 +88,12 @@ def live():
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.connect(addr)
             socks[name] = sock
-        yield front, socks
-        for sock in socks.values():
-            sock.close()
-        ctx.term()
-    finally:
-        for proc in reversed(procs):
-            code, _, err = proc.stop()
-            assert code == 0, err
-            # Bad input must meet explicit checks, not the broker's and worker's last-resort handlers.
-            assert "unexpected error" not in err and "internal error" not in err, err[-3000:]
+        try:
+            yield front, socks
+        finally:
+            for sock in socks.values():
+                sock.close()
+            ctx.term()
 
 
 @FUZZ

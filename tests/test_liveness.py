@@ -13,7 +13,7 @@ import pytest
 
 from rlay import BrokerLostError, RlayVectorEnv, WorkerLostError
 from rlay import protocol as P
-from tests.conftest import ROOT, Proc, broker_status, free_port, subprocess_env, wait_for
+from tests.conftest import ROOT, Proc, broker_status, free_port, start_deployment, subprocess_env, wait_for
 
 EXPIRY = P.HEARTBEAT_INTERVAL * P.HEARTBEAT_LIVENESS  # 2 s by default
 BOUND = 3.0  # the bound for noticing a lost peer
@@ -29,10 +29,7 @@ def worker_pids(front: str) -> dict[str, int]:
 
 
 def start(addresses, *worker_args: str, workers: int = 2) -> tuple[Proc, Proc]:
-    front, back = addresses
-    broker = Proc("broker", "--frontend", front, "--backend", back)
-    worker = Proc("worker", *worker_args, "--broker", back, "-p", str(workers))
-    wait_for(lambda: len(broker_status(front)["workers"]) == workers, 60, f"{workers} workers to register")
+    broker, worker = start_deployment(*addresses, [[*worker_args, "-p", str(workers)]], workers)
     return broker, worker
 
 
