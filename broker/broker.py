@@ -43,6 +43,7 @@ DEFAULT_CALL_TIMEOUT = 60.0  # s, when a batched call names none
 MAX_CALL_TIMEOUT = 24 * 3600.0
 DRAIN_BATCH = 256  # messages taken from one socket before looking at the other
 POLLIN = int(zmq.POLLIN)
+MAX_PINGING = 65536  # unknown peers remembered as pinging: bounded against a flood
 
 
 @dataclass(eq=False)
@@ -174,6 +175,7 @@ class Broker:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_expiry = heartbeat_interval * heartbeat_liveness
         self.last_seen: dict[bytes, float] = {}  # peers that send heartbeats: main ident -> last sign of life
+        self.pinging: dict[bytes, float] = {}  # peers that ping before we know them (before a lease or registration)
         self._next_liveness_check = 0.0
         self.backend_addr = backend
         self.parent_pid = parent_pid
@@ -359,6 +361,7 @@ class Broker:
             granted = free[: pending.num_envs]
             trainer = Trainer(pending.ident, f"t{next(self._trainer_seq)}", pending.env_id, [s.id for s in granted])
             self.trainers[pending.ident] = trainer
+            self._watch(pending.ident)
             for slot in granted:
                 slot.lease = pending.ident
             first = granted[0].worker
@@ -544,13 +547,22 @@ class Broker:
         known = main in peers
         if known:
             self.last_seen[main] = time.monotonic()
+        elif len(self.pinging) < MAX_PINGING:
+            self.pinging[main] = time.monotonic()
         self._send(sock, ident, [header(P.HEARTBEAT, known=known)])
+
+    def _watch(self, ident: bytes) -> None:
+        """A peer just became known (registered, or granted a lease): if it pings, watch it from now,
+        not from its next ping, so that one dying in between is not missed."""
+        if self.pinging.pop(ident, None) is not None:
+            self.last_seen[ident] = time.monotonic()
 
     def _check_liveness(self, now: float) -> None:
         """Count as lost every peer that pinged before and has been silent for the expiry."""
         if now < self._next_liveness_check:
             return
         self._next_liveness_check = now + self.heartbeat_interval
+        self.pinging = {i: t for i, t in self.pinging.items() if now - t <= self.heartbeat_expiry}
         for ident, seen in list(self.last_seen.items()):
             silence = now - seen
             if silence <= self.heartbeat_expiry:
@@ -608,6 +620,7 @@ class Broker:
             self.slots[slot.id] = slot
             worker.slots.append(slot.id)
         self.workers[ident] = worker
+        self._watch(ident)
         log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
         self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots)])
         self._try_leases()
@@ -676,7 +689,7 @@ class Broker:
         self._send(self.front, batch.trainer, frames)
 
     def _expire(self, now: float) -> None:
-        if self.last_seen:
+        if self.last_seen or self.pinging:
             self._check_liveness(now)
         for batch in [b for b in self.batches.values() if b.deadline <= now]:
             for part in batch.parts:

@@ -177,3 +177,34 @@ def test_supervision_gives_up_on_a_worker_that_keeps_dying(addresses):
         assert "this env cannot be built" in result.stderr
     finally:
         stop(broker)
+
+
+def test_a_trainer_dying_right_after_its_lease_is_still_noticed(addresses):
+    """It pinged before the lease (unknown then) and never after: the broker must watch it from the lease."""
+    import zmq
+
+    from rlay.heartbeat import HEARTBEAT_SUFFIX
+    from rlay.wire import decode_header, header
+
+    front, _ = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    ctx = zmq.Context()
+    main, ping = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for sock, ident in ((main, b"rDYING"), (ping, b"rDYING" + HEARTBEAT_SUFFIX)):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, ident)
+            sock.connect(front)
+        ping.send(header(P.HEARTBEAT))
+        assert ping.poll(5000) and decode_header(ping.recv())["known"] is False
+        main.send(header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=2, timeout=10))
+        assert main.poll(10_000) and decode_header(main.recv())[P.TYPE] == P.LEASED
+        leased = time.monotonic()  # ...and it never pings again
+        wait_for(lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0, BOUND + 2,
+                 "the silent trainer's slots to be freed")
+        assert time.monotonic() - leased < BOUND
+    finally:
+        main.close()
+        ping.close()
+        ctx.term()
+        stop(worker, broker)
