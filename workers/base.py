@@ -112,6 +112,11 @@ class WorkerBase:
         if self.curve is not None:
             self.curve.secure_client(self.sock)
         self.sock.connect(self.broker)
+        # Ping from before registering: the broker then watches this worker from the moment it
+        # registers, and one that dies right after is not missed.
+        if self.heartbeat_interval is not None and self.heartbeat is None:
+            self.heartbeat = Heartbeat(self.broker, self.identity, self.heartbeat_interval,
+                                       self.heartbeat_liveness, self.ctx, self.curve)
         self.sock.send(
             header(
                 P.REGISTER,
@@ -132,10 +137,7 @@ class WorkerBase:
         except BaseException:
             self.disconnect()
             raise
-        if self.heartbeat_interval is not None:
-            if self.heartbeat is None:
-                self.heartbeat = Heartbeat(self.broker, self.identity, self.heartbeat_interval,
-                                           self.heartbeat_liveness, self.ctx, self.curve)
+        if self.heartbeat is not None:
             self.heartbeat.reset()
         self.registered_at = time.monotonic()
 
