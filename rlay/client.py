@@ -37,6 +37,7 @@ class BrokerClient:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(P.SEND_TIMEOUT * 1000))
         identity = new_identity()
         self.sock.setsockopt(zmq.ROUTING_ID, identity)
         if curve is not None:
@@ -51,14 +52,22 @@ class BrokerClient:
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         """Send a request; returns its id for :meth:`wait`."""
         req = next(self._req_ids)
-        send_frames(self.sock, [header(type_, req=req, **fields), *frames])
+        try:
+            send_frames(self.sock, [header(type_, req=req, **fields), *frames])
+        except zmq.Again:
+            raise BrokerLostError(f"could not send a {type_} to {self.where} within {P.SEND_TIMEOUT:g} s: no "
+                                  "connection (with CURVE on: is this trainer's key among the broker's "
+                                  "authorized keys?)") from None
         return req
 
-    def wait(self, req: int | Container[int], wait_s: float, what: str) -> tuple[dict, list[Any]]:
+    def wait(self, req: int | Container[int], wait_s: float, what: str, *,
+             check_broker: bool = True) -> tuple[dict, list[Any]]:
         """Wait up to ``wait_s`` s for a reply to ``req`` (or to any of several); stale replies are dropped.
 
         Returns (header, frames after the header). An ``error`` reply is
         returned too: the caller knows what it means for its request.
+        ``check_broker=False`` waits out a broker that is away (for a lease
+        that may only be answered once it is back) instead of raising BrokerLostError.
         """
         deadline = time.monotonic() + wait_s
         while True:
@@ -68,7 +77,8 @@ class BrokerClient:
             if self.health_check is not None and time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
                 self.health_check()
-            self._check_broker(what)
+            if check_broker:
+                self._check_broker(what)
             frames = self._next_message(min(remaining * 1000, P.IDLE_POLL_MS) + 1)
             if frames is None:
                 continue
@@ -166,9 +176,10 @@ class InlineBrokerClient(BrokerClient):
             self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
         return req
 
-    def wait(self, req: int | Container[int], wait_s: float, what: str) -> tuple[dict, list[Any]]:
+    def wait(self, req: int | Container[int], wait_s: float, what: str, *,
+             check_broker: bool = True) -> tuple[dict, list[Any]]:
         with self.lock:  # the idle pumper stays out while this thread turns the broker
-            return super().wait(req, wait_s, what)
+            return super().wait(req, wait_s, what, check_broker=check_broker)
 
     @property
     def where(self) -> str:

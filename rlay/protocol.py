@@ -36,6 +36,7 @@ REGISTERED = "registered"
 LEASE = "lease"
 RELEASE = "release"
 STATUS = "status"
+REPLACE = "replace"  # move LOST slots of a lease to free slots (on_worker_failure="replace")
 
 # Trainer -> broker -> worker: the batched calls.
 RESET = "reset"
@@ -47,6 +48,7 @@ BATCH_CALLS = (RESET, STEP, CALL, SET_ATTR)
 # Broker -> trainer.
 LEASED = "leased"
 RELEASED = "released"
+REPLACED = "replaced"
 
 # Worker modes.
 COMMAND_MODE = "command"  # the worker hosts env objects and steps them on request
@@ -60,6 +62,7 @@ E_UNKNOWN_TYPE = "unknown_type"
 E_REGISTRATION = "registration"
 E_LEASE_TIMEOUT = "lease_timeout"
 E_SLOT = "slot"
+E_NO_LEASE = "no_lease"  # a batched call or replace from a connection that holds no lease (the broker forgot it)
 E_ENV = "env_error"
 E_TIMEOUT = "timeout"
 E_WORKER_LOST = "worker_lost"
@@ -67,6 +70,10 @@ E_INTERNAL = "internal_error"
 
 # Env methods that call() must not reach: they have their own messages.
 RESERVED_CALLS = ("reset", "step", "close")
+
+# How long a send may block (ZeroMQ blocks a DEALER that has no connection at all, e.g. after a
+# refused CURVE handshake) before the peer counts as unreachable (s).
+SEND_TIMEOUT = 10.0
 
 # How often idle loops wake to check their stop flag and parent process (ms).
 IDLE_POLL_MS = 250

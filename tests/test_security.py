@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -45,7 +46,9 @@ def test_only_authorized_keys_get_in(keys):
         for extra in ([], ["--curve", str(stranger)]):
             result = run_cli("worker", "CartPole-v1", "--broker", back, "--register-timeout", "1.5",
                              "--no-restart", *extra)
-            assert result.returncode == 1 and "no broker answered the registration" in result.stderr
+            # (queued until the handshake fails, or refused at once: either way it gives up in time)
+            assert result.returncode == 1, result.stderr
+            assert re.search("no broker answered the registration|could not send the registration", result.stderr)
         assert len(secure_status(front, good, 5)["workers"]) == 2
 
         # Trainers likewise: no key, or an unknown key, gets no answer at all (not even to heartbeats).

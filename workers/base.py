@@ -25,7 +25,7 @@ from rlay import protocol as P
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
-from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header
+from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header, send_frames
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
 
@@ -108,6 +108,7 @@ class WorkerBase:
         self.ctx = self.ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(P.SEND_TIMEOUT * 1000))
         self.sock.setsockopt(zmq.ROUTING_ID, self.identity)
         if self.curve is not None:
             self.curve.secure_client(self.sock)
@@ -117,8 +118,7 @@ class WorkerBase:
         if self.heartbeat_interval is not None and self.heartbeat is None:
             self.heartbeat = Heartbeat(self.broker, self.identity, self.heartbeat_interval,
                                        self.heartbeat_liveness, self.ctx, self.curve)
-        self.sock.send(
-            header(
+        registration = header(
                 P.REGISTER,
                 mode=self.mode,
                 env_id=self.env_id,
@@ -130,10 +130,9 @@ class WorkerBase:
                 act_space=encode_space(self.act_space),
                 metadata=self.metadata,
                 render_mode=self.render_mode,
-            )
         )
         try:
-            self._await_registration()
+            self._await_registration(registration)
         except BaseException:
             self.disconnect()
             raise
@@ -159,8 +158,21 @@ class WorkerBase:
         self.sock = None
         self.connect()
 
-    def _await_registration(self) -> None:
+    def _await_registration(self, registration: bytes) -> None:
         deadline = time.monotonic() + self.register_timeout
+        # ZeroMQ queues the registration until the broker is there, unless the connection was
+        # refused outright (a CURVE key the broker does not know): then the send itself must wait.
+        while not self.stopping:
+            if time.monotonic() > deadline:
+                raise RegistrationError(
+                    f"could not send the registration of {self.env_id!r} to {self.broker} within "
+                    f"{self.register_timeout:g} s: no connection"
+                    + (" (is this worker's CURVE key among the broker's authorized keys?)" if self.curve else "")
+                )
+            self.check_parent()
+            if self.sock.poll(P.IDLE_POLL_MS, zmq.POLLOUT):
+                self.sock.send(registration, zmq.NOBLOCK)
+                break
         while not self.stopping:
             if time.monotonic() > deadline:
                 raise RegistrationError(
@@ -196,6 +208,15 @@ class WorkerBase:
         self.sock.close(linger=100)  # a courtesy: a broker that is gone gets no longer wait
         self.ctx.term()
         self.sock = self.ctx = None
+
+    def send_to_broker(self, frames: list[Any]) -> None:
+        """Send a reply; one that ZeroMQ cannot take within SEND_TIMEOUT (no connection to the broker)
+        is dropped with a log line: the broker counts that part lost or timed out, never this worker."""
+        try:
+            send_frames(self.sock, frames)
+        except zmq.Again:
+            log.warning("could not send a reply to %s within %g s (no connection); dropped it", self.broker,
+                        P.SEND_TIMEOUT)
 
     def check_parent(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:

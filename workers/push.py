@@ -43,7 +43,7 @@ import gymnasium as gym
 from rlay import protocol as P
 from rlay.spaces import unflatten
 from rlay.values import WireError
-from rlay.wire import decode_leaves, send_frames
+from rlay.wire import decode_leaves
 from workers import autoreset
 from workers.base import Request, WorkerBase, failure_report
 
@@ -227,7 +227,7 @@ class PushWorker(WorkerBase):
             else:
                 reply = request
             if reply is not None:
-                send_frames(self.sock, reply)
+                self.send_to_broker(reply)
 
     def _start(self, request: Request) -> list[Any] | None:
         """Begin serving a request: give each of its agents a plan. Replies only on immediate errors."""
@@ -309,7 +309,7 @@ class PushWorker(WorkerBase):
         batch.waiting.discard(agent)
         if not batch.waiting and not batch.answered and self.sock is not None:
             batch.answered = True
-            send_frames(self.sock, self._finish(batch))
+            self.send_to_broker(self._finish(batch))
 
     def _finish(self, batch: _Batch) -> list[Any]:
         request = batch.request

@@ -24,7 +24,7 @@ import gymnasium as gym
 from rlay import protocol as P
 from rlay.spaces import unflatten
 from rlay.values import WireError
-from rlay.wire import decode_leaves, send_frames
+from rlay.wire import decode_leaves
 from workers import autoreset
 from workers.base import EnvFailures, RegistrationError, Request, WorkerBase, each, failure_report
 
@@ -83,7 +83,7 @@ class Worker(WorkerBase):
                 continue
             reply = self.handle(self.sock.recv_multipart(copy=False))
             if reply is not None:
-                send_frames(self.sock, reply)
+                self.send_to_broker(reply)
 
     def handle(self, frames: list[Any]) -> list[Any] | None:
         """Answer one message from the broker. Never raises."""
