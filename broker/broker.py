@@ -33,7 +33,7 @@ import zmq
 from rlay import protocol as P
 from rlay.heartbeat import HEARTBEAT_SUFFIX
 from rlay.values import VersionError, WireError
-from rlay.wire import decode_header, header, send_frames
+from rlay.wire import decode_header, describe_failures, header, send_frames
 
 __all__ = ["Broker"]
 
@@ -44,6 +44,10 @@ MAX_CALL_TIMEOUT = 24 * 3600.0
 DRAIN_BATCH = 256  # messages taken from one socket before looking at the other
 POLLIN = int(zmq.POLLIN)
 MAX_PINGING = 65536  # unknown peers remembered as pinging: bounded against a flood
+NO_LEASE = "this connection holds no lease (the broker restarted, or released it when its heartbeats stopped)"
+RECENT_LOSSES = 20  # worker losses `status` lists
+FAILURE_COUNTS = ("workers_lost", "slots_lost", "slots_replaced",
+                  f"calls_{P.E_WORKER_LOST}", f"calls_{P.E_TIMEOUT}", f"calls_{P.E_ENV}", "calls_other")  # what `status` counts
 
 
 @dataclass(eq=False)
@@ -83,12 +87,21 @@ class Trainer:
     env_id: str
     slots: list[int]
     parts: dict[tuple, tuple] = field(default_factory=dict)  # validated slot lists -> (worker, env indices)
+    replaced: int = 0  # LOST slots this lease has had replaced
 
 
 class PartRefused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class PartLost(PartRefused):
+    """A part names LOST slots: refused, or failed at once in a ``partial`` call."""
+
+    def __init__(self, worker: "WorkerRecord", slots: list["Slot"], nframes: int):
+        super().__init__(P.E_WORKER_LOST, f"slots [{', '.join(str(s.id) for s in slots)}] are lost: {slots[0].lost}")
+        self.worker, self.slots, self.nframes = worker, slots, nframes
 
 
 @dataclass(eq=False)
@@ -116,6 +129,7 @@ class Batch:
     timeout: float
     deadline: float
     gather: bool = True  # False: answer each part as it completes (first-ready stepping)
+    partial: bool = False  # True: a failed part does not fail the call (the trainer replaces lost slots)
     parts: list[Part] = field(default_factory=list)
     finished: bool = False
 
@@ -128,6 +142,7 @@ class PendingLease:
     num_envs: int
     timeout: float
     deadline: float
+    replaces: list[int] | None = None  # a `replace`: the trainer's LOST slots the new ones stand in for
 
 
 class InlineFrontEnd:
@@ -192,6 +207,9 @@ class Broker:
         self._worker_seq = itertools.count(1)
         self._trainer_seq = itertools.count(1)
         self._batch_ids = itertools.count(1)
+        # What went wrong since start, for `rlay status`: counts, and the latest worker losses.
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.recent_losses: collections.deque[dict] = collections.deque(maxlen=RECENT_LOSSES)
         self.closed = False
         self.ctx = zmq.Context()
         self.authenticator = curve.start_authenticator(self.ctx) if curve is not None else None
@@ -319,6 +337,8 @@ class Broker:
             self._dispatch(ident, head, frames[1:])
         elif kind == P.LEASE:
             self._lease(ident, head)
+        elif kind == P.REPLACE:
+            self._replace(ident, head)
         elif kind == P.RELEASE:
             self._release(ident)
             self._send(self.front, ident, [header(P.RELEASED, req=req)])
@@ -342,6 +362,34 @@ class Broker:
         self.pending_leases.append(PendingLease(ident, req, env_id, num_envs, timeout, time.monotonic() + timeout))
         self._try_leases()
 
+    def _replace(self, ident: bytes, head: dict) -> None:
+        """Move LOST slots of a lease to FREE slots of its env id, waiting up to ``timeout`` for them."""
+        req, lost, timeout = head.get(P.REQ), head.get("slots"), head.get("timeout", DEFAULT_CALL_TIMEOUT)
+        trainer = self.trainers.get(ident)
+        if trainer is None:
+            self._error(self.front, ident, req, P.E_NO_LEASE, NO_LEASE)
+            return
+        if not isinstance(lost, list) or not lost or not all(type(s) is int for s in lost) or len(set(lost)) != len(lost):
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "replace needs 'slots': a non-empty list of distinct ints")
+            return
+        if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_CALL_TIMEOUT:
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad replace timeout {timeout!r}")
+            return
+        if any(p.ident == ident for p in self.pending_leases):
+            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "this connection already waits for a replacement")
+            return
+        for slot_id in lost:
+            slot = self.slots.get(slot_id)
+            if slot is None or slot.lease != ident:
+                self._error(self.front, ident, req, P.E_SLOT, f"slot {slot_id} is not leased to this trainer")
+                return
+            if slot.lost is None:
+                self._error(self.front, ident, req, P.E_SLOT, f"slot {slot_id} is not lost: only LOST slots are replaced")
+                return
+        self.pending_leases.append(PendingLease(ident, req, trainer.env_id, len(lost), timeout,
+                                                time.monotonic() + timeout, replaces=lost))
+        self._try_leases()
+
     def _free_slots(self, env_id: str) -> list[Slot]:
         free = [
             s for s in self.slots.values()
@@ -351,7 +399,8 @@ class Broker:
         return free
 
     def _try_leases(self) -> None:
-        for pending in list(self.pending_leases):
+        # Replacements first: a running lease that lost slots goes before new leases.
+        for pending in sorted(self.pending_leases, key=lambda p: p.replaces is None):
             if pending not in self.pending_leases:  # granted by a nested call (after an undone lease)
                 continue
             free = self._free_slots(pending.env_id)
@@ -359,6 +408,9 @@ class Broker:
                 continue
             self.pending_leases.remove(pending)
             granted = free[: pending.num_envs]
+            if pending.replaces is not None:
+                self._grant_replacement(pending, granted)
+                continue
             trainer = Trainer(pending.ident, f"t{next(self._trainer_seq)}", pending.env_id, [s.id for s in granted])
             self.trainers[pending.ident] = trainer
             self._watch(pending.ident)
@@ -374,11 +426,7 @@ class Broker:
                         P.LEASED,
                         req=pending.req,
                         trainer=trainer.name,
-                        slots=[
-                            {"slot": s.id, "worker": s.worker.name, "host": s.worker.host,
-                             "pid": s.worker.pid, "index": s.index, "mode": s.worker.mode}
-                            for s in granted
-                        ],
+                        slots=[_slot_info(s) for s in granted],
                         obs_space=first.obs_space,
                         act_space=first.act_space,
                         metadata=first.metadata,
@@ -388,6 +436,20 @@ class Broker:
             )
             if failed is not None:  # the trainer is gone (it died while waiting): undo the lease
                 self._release(pending.ident)
+
+    def _grant_replacement(self, pending: PendingLease, granted: list[Slot]) -> None:
+        trainer = self.trainers[pending.ident]
+        position = {slot_id: n for n, slot_id in enumerate(trainer.slots)}
+        for old_id, slot in zip(pending.replaces, granted):
+            trainer.slots[position[old_id]] = slot.id
+            slot.lease = pending.ident
+            self.slots.pop(old_id, None)  # it was LOST: gone once its lease lets go of it
+        trainer.parts.clear()
+        trainer.replaced += len(granted)
+        self.failures["slots_replaced"] += len(granted)
+        log.info("trainer %s: LOST slots %s replaced by %s", trainer.name, pending.replaces, [s.id for s in granted])
+        self._send(self.front, pending.ident,
+                   [header(P.REPLACED, req=pending.req, replaces=pending.replaces, slots=[_slot_info(s) for s in granted])])
 
     def _lease_shortfall(self, pending: PendingLease) -> str:
         mine = [s for s in self.slots.values() if s.worker.env_id == pending.env_id and s.lost is None]
@@ -430,19 +492,34 @@ class Broker:
         if not isinstance(parts_spec, list) or not parts_spec:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, "a batched call needs a non-empty 'parts' list")
             return
-        gather = head.get("gather", True)
-        if type(gather) is not bool:
-            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"'gather' must be true or false, got {gather!r}")
-            return
-        batch = Batch(next(self._batch_ids), ident, req, kind, timeout, time.monotonic() + timeout, gather)
+        gather, partial = head.get("gather", True), head.get("partial", False)
+        for key, flag in (("gather", gather), ("partial", partial)):
+            if type(flag) is not bool:
+                self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"{key!r} must be true or false, got {flag!r}")
+                return
         trainer = self.trainers.get(ident)
+        if trainer is None:
+            self._error(self.front, ident, req, P.E_NO_LEASE, NO_LEASE)
+            return
+        batch = Batch(next(self._batch_ids), ident, req, kind, timeout, time.monotonic() + timeout, gather, partial)
         offset = 0
         seen_workers: set[bytes] = set()
+        lost_parts: dict[Part, str] = {}  # partial: parts on LOST slots, failed once the call is checked
         try:
             for spec in parts_spec:
-                worker, envs, slots, nframes = self._resolve_part(trainer, ident, spec, len(frames) - offset, seen_workers)
+                try:
+                    worker, envs, slots, nframes = self._resolve_part(trainer, ident, spec, len(frames) - offset,
+                                                                      seen_workers)
+                except PartLost as lost:
+                    if not partial:
+                        raise
+                    worker, nframes = lost.worker, lost.nframes
+                    part = Part(batch, worker, spec[0], [], [s.index for s in lost.slots], lost.slots)
+                    lost_parts[part] = lost.message
+                    batch.parts.append(part)
+                else:
+                    batch.parts.append(Part(batch, worker, spec[0], frames[offset : offset + nframes], envs, slots))
                 seen_workers.add(worker.ident)
-                batch.parts.append(Part(batch, worker, spec[0], frames[offset : offset + nframes], envs, slots))
                 offset += nframes
         except PartRefused as refused:
             self._error(self.front, ident, req, refused.code, refused.message)
@@ -452,6 +529,9 @@ class Broker:
             return
         self.batches[batch.id] = batch
         for part in batch.parts:
+            if part in lost_parts:
+                self._part_failed(part, P.E_WORKER_LOST, lost_parts[part])
+                continue
             for slot in part.slot_objects:
                 slot.busy = part
             self.inflight[(part.worker.ident, batch.id)] = part
@@ -467,7 +547,7 @@ class Broker:
                     slot.busy = None
                 self._part_failed(part, P.E_WORKER_LOST, f"could not send to {part.worker.describe()}: {failed}")
 
-    def _resolve_part(self, trainer: Trainer | None, ident: bytes, spec: Any, frames_left: int,
+    def _resolve_part(self, trainer: Trainer, ident: bytes, spec: Any, frames_left: int,
                       seen_workers: set[bytes]) -> tuple[WorkerRecord, list[int], list[Slot], int]:
         """The worker, env indices, slots and frame count of one part of a batched call; raises PartRefused.
 
@@ -482,12 +562,12 @@ class Broker:
                                                "(a part needs its body frame)")
         try:
             key = tuple(slot_ids)
-            resolved = trainer.parts.get(key) if trainer is not None else None
+            resolved = trainer.parts.get(key)
         except TypeError:  # an unhashable slot id
             raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}") from None
         if resolved is None:
-            resolved = self._validate_slots(ident, slot_ids)
-            if trainer is not None and len(trainer.parts) < 4096:
+            resolved = self._validate_slots(ident, slot_ids, nframes)
+            if len(trainer.parts) < 4096:
                 trainer.parts[key] = resolved
         worker, envs, slots = resolved
         if len(set(map(type, slot_ids))) != 1 or type(slot_ids[0]) is not int:  # 1.0 and True hash as 1
@@ -499,7 +579,7 @@ class Broker:
             raise PartRefused(P.E_BAD_MESSAGE, f"two parts address {worker.describe()}; put all its slots in one part")
         return worker, envs, slots, nframes
 
-    def _validate_slots(self, ident: bytes, slot_ids: list[int]) -> tuple[WorkerRecord, list[int], list[Slot]]:
+    def _validate_slots(self, ident: bytes, slot_ids: list[int], nframes: int) -> tuple[WorkerRecord, list[int], list[Slot]]:
         if not all(type(s) is int for s in slot_ids):
             raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}")
         if len(set(slot_ids)) != len(slot_ids):
@@ -509,12 +589,12 @@ class Broker:
             slot = self.slots.get(slot_id)
             if slot is None or slot.lease != ident:
                 raise PartRefused(P.E_SLOT, f"slot {slot_id!r} is not leased to this trainer")
-            if slot.lost is not None:
-                raise PartRefused(P.E_WORKER_LOST, f"slots [{slot_id}] are lost: {slot.lost}")
             if worker is not None and slot.worker is not worker:
                 raise PartRefused(P.E_BAD_MESSAGE, f"slots {slot_ids} of one part live on different workers")
             worker = slot.worker
         slots = [self.slots[s] for s in slot_ids]
+        if slots[0].lost is not None:  # a worker's slots are lost together
+            raise PartLost(worker, slots, nframes)
         return worker, [s.index for s in slots], slots
 
     # -- workers (back end) -----------------------------------------------------------
@@ -650,6 +730,8 @@ class Broker:
     def _part_failed(self, part: Part, code: str, message: str, errors: list | None = None) -> None:
         if part.done:
             return
+        counter = f"calls_{code}"
+        self.failures[counter if counter in FAILURE_COUNTS else "calls_other"] += 1  # (codes from workers: bounded)
         part.error = {
             "slots": part.slots, "worker": part.worker.name, "host": part.worker.host, "pid": part.worker.pid,
             "code": code, "message": message, "errors": errors or [],
@@ -673,15 +755,14 @@ class Broker:
         if batch.trainer not in self.trainers:
             return  # released while the call ran: nobody to answer
         failures = [p.error for p in parts if p.error is not None]
-        if failures:
-            codes = {f["code"] for f in failures}
-            code = P.E_ENV if P.E_ENV in codes else sorted(codes)[0]
-            message = "; ".join(f"slots {f['slots']} on worker {f['worker']} (host {f['host']}): {f['message']}" for f in failures)
+        if failures and not batch.partial:
+            code, message = describe_failures(failures)
             self._error(self.front, batch.trainer, batch.req, code, message, failures=failures)
             return
-        spec = [[p.slots, len(p.reply)] for p in parts]
-        frames = [header(P.REPLY, req=batch.req, parts=spec)]
-        for part in parts:
+        replied = [p for p in parts if p.error is None]
+        spec = [[p.slots, len(p.reply)] for p in replied]
+        frames = [header(P.REPLY, req=batch.req, parts=spec, **({"failures": failures} if failures else {}))]
+        for part in replied:
             frames.extend(part.reply)
             # Batch and Part refer to each other: drop the frames now, not whenever the cyclic GC
             # runs, so that large observations' memory is reused at once (no fresh pages per step).
@@ -707,6 +788,11 @@ class Broker:
             return  # already handled
         reason = f"{worker.describe()} was lost: {why}"
         log.warning(reason)
+        leased = sum(self.slots[s].lease is not None for s in worker.slots)
+        self.failures["workers_lost"] += 1
+        self.failures["slots_lost"] += leased
+        self.recent_losses.append({"time": round(time.time(), 3), "worker": worker.name, "host": worker.host,
+                                   "pid": worker.pid, "env_id": worker.env_id, "leased": leased, "why": why})
         for trainer in self.trainers.values():
             trainer.parts.clear()  # validated parts may name its slots
         self.workers.pop(worker.ident, None)
@@ -721,6 +807,12 @@ class Broker:
             part = self.inflight.pop(key)
             self._part_failed(part, P.E_WORKER_LOST, reason)
 
+    def worker_exited(self, pid: int, why: str) -> None:
+        """The process of a local worker is gone (embedded mode: its parent saw it exit): lose it now,
+        not after the heartbeat expiry."""
+        for worker in [w for w in self.workers.values() if w.pid == pid]:
+            self._worker_lost(worker, why)
+
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -734,7 +826,7 @@ class Broker:
             })
         trainers = [
             {"name": t.name, "env_id": t.env_id, "slots": len(t.slots),
-             "lost": sum(1 for s in t.slots if s in self.slots and self.slots[s].lost)}
+             "lost": sum(1 for s in t.slots if s in self.slots and self.slots[s].lost), "replaced": t.replaced}
             for t in self.trainers.values()
         ]
         return {
@@ -743,7 +835,15 @@ class Broker:
             "workers": workers,
             "trainers": trainers,
             "pending_leases": len(self.pending_leases),
+            "failures": {key: self.failures[key] for key in FAILURE_COUNTS},
+            "recent_losses": list(self.recent_losses),
         }
+
+
+def _slot_info(slot: Slot) -> dict[str, Any]:
+    """A slot as `leased` and `replaced` describe it to the trainer."""
+    w = slot.worker
+    return {"slot": slot.id, "worker": w.name, "host": w.host, "pid": w.pid, "index": slot.index, "mode": w.mode}
 
 
 def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1,

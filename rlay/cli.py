@@ -14,6 +14,7 @@ import click
 
 from rlay import protocol as P
 
+RECENT_LOSSES_SHOWN = 5  # worker losses `rlay status` lists (the JSON has all the broker keeps)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 BROKER_KEYS = {"frontend", "backend", "max_message_size", "heartbeat_interval", "heartbeat_liveness", "curve"}
@@ -246,7 +247,8 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
         raise click.ClickException(str(exc)) from None
     finally:
         client.close()
-    report = {k: head[k] for k in ("broker", "workers", "trainers", "pending_leases") if k in head}
+    report = {k: head[k] for k in ("broker", "workers", "trainers", "pending_leases", "failures", "recent_losses")
+              if k in head}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -259,9 +261,17 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
     slots = sum(w["slots"] for w in report["workers"])
     leased = sum(w["leased"] for w in report["workers"])
     click.echo(f"{len(report['workers'])} worker(s), {slots} slot(s): {slots - leased} free, {leased} leased")
-    click.echo(table(["TRAINER", "ENV ID", "SLOTS", "LOST"],
-                     [[t["name"], t["env_id"], t["slots"], t["lost"]] for t in report["trainers"]]))
+    click.echo(table(["TRAINER", "ENV ID", "SLOTS", "LOST", "REPLACED"],
+                     [[t["name"], t["env_id"], t["slots"], t["lost"], t["replaced"]] for t in report["trainers"]]))
     click.echo(f"{len(report['trainers'])} trainer(s), {report['pending_leases']} lease request(s) waiting")
+    f = report["failures"]
+    click.echo(f"failures since start: {f['workers_lost']} worker(s) lost ({f['slots_lost']} leased slots), "
+               f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
+               f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other")
+    for loss in report["recent_losses"][-RECENT_LOSSES_SHOWN:]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loss["time"]))
+        click.echo(f"  {when}  lost worker {loss['worker']} (pid {loss['pid']} on host {loss['host']}, "
+                   f"{loss['env_id']!r}, {loss['leased']} leased): {loss['why']}")
 
 
 def table(columns: list[str], rows: list[list[Any]]) -> str:
@@ -282,9 +292,11 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 @click.option("--env-kwargs", default=None, help="Embedded only: JSON object of env keyword arguments.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
+@click.option("--on-worker-failure", type=click.Choice(["raise", "replace"]), default="raise", show_default=True,
+              help="replace: envs of a lost worker move to free slots and end their episode as truncated.")
 @curve_option
 def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_per_worker: int,
-            env_kwargs: str | None, seed: int, timeout: float, curve_dir: str | None) -> None:
+            env_kwargs: str | None, seed: int, timeout: float, on_worker_failure: str, curve_dir: str | None) -> None:
     """Random-policy rollout; prints env-steps/s and episode-return statistics."""
     import numpy as np
 
@@ -292,7 +304,7 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
     from rlay.errors import RlayError
 
     kwargs = parse_env_kwargs(env_kwargs)
-    vector_kwargs: dict[str, Any] = {"timeout": timeout}
+    vector_kwargs: dict[str, Any] = {"timeout": timeout, "on_worker_failure": on_worker_failure}
     if broker_addr is None:
         vector_kwargs["envs_per_worker"] = envs_per_worker
     elif curve_dir:
@@ -320,6 +332,8 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
         envs.close()
     total = num_envs * steps
     click.echo(f"{total} env-steps in {elapsed:.2f} s: {total / elapsed:,.0f} env-steps/s")
+    if envs.envs_replaced:
+        click.echo(f"{envs.envs_replaced} env(s) replaced after their worker was lost")
     if returns:
         r = np.asarray(returns)
         click.echo(f"{len(r)} episodes: return mean {r.mean():.2f} +- {r.std():.2f}, min {r.min():.2f}, max {r.max():.2f}")

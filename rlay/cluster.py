@@ -139,12 +139,24 @@ class Cluster:
         return ([self.broker] if self.broker is not None else []) + [p for _, p in self.workers]
 
     def check(self) -> None:
-        """Raise if a child died: whoever waits on it would wait for nothing."""
+        """Raise if a child died: whoever waits on it would wait for nothing.
+
+        Under supervision (embedded, ``on_worker_failure="replace"``) a worker killed by
+        a signal (kill -9, a crash in native code, the OOM killer) is restarted instead,
+        and the inline broker counts it lost at once; one that exits on its own (an
+        exception, such as an env_fn that raises) would only fail again, so it raises.
+        """
         if self.stopped:
             return
         for label, proc in self.workers:
-            if proc.exitcode is not None:
+            if proc.exitcode is None:
+                continue
+            if self.supervision is None or proc.exitcode >= 0 or label in self.gave_up:
                 raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}")
+            if self.inline_broker is not None:
+                self.inline_broker.worker_exited(proc.pid, f"its process exited with code {proc.exitcode}")
+        if self.supervision is not None:
+            self._supervise(time.monotonic())
         if self.broker is not None and self.broker.exitcode is not None:
             raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
 

@@ -52,12 +52,12 @@ class RlayEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._vec.reset_async(seed=[seed], options=options)
-        columns = self._vec._collect(None, RESET_KEYS)
+        columns, _ = self._vec._collect(None, RESET_KEYS)
         return self._vec._row_obs(0), columns["info"][0]
 
     def step(self, action: Any):
         self._vec.step_async(_batch_of_one(self.action_space, action))
-        c = self._vec._collect(None, STEP_KEYS)
+        c, _ = self._vec._collect(None, STEP_KEYS)
         return self._vec._row_obs(0), c["reward"][0], c["terminated"][0], c["truncated"][0], c["info"][0]
 
     def render(self):

@@ -21,12 +21,14 @@ Results equal gymnasium's SyncVectorEnv bit for bit, in every AutoresetMode.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import re
 import time
 import weakref
 from copy import deepcopy
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,10 +39,11 @@ from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
 from rlay import protocol as P
 from rlay.client import BrokerClient, InlineBrokerClient
-from rlay.cluster import EMBEDDED_ENV_ID, Cluster
+from rlay.cluster import EMBEDDED_ENV_ID, Cluster, Supervision
 from rlay.errors import (
     AlreadyPendingCallError,
     BrokerError,
+    BrokerLostError,
     ClosedEnvironmentError,
     LeaseError,
     NoAsyncCallError,
@@ -50,9 +53,11 @@ from rlay.errors import (
 )
 from rlay.spaces import decode_space, flatten, leaf_spaces, unflatten
 from rlay.values import WireError, packb
-from rlay.wire import decode_body, decode_leaves, encode_leaves
+from rlay.wire import decode_body, decode_leaves, describe_failures, encode_leaves
 
 __all__ = ["RlayVectorEnv"]
+
+log = logging.getLogger("rlay.vector")
 
 RESET_KEYS = ("info",)
 STEP_KEYS = ("reward", "terminated", "truncated", "info", "final")
@@ -60,6 +65,8 @@ STEP_KEYS = ("reward", "terminated", "truncated", "info", "final")
 DEFAULT_TIMEOUT = 60.0  # s for any call when none is given
 REPLY_GRACE = 5.0  # s the trainer waits past the broker's own deadline (the broker's error is more precise)
 RELEASE_TIMEOUT = 2.0
+ON_WORKER_FAILURE = ("raise", "replace")
+WORKER_LOST_KEY = "worker_lost"  # the info key that marks an env replaced after its worker was lost
 
 
 class _Group:
@@ -73,6 +80,17 @@ class _Group:
 
     def describe(self) -> str:
         return f"worker {self.worker} (pid {self.pid} on host {self.host})"
+
+
+@dataclass(eq=False)
+class _Call:
+    """A batched call sent to the broker: ``make_body`` builds each worker's part (and again on a retry)."""
+
+    kind: str
+    rows: list[int]
+    make_body: Callable[[_Group, list[int]], tuple[dict, list]]
+    req: int | None = None  # None: nothing was sent (every row's result is made by the trainer)
+    groups: list[_Group] = field(default_factory=list)
 
 
 class _EnvResult:
@@ -125,6 +143,15 @@ class RlayVectorEnv(VectorEnv):
         timeout: seconds any wait may take when the call names no timeout
             (``step_wait(timeout=None)`` waits this long, not forever).
         lease_timeout: seconds to wait for enough workers to register [default: timeout].
+        on_worker_failure: what a call does when a worker holding some envs is
+            lost (killed, hung, cut off): ``"raise"`` a WorkerLostError naming
+            the envs, slots, worker, host and cause; or ``"replace"`` the lost
+            envs with free slots of the same env id (here: restart the dead
+            local worker), reset them, and report each as a truncation:
+            ``truncated=True``, ``infos["worker_lost"]=True``, and the new
+            episode's first observation where the autoreset mode places it
+            (docs/architecture.md, "Worker failures").
+        replace_timeout: seconds a replacement may wait for a free slot [default: timeout].
         shared_memory, worker: AsyncVectorEnv arguments with no meaning here:
             observations travel as zero-copy frames, and the worker loop is
             rlay's. ``shared_memory`` is ignored; a custom ``worker`` raises.
@@ -146,6 +173,8 @@ class RlayVectorEnv(VectorEnv):
         shared_memory: bool = True,
         observation_mode: str = "same",
         worker: Callable | None = None,
+        on_worker_failure: str = "raise",
+        replace_timeout: float | None = None,
     ):
         if worker is not None:
             raise TypeError("RlayVectorEnv runs rlay's own worker loop; a custom `worker` function is not supported")
@@ -160,10 +189,13 @@ class RlayVectorEnv(VectorEnv):
         self.context = context
         self.daemon = daemon
         self.envs_per_worker = envs_per_worker
-        self._setup(autoreset_mode, copy, timeout, observation_mode)
+        self._setup(autoreset_mode, copy, timeout, observation_mode, on_worker_failure, replace_timeout)
         if env_threads < 1:
             raise ValueError(f"env_threads must be >= 1, got {env_threads}")
-        self._cluster = Cluster.embedded(env_fns, envs_per_worker, env_threads, context=context, daemon=daemon)
+        # Under "replace" a local worker killed by a signal is restarted, and its envs move to it.
+        supervision = Supervision() if self.on_worker_failure == "replace" else None
+        self._cluster = Cluster.embedded(env_fns, envs_per_worker, env_threads, context=context, daemon=daemon,
+                                         supervision=supervision)
         client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)
         self._finalizer = weakref.finalize(self, _stop_embedded, client, self._cluster)
         try:
@@ -185,6 +217,8 @@ class RlayVectorEnv(VectorEnv):
         copy: bool = True,
         heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
         curve: Any = None,
+        on_worker_failure: str = "raise",
+        replace_timeout: float | None = None,
     ) -> "RlayVectorEnv":
         """Lease ``num_envs`` slots of ``env_id`` from a running broker.
 
@@ -192,12 +226,13 @@ class RlayVectorEnv(VectorEnv):
         (None: never): the broker frees the slots of a trainer that stops, and a call
         fails with BrokerLostError soon after the broker stops answering. ``curve``
         (``rlay.security.Curve.from_dir(KEYDIR, "client")``) encrypts and authenticates
-        the connection to a broker started with ``--curve``."""
+        the connection to a broker started with ``--curve``. ``on_worker_failure`` and
+        ``replace_timeout`` are as for the constructor; under ``"replace"`` a broker that
+        restarts is also survived: the trainer leases ``num_envs`` slots from it again
+        (waiting up to ``replace_timeout``) and reports every env as truncated."""
         self = cls.__new__(cls)
         self.env_fns = None
-        self._setup(autoreset_mode, copy, timeout, "same")
-        self._cluster = None
-        self._finalizer = None
+        self._setup(autoreset_mode, copy, timeout, "same", on_worker_failure, replace_timeout)
         client = BrokerClient(broker, heartbeat_interval=heartbeat_interval, curve=curve)
         try:
             self._connect(client, env_id, num_envs, lease_timeout)
@@ -209,18 +244,32 @@ class RlayVectorEnv(VectorEnv):
 
     # -- set up -------------------------------------------------------------------
 
-    def _setup(self, autoreset_mode, copy: bool, timeout: float, observation_mode: str) -> None:
+    def _setup(self, autoreset_mode, copy: bool, timeout: float, observation_mode: str,
+               on_worker_failure: str, replace_timeout: float | None) -> None:
         if observation_mode != "same":
             raise NotImplementedError("RlayVectorEnv supports observation_mode='same' only")
+        if on_worker_failure not in ON_WORKER_FAILURE:
+            raise ValueError(f"on_worker_failure must be one of {ON_WORKER_FAILURE}, got {on_worker_failure!r}")
+        self.on_worker_failure = on_worker_failure
+        self.replace_timeout = float(timeout if replace_timeout is None else replace_timeout)
+        self.envs_replaced = 0  # envs replaced after their worker was lost, over this vector env's life
+        # Envs replaced but not yet reported: the truncation to report at their next step (with the
+        # new env's reset result), then under NextStep the reset result itself at the step after.
+        self._truncate_next: dict[int, _EnvResult] = {}
+        self._autoreset_next: dict[int, _EnvResult] = {}
         self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         self.copy = copy
         self.timeout = float(timeout)
         self.observation_mode = observation_mode
         self._state = AsyncState.DEFAULT
-        self._pending: tuple[int, list[_Group], Any] | None = None
+        self._pending: _Call | None = None
         self._in_flight: dict[int, int] = {}  # first-ready stepping: env row -> request id
+        self._calls: dict[int, _Call] = {}  # first-ready stepping under "replace": request id -> its call
+        self._stash: collections.deque = collections.deque()  # first-ready answers that came during another wait
         self._ready: collections.deque[_EnvResult] = collections.deque()
         self._client: BrokerClient | None = None
+        self._cluster: Cluster | None = None
+        self._finalizer: weakref.finalize | None = None  # (set before anything can fail: close() needs them)
         self.closed = False
 
     def _connect(self, client: BrokerClient, env_id: str, num_envs: int, lease_timeout: float) -> None:
@@ -236,16 +285,8 @@ class RlayVectorEnv(VectorEnv):
             error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
         )
         client.leased_at = time.monotonic()
-        self.slots = [s["slot"] for s in lease["slots"]]
-        by_worker: dict[str, list[int]] = {}
-        for row, s in enumerate(lease["slots"]):
-            by_worker.setdefault(s["worker"], []).append(row)
-        self._groups = []
-        for rows in by_worker.values():
-            info = lease["slots"][rows[0]]
-            self._groups.append(_Group(info["worker"], info["host"], info["pid"], rows, [self.slots[r] for r in rows]))
-        self._row_of_slot = {slot: row for row, slot in enumerate(self.slots)}
-        self._slot_info = {s["slot"]: s for s in lease["slots"]}
+        self._lease_spaces = (lease["obs_space"], lease["act_space"])
+        self._adopt_slots(lease["slots"])
 
         self.single_observation_space = decode_space(lease["obs_space"])
         self.single_action_space = decode_space(lease["act_space"])
@@ -257,6 +298,22 @@ class RlayVectorEnv(VectorEnv):
         self._obs_leaf_spaces = leaf_spaces(self.single_observation_space)
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
         self._obs_leaves = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, self._observations)]
+
+    def _adopt_slots(self, slots: list[dict]) -> None:
+        """Take the slots of a lease (row r is ``slots[r]``) and group the rows by worker."""
+        self.slots = [s["slot"] for s in slots]
+        self._slot_info = {s["slot"]: s for s in slots}
+        self._regroup()
+
+    def _regroup(self) -> None:
+        by_worker: dict[str, list[int]] = {}
+        for row, slot in enumerate(self.slots):
+            by_worker.setdefault(self._slot_info[slot]["worker"], []).append(row)
+        self._groups = []
+        for rows in by_worker.values():
+            info = self._slot_info[self.slots[rows[0]]]
+            self._groups.append(_Group(info["worker"], info["host"], info["pid"], rows, [self.slots[r] for r in rows]))
+        self._row_of_slot = {slot: row for row, slot in enumerate(self.slots)}
 
     # -- gymnasium API ------------------------------------------------------------
 
@@ -282,17 +339,24 @@ class RlayVectorEnv(VectorEnv):
                     f"`options['reset_mask']` must contain a boolean array with at least one True value, got reset_mask={reset_mask}"
                 )
             rows = np.flatnonzero(reset_mask)
-        self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []))
+        self._pending = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []))
         self._state = AsyncState.WAITING_RESET
 
     def reset_wait(self, timeout: float | None = None):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_RESET:
             raise NoAsyncCallError("Calling `reset_wait` without any prior call to `reset_async`.", AsyncState.WAITING_RESET.value)
-        columns = self._collect(timeout, RESET_KEYS)
+        columns, replaced = self._collect(timeout, RESET_KEYS)
         infos: dict[str, Any] = {}
         for row, info in enumerate(columns["info"]):
-            if info:  # (None: a row the reset did not touch; {}: nothing to add)
+            if info is None:  # a row the reset did not touch
+                continue
+            # A new episode: nothing is left to report of one a lost worker ended.
+            self._truncate_next.pop(row, None)
+            self._autoreset_next.pop(row, None)
+            if row in replaced:
+                info = {**info, WORKER_LOST_KEY: True}
+            if info:
                 infos = self._add_info(infos, info, row)
         return self._obs_out(), infos
 
@@ -309,18 +373,28 @@ class RlayVectorEnv(VectorEnv):
                 raise ValueError(f"expected a batch of {self.num_envs} actions, got {len(leaf)} in {actions!r:.200}")
         mode = self.autoreset_mode.value
 
-        def body(group: _Group, rows: np.ndarray):
-            descriptors, frames = encode_leaves(leaves, group.index)
+        def body(group: _Group, rows: list[int]):
+            index = group.index if len(rows) == len(group.rows) else _row_index(rows)
+            descriptors, frames = encode_leaves(leaves, index)
             return {"autoreset": mode, "actions": descriptors}, frames
 
-        self._send(P.STEP, np.arange(self.num_envs), body)
+        rows = np.arange(self.num_envs)
+        if self._truncate_next or self._autoreset_next:  # replaced envs: their results are made in step_wait
+            rows = np.asarray([r for r in rows if r not in self._truncate_next and r not in self._autoreset_next])
+        self._pending = self._send(P.STEP, rows, body)
         self._state = AsyncState.WAITING_STEP
 
     def step_wait(self, timeout: float | None = None):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_STEP:
             raise NoAsyncCallError("Calling `step_wait` without any prior call to `step_async`.", AsyncState.WAITING_STEP.value)
-        columns = self._collect(timeout, STEP_KEYS)
+        columns, _ = self._collect(timeout, STEP_KEYS)
+        for row in [*self._autoreset_next, *self._truncate_next]:
+            result = self._replaced_result(row)
+            for buffer, value in zip(self._obs_leaves, result.obs):
+                buffer[row] = value
+            columns["reward"][row], columns["terminated"][row] = result.reward, result.terminated
+            columns["truncated"][row], columns["info"][row], columns["final"][row] = result.truncated, result.info, result.final
         rewards = np.array(columns["reward"], dtype=np.float64)
         terminations = np.array(columns["terminated"], dtype=np.bool_)
         truncations = np.array(columns["truncated"], dtype=np.bool_)
@@ -343,7 +417,8 @@ class RlayVectorEnv(VectorEnv):
         if name in P.RESERVED_CALLS:
             raise ValueError(f"Trying to call function `{name}` with `call`, use `{name}` directly instead.")
         packb([list(args), kwargs])  # refuse non-data arguments here, with a clear error
-        self._send(P.CALL, np.arange(self.num_envs), lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, []))
+        self._pending = self._send(P.CALL, np.arange(self.num_envs),
+                                   lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, []))
         self._state = AsyncState.WAITING_CALL
 
     def call_wait(self, timeout: float | None = None) -> tuple[Any, ...]:
@@ -351,7 +426,7 @@ class RlayVectorEnv(VectorEnv):
         if self._state != AsyncState.WAITING_CALL:
             raise NoAsyncCallError("Calling `call_wait` without any prior call to `call_async`.", AsyncState.WAITING_CALL.value)
         results: list[Any] = [None] * self.num_envs
-        for rows, body, _ in self._wait(timeout):
+        for rows, body, _ in self._wait(timeout)[0]:
             for n, row in enumerate(rows):
                 results[row] = body["results"][n]
         return tuple(results)
@@ -370,7 +445,8 @@ class RlayVectorEnv(VectorEnv):
             )
         self._assert_idle("set_attr")
         packb(list(values))
-        self._send(P.SET_ATTR, np.arange(self.num_envs), lambda g, r: ({"name": name, "values": [values[i] for i in r]}, []))
+        self._pending = self._send(P.SET_ATTR, np.arange(self.num_envs),
+                                   lambda g, r: ({"name": name, "values": [values[i] for i in r]}, []))
         self._state = AsyncState.WAITING_CALL  # set_attr is synchronous; reuse the call state while it runs
         self._wait(None)
 
@@ -415,9 +491,9 @@ class RlayVectorEnv(VectorEnv):
             raise AlreadyPendingCallError("async_reset() while envs are stepping: recv() their results first", "send")
         seeds = _seed_list(seed, self.num_envs)
         rows = np.arange(self.num_envs)
-        req = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []),
-                         gather=False)
-        self._in_flight.update(dict.fromkeys(rows.tolist(), req))
+        call = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []),
+                          gather=False)
+        self._in_flight.update(dict.fromkeys(rows.tolist(), call.req))
 
     def send(self, actions: Any, env_ids: Any) -> None:
         """Step the envs ``env_ids`` with ``actions`` (a batch with one row per id, in that order).
@@ -445,8 +521,12 @@ class RlayVectorEnv(VectorEnv):
             descriptors, frames = encode_leaves(leaves, np.asarray([position[r] for r in rows]))
             return {"autoreset": mode, "actions": descriptors}, frames
 
-        req = self._send(P.STEP, ids, body, gather=False)
-        self._in_flight.update(dict.fromkeys(ids.tolist(), req))
+        if self._truncate_next or self._autoreset_next:  # replaced envs: their results are made here
+            replaced = [r for r in ids.tolist() if r in self._truncate_next or r in self._autoreset_next]
+            self._ready.extend(self._replaced_result(r) for r in replaced)
+            ids = np.asarray([r for r in ids.tolist() if r not in replaced], dtype=np.int64)
+        call = self._send(P.STEP, ids, body, gather=False)
+        self._in_flight.update(dict.fromkeys(ids.tolist(), call.req))
 
     def recv(self, batch_size: int | None = None, timeout: float | None = None):
         """The results of the first ``batch_size`` envs to finish since :meth:`send` / :meth:`async_reset`.
@@ -464,35 +544,65 @@ class RlayVectorEnv(VectorEnv):
         deadline = time.monotonic() + wait
         while len(self._ready) < batch_size:
             what = f"the first {batch_size} of envs {_rows_text(sorted(self._in_flight))} to finish"
-            head, frames = self._client.wait(set(self._in_flight.values()), max(0.0, deadline - time.monotonic()), what)
-            if head[P.TYPE] == P.ERROR:
+            try:
+                head, frames = self._stash.popleft() if self._stash else self._client.wait(
+                    set(self._in_flight.values()), max(0.0, deadline - time.monotonic()), what)
                 failures = head.get("failures") or []
+                if head[P.TYPE] == P.ERROR and not failures:  # the whole call was refused
+                    error = self._error_from(head, what)
+                    if not isinstance(error, BrokerLostError):  # (that one is survived below, under "replace")
+                        req = head.get(P.REQ)
+                        for row in [r for r, q in self._in_flight.items() if req is None or q == req]:
+                            del self._in_flight[row]  # none of its envs is stepping
+                    raise error
+            except BrokerLostError as exc:
+                if not self._replacing:
+                    raise
+                self._replace_in_flight(sorted(self._in_flight), str(exc), relet=True)
+                continue
+            if head[P.TYPE] == P.REPLY:
+                self._take_results(head, frames)
+            try:
+                lost, cause = self._lost_rows(head, what)
+            except Exception:  # failed envs are not stepping any more
                 for failure in failures:
                     for slot in failure.get("slots", []):
                         self._in_flight.pop(self._row_of_slot.get(slot), None)
-                if not failures:  # the whole call was refused: none of its envs is stepping
-                    req = head.get(P.REQ)
-                    for row in [r for r, q in self._in_flight.items() if req is None or q == req]:
-                        del self._in_flight[row]
-                raise self._error_from(head, what)
-            self._take_results(head, frames)
+                raise
+            if lost:
+                self._replace_in_flight(lost, cause)
+        if self._calls:
+            live = set(self._in_flight.values())
+            self._calls = {req: call for req, call in self._calls.items() if req in live}
         results = [self._ready.popleft() for _ in range(batch_size)]
         return self._batch_results(results)
 
     def _take_results(self, head: dict, frames: list[Any]) -> None:
-        try:  # (a reset's reply has no "reward": its results enter the queue with reward 0)
-            for rows, body, part_frames in self._split_reply(head, frames):
-                leaves = decode_leaves(body["obs"], part_frames, self._obs_leaf_spaces, len(rows))
-                stepped = "reward" in body
-                for n, row in enumerate(rows):
-                    obs = [leaf[n] if isinstance(leaf, tuple) else np.array(leaf[n]) for leaf in leaves]
-                    if stepped:
-                        result = _EnvResult(row, obs, float(body["reward"][n]), bool(body["terminated"][n]),
-                                            bool(body["truncated"][n]), body["info"][n], body["final"][n])
-                    else:
-                        result = _EnvResult(row, obs, 0.0, False, False, body["info"][n], None)
-                    self._in_flight.pop(row, None)
-                    self._ready.append(result)
+        for rows, body, part_frames in self._split_reply(head, frames, "a first-ready answer"):
+            for result in self._row_results(rows, body, part_frames):
+                self._in_flight.pop(result.row, None)
+                self._ready.append(result)
+                if self._replacing:  # the last observation of each env, should its worker be lost
+                    for buffer, value in zip(self._obs_leaves, result.obs):
+                        buffer[result.row] = value
+                    if "reward" not in body:  # a reset: a new episode
+                        self._truncate_next.pop(result.row, None)
+                        self._autoreset_next.pop(result.row, None)
+
+    def _row_results(self, rows: list[int], body: dict, frames: list[Any]) -> list[_EnvResult]:
+        """One part's results env by env (a reset's with reward 0)."""
+        try:
+            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
+            stepped = "reward" in body
+            results = []
+            for n, row in enumerate(rows):
+                obs = [leaf[n] if isinstance(leaf, tuple) else np.array(leaf[n]) for leaf in leaves]
+                if stepped:
+                    results.append(_EnvResult(row, obs, float(body["reward"][n]), bool(body["terminated"][n]),
+                                              bool(body["truncated"][n]), body["info"][n], body["final"][n]))
+                else:
+                    results.append(_EnvResult(row, obs, 0.0, False, False, body["info"][n], None))
+            return results
         except (WireError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise BrokerError(f"malformed reply from a worker: {exc}") from None
 
@@ -519,6 +629,130 @@ class RlayVectorEnv(VectorEnv):
             infos,
         )
 
+    # -- worker failures (on_worker_failure="replace") -------------------------------
+
+    @property
+    def _replacing(self) -> bool:
+        return self.on_worker_failure == "replace"
+
+    def _lost_rows(self, head: dict, what: str) -> tuple[list[int], str]:
+        """The rows of an answer's failed parts, and why, if every failure is a lost worker and
+        this env replaces lost envs; any other failure raises."""
+        failures = head.get("failures") or []
+        if not failures:
+            return [], ""
+        code, message = describe_failures(failures)
+        if not self._replacing or any(f.get("code") != P.E_WORKER_LOST for f in failures):
+            raise self._error_from({**head, "code": code, "message": message}, what)
+        rows = sorted(self._row_of_slot[s] for f in failures for s in f.get("slots") or [] if s in self._row_of_slot)
+        return rows, re.sub(r"slots \[([0-9, ]*)\]", self._name_rows, message)
+
+    def _replace_envs(self, rows: list[int], cause: str, relet: bool = False) -> set[int]:
+        """Give ``rows`` new envs after their worker was lost, and reset them; returns the rows replaced.
+
+        The broker moves the rows' LOST slots to free slots of the env id, waiting
+        up to ``replace_timeout`` for some (a restarted worker registering).
+        ``relet``: the broker restarted or forgot this trainer, so every row is
+        leased anew. The new envs' reset results wait in ``_truncate_next``
+        until each row's next step reports the lost episode as truncated.
+        """
+        deadline = time.monotonic() + self.replace_timeout
+        replaced: set[int] = set()
+        rows = sorted(rows)
+        while rows:
+            log.warning("replacing envs %s (waiting up to %.0f s for free slots) after: %s",
+                        _rows_text(list(range(self.num_envs)) if relet else rows), deadline - time.monotonic(), cause)
+            what = f"the reset of the envs replacing lost envs {_rows_text(rows)}"
+            try:
+                if relet:
+                    self._lease_again(deadline, cause)
+                    rows, relet = list(range(self.num_envs)), False
+                else:
+                    self._move_slots(rows, deadline, cause)
+                call = self._send(P.RESET, np.asarray(rows), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []))
+                head, frames = self._await(call.req, max(0.0, deadline - time.monotonic()) + REPLY_GRACE, what)
+            except BrokerLostError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                relet, cause = True, str(exc)
+                continue
+            if head[P.TYPE] == P.ERROR:
+                raise self._error_from(head, what)
+            for part_rows, body, frames_ in self._split_reply(head, frames, what):
+                for result in self._row_results(part_rows, body, frames_):
+                    self._truncate_next[result.row] = result
+                    self._autoreset_next.pop(result.row, None)
+                    replaced.add(result.row)
+            rows, cause = self._lost_rows(head, what)  # a replacement lost in turn is replaced again
+        self.envs_replaced += len(replaced)
+        return replaced
+
+    def _move_slots(self, rows: list[int], deadline: float, cause: str) -> None:
+        """Ask the broker for free slots in place of the rows' LOST ones (`replace`, protocol 5.15)."""
+        remaining = max(0.0, deadline - time.monotonic())
+        what = f"free slots of {self.env_id!r} to replace envs {_rows_text(rows)}"
+        req = self._client.send(P.REPLACE, slots=[self.slots[r] for r in rows], timeout=remaining)
+        head, _ = self._await(req, remaining + REPLY_GRACE, what)
+        if head[P.TYPE] == P.ERROR:
+            if head.get("code") == P.E_NO_LEASE:
+                raise self._error_from(head, what)
+            raise WorkerLostError(f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for envs "
+                                  f"{_rows_text(rows)}, lost with their worker: {cause}. The broker: {head.get('message')}")
+        for old, info in zip(head["replaces"], head["slots"]):
+            row = self._row_of_slot[old]
+            self.slots[row] = info["slot"]
+            del self._slot_info[old]
+            self._slot_info[info["slot"]] = info
+        self._regroup()
+
+    def _lease_again(self, deadline: float, cause: str) -> None:
+        """Lease every row anew from a broker that no longer knows this trainer (it restarted)."""
+        remaining = max(0.0, deadline - time.monotonic())
+        what = f"a new lease of {self.num_envs} slots of {self.env_id!r} (the old lease is gone: {cause})"
+        self._client.send(P.RELEASE)  # in case the broker still holds the old lease (answer dropped)
+        req = self._client.send(P.LEASE, env_id=self.env_id, num_envs=self.num_envs, timeout=remaining)
+        # The broker may still be away: wait for it rather than fail on its silence.
+        head, _ = self._client.wait(req, remaining + REPLY_GRACE, what, check_broker=False)
+        if head[P.TYPE] == P.ERROR:
+            raise LeaseError(f"{cause}; and the broker refused {what}: {head.get('message')}")
+        if (head["obs_space"], head["act_space"]) != self._lease_spaces:
+            raise BrokerError(f"{what}: the new slots' spaces differ from the old ones")
+        self._client.leased_at = time.monotonic()
+        if self._client.heartbeat is not None:
+            self._client.heartbeat.reset()
+        self._stash.clear()  # answers of the old lease: their envs are gone
+        self._adopt_slots(head["slots"])
+
+    def _replaced_result(self, row: int) -> _EnvResult:
+        """The step result of a replaced env, made by the trainer: the truncation of the episode its lost
+        worker ended or, under NextStep, at the step after it, the new env's reset."""
+        if row in self._autoreset_next:
+            new = self._autoreset_next.pop(row)
+            return _EnvResult(row, new.obs, 0.0, False, False, new.info, None)
+        new = self._truncate_next.pop(row)
+        marker = {WORKER_LOST_KEY: True}
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:  # the last observation seen stands in for the final one
+            return _EnvResult(row, new.obs, 0.0, False, True, {**new.info, **marker}, (self._row_obs(row), {}))
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._autoreset_next[row] = new
+        last = [leaf[row] if isinstance(leaf, list) else np.array(leaf[row]) for leaf in self._obs_leaves]
+        return _EnvResult(row, last, 0.0, False, True, marker, None)
+
+    def _replace_in_flight(self, rows: list[int], cause: str, relet: bool = False) -> None:
+        """First-ready stepping: replace envs lost while in flight. A lost step is reported as a
+        truncation through recv(); a lost reset is sent again to the new env."""
+        calls = {row: self._calls.get(self._in_flight.pop(row, None)) for row in rows}
+        self._replace_envs(rows, cause, relet)
+        again: dict[int, list[int]] = {}
+        for row, call in calls.items():
+            if call is not None and call.kind == P.RESET:
+                again.setdefault(id(call), []).append(row)
+            else:
+                self._ready.append(self._replaced_result(row))
+        for resets in again.values():
+            call = self._send(P.RESET, np.asarray(resets), calls[resets[0]].make_body, gather=False)
+            self._in_flight.update(dict.fromkeys(resets, call.req))
+
     # -- plumbing -----------------------------------------------------------------
 
     def _assert_is_running(self) -> None:
@@ -538,13 +772,16 @@ class RlayVectorEnv(VectorEnv):
             )
 
     def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]],
-              gather: bool = True) -> int:
+              gather: bool = True) -> _Call:
         """Send one batched call: one part per worker that hosts some of ``rows``.
 
         ``gather`` (the synchronous API) waits for every part in one reply; without
-        it each part is answered as it completes (first-ready stepping)."""
-        wanted = set(rows.tolist())
-        parts, frames, groups = [], [], []
+        it each part is answered as it completes (first-ready stepping). Under
+        "replace" the call is ``partial``: a part whose worker is lost fails alone.
+        """
+        call = _Call(kind, rows.tolist(), make_body)
+        wanted = set(call.rows)
+        parts, frames = [], []
         for group in self._groups:
             picked = [r for r in group.rows.tolist() if r in wanted]
             if not picked:
@@ -553,48 +790,80 @@ class RlayVectorEnv(VectorEnv):
             parts.append([[self.slots[r] for r in picked], 1 + len(arrays)])
             frames.append(packb(body))
             frames.extend(arrays)
-            groups.append(group)
-        if gather:
-            req = self._client.send(kind, frames, parts=parts, timeout=self.timeout)
-            self._pending = (req, groups, kind)
-        else:
-            req = self._client.send(kind, frames, parts=parts, timeout=self.timeout, gather=False)
-        return req
+            call.groups.append(group)
+        if not parts:
+            return call
+        flags = {"partial": True} if self._replacing else {}
+        if not gather:
+            flags["gather"] = False
+        call.req = self._client.send(kind, frames, parts=parts, timeout=self.timeout, **flags)
+        if not gather and self._replacing:
+            self._calls[call.req] = call
+        return call
 
-    def _wait(self, timeout: float | None) -> list[tuple[list[int], dict, list[Any]]]:
-        """Wait for the pending call's reply: [(rows, body, array frames) per part]."""
-        req, groups, kind = self._pending
-        rows_desc = _rows_text(sorted(r for g in groups for r in g.rows.tolist()))
-        what = f"the {kind} of envs {rows_desc} on " + ", ".join(g.describe() for g in groups)
+    def _await(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        """Wait for the answer to ``req``, keeping first-ready answers that come meanwhile for recv()."""
+        others = set(self._in_flight.values())
+        if not others:
+            return self._client.wait(req, wait_s, what)
+        deadline = time.monotonic() + wait_s
+        while True:
+            head, frames = self._client.wait(others | {req}, max(0.0, deadline - time.monotonic()), what)
+            if head.get(P.REQ) in (req, None):
+                return head, frames
+            self._stash.append((head, frames))
+
+    def _wait(self, timeout: float | None) -> tuple[list[tuple[list[int], dict, list[Any]]], set[int]]:
+        """Wait for the pending call (the synchronous API): see _finish."""
+        call = self._pending
+        self._state, self._pending = AsyncState.DEFAULT, None
+        return self._finish(call, timeout)
+
+    def _finish(self, call: _Call, timeout: float | None) -> tuple[list[tuple[list[int], dict, list[Any]]], set[int]]:
+        """Wait for a gathered call's answer: [(rows, body, array frames) per part], and the rows
+        whose envs were replaced meanwhile (a call other than step then ran again on them)."""
+        if call.req is None:
+            return [], set()
+        what = f"the {call.kind} of envs {_rows_text(sorted(call.rows))} on " + ", ".join(g.describe() for g in call.groups)
         wait = self.timeout + REPLY_GRACE if timeout is None else timeout
         try:
-            head, frames = self._client.wait(req, wait, what)
-        finally:
-            self._state = AsyncState.DEFAULT
-            self._pending = None
-        if head[P.TYPE] == P.ERROR:
-            raise self._error_from(head, what)
+            head, frames = self._await(call.req, wait, what)
+            if head[P.TYPE] == P.ERROR:
+                raise self._error_from(head, what)
+        except BrokerLostError as exc:
+            if not self._replacing:
+                raise
+            replies, lost = [], call.rows  # the old broker's answer will never come
+            replaced = self._replace_envs(lost, str(exc), relet=True)
+        else:
+            replies = self._split_reply(head, frames, what)
+            lost, cause = self._lost_rows(head, what)
+            replaced = self._replace_envs(lost, cause) if lost else set()
+        if lost and call.kind != P.STEP:  # reset, call, set_attr: again, on the new envs
+            more, again = self._finish(self._send(call.kind, np.asarray(lost), call.make_body), timeout)
+            replies += more
+            replaced |= again
+        return replies, replaced
+
+    def _split_reply(self, head: dict, frames: list[Any], what: str) -> list[tuple[list[int], dict, list[Any]]]:
         try:
-            return self._split_reply(head, frames)
-        except (WireError, KeyError, TypeError, ValueError) as exc:
+            out, offset = [], 0
+            for slots, nframes in head["parts"]:
+                rows = [self._row_of_slot[s] for s in slots]
+                body = decode_body(frames[offset])
+                out.append((rows, body, frames[offset + 1 : offset + nframes]))
+                offset += nframes
+            return out
+        except (WireError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise BrokerError(f"malformed reply to {what}: {exc}") from None
 
-    def _split_reply(self, head: dict, frames: list[Any]) -> list[tuple[list[int], dict, list[Any]]]:
-        out, offset = [], 0
-        for slots, nframes in head["parts"]:
-            rows = [self._row_of_slot[s] for s in slots]
-            body = decode_body(frames[offset])
-            out.append((rows, body, frames[offset + 1 : offset + nframes]))
-            offset += nframes
-        return out
-
-    def _collect(self, timeout: float | None, keys: tuple[str, ...]) -> dict[str, list]:
+    def _collect(self, timeout: float | None, keys: tuple[str, ...]) -> tuple[dict[str, list], set[int]]:
         """Wait for a reset or step and copy observations into the batch buffer (the one copy).
 
         Returns the body's other ``keys`` as columns indexed by env row (None
-        where the call did not include that row).
+        where the call did not include that row), and the rows replaced meanwhile.
         """
-        replies = self._wait(timeout)
+        replies, replaced = self._wait(timeout)
         columns = {key: [None] * self.num_envs for key in keys}
         try:
             for rows, body, frames in replies:
@@ -620,7 +889,7 @@ class RlayVectorEnv(VectorEnv):
                         raise WireError(f"an info must be a map, got {type(info).__name__}")
         except (WireError, KeyError, TypeError, ValueError) as exc:
             raise BrokerError(f"malformed reply from a worker: {exc}") from None
-        return columns
+        return columns, replaced
 
     def _name_rows(self, match: re.Match) -> str:
         """'slots [7, 8]' in a broker message -> 'envs 2, 3 (slots [7, 8])': the trainer's own indices."""
@@ -658,6 +927,8 @@ class RlayVectorEnv(VectorEnv):
             return RlayTimeoutError(f"timed out during {what}: {message}")
         if code == P.E_WORKER_LOST:
             return WorkerLostError(f"during {what}: {message}")
+        if code == P.E_NO_LEASE:
+            return BrokerLostError(f"during {what}: {message}")
         return BrokerError(f"the broker refused {what}: [{code}] {message}")
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "encode_leaves",
     "decode_leaves",
     "frame_bytes",
+    "describe_failures",
 ]
 
 
@@ -42,6 +43,16 @@ def send_frames(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
     for n, frame in enumerate(frames):
         size = frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
         sock.send(frame, flags | _SNDMORE if n < last else flags, copy=size < COPY_THRESHOLD)
+
+
+def describe_failures(failures: list[dict]) -> tuple[str, str]:
+    """The code and one-line message of a batched call whose parts ``failures`` failed (protocol 5.13):
+    env_error if any part has it, else the alphabetically first code."""
+    codes = {str(f.get("code")) for f in failures}
+    code = P.E_ENV if P.E_ENV in codes else sorted(codes)[0]
+    message = "; ".join(f"slots {f.get('slots')} on worker {f.get('worker')} (host {f.get('host')}): {f.get('message')}"
+                        for f in failures)
+    return code, message
 
 
 def frame_bytes(frame: Any) -> bytes | memoryview:

@@ -57,25 +57,30 @@ def assert_serves(front: str) -> None:
 
 def test_malformed_trainer_messages_get_error_replies(cartpoles, raw, tmp_path):
     front, _ = cartpoles
-    sock = raw(front)
+    sock, leased = raw(front), raw(front)
+    assert ask(leased, [header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=1)])[P.TYPE] == P.LEASED
     marker = tmp_path / "owned"
-    cases = [
-        ([b"\xc1garbage"], P.E_BAD_MESSAGE),
-        ([msgpack.packb([1, 2, 3])], P.E_BAD_MESSAGE),
-        ([msgpack.packb({"v": 99, "type": "status"})], P.E_VERSION),
-        ([header("frobnicate", req=1)], P.E_UNKNOWN_TYPE),
-        ([pickle_payload(marker)], P.E_BAD_MESSAGE),
-        ([header(P.STEP, req=2, parts=[[[0, 1], 1]]), b"body"], P.E_SLOT),  # slots it does not hold
-        ([header(P.STEP, req=3, parts="nope")], P.E_BAD_MESSAGE),
-        ([header(P.STEP, req=3, parts=[["slot"]])], P.E_BAD_MESSAGE),
-        ([header(P.LEASE, req=3, env_id="CartPole-v1", num_envs=1, timeout=True)], P.E_BAD_MESSAGE),
-        ([header(P.STEP, req=4, parts=[[[0], 5]]), b""], P.E_BAD_MESSAGE),  # frame count lies
-        ([header(P.LEASE, req=5, env_id="CartPole-v1", num_envs=-3)], P.E_BAD_MESSAGE),
+    cases = [  # (socket, frames, code): `leased` holds a lease of one slot, `sock` none
+        (sock, [b"\xc1garbage"], P.E_BAD_MESSAGE),
+        (sock, [msgpack.packb([1, 2, 3])], P.E_BAD_MESSAGE),
+        (sock, [msgpack.packb({"v": 99, "type": "status"})], P.E_VERSION),
+        (sock, [header("frobnicate", req=1)], P.E_UNKNOWN_TYPE),
+        (sock, [pickle_payload(marker)], P.E_BAD_MESSAGE),
+        (sock, [header(P.STEP, req=2, parts=[[[0, 1], 1]]), b"body"], P.E_NO_LEASE),
+        (leased, [header(P.STEP, req=2, parts=[[[1000, 1001], 1]]), b"body"], P.E_SLOT),  # slots it does not hold
+        (sock, [header(P.STEP, req=3, parts="nope")], P.E_BAD_MESSAGE),
+        (leased, [header(P.STEP, req=3, parts=[["slot"]])], P.E_BAD_MESSAGE),
+        (sock, [header(P.LEASE, req=3, env_id="CartPole-v1", num_envs=1, timeout=True)], P.E_BAD_MESSAGE),
+        (leased, [header(P.STEP, req=4, parts=[[[0], 5]]), b""], P.E_BAD_MESSAGE),  # frame count lies
+        (sock, [header(P.LEASE, req=5, env_id="CartPole-v1", num_envs=-3)], P.E_BAD_MESSAGE),
+        (sock, [header(P.REPLACE, req=6, slots=[0])], P.E_NO_LEASE),
+        (leased, [header(P.STEP, req=7, parts=[[[0], 1]], timeout=1, partial="yes"), b""], P.E_BAD_MESSAGE),
     ]
-    for frames, code in cases:
-        reply = ask(sock, frames)
+    for peer, frames, code in cases:
+        reply = ask(peer, frames)
         assert reply[P.TYPE] == P.ERROR and reply["code"] == code, (frames, reply)
         assert reply["message"]
+    assert ask(leased, [header(P.RELEASE, req=8)])[P.TYPE] == P.RELEASED
     assert not marker.exists()
     assert_serves(front)
 
@@ -169,3 +174,23 @@ def test_cached_parts_still_refuse_non_int_slot_ids(cartpoles):
         assert envs.step(np.zeros(2, dtype=np.int64))[0].shape == (2, 4)
     finally:
         envs.close()
+
+
+def test_replace_takes_only_lost_slots_of_the_lease(cartpoles, raw):
+    front, _ = cartpoles
+    sock = raw(front)
+    leased = ask(sock, [header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=2, timeout=5)])
+    assert leased[P.TYPE] == P.LEASED
+    mine = [s["slot"] for s in leased["slots"]]
+    cases = [
+        (dict(slots=[mine[0]]), P.E_SLOT, "is not lost"),  # its worker is alive
+        (dict(slots=[max(mine) + 1000]), P.E_SLOT, "not leased to this trainer"),
+        (dict(slots=[]), P.E_BAD_MESSAGE, "non-empty list"),
+        (dict(slots=[mine[0], mine[0]]), P.E_BAD_MESSAGE, "distinct"),
+        (dict(slots=[mine[0]], timeout=-1), P.E_BAD_MESSAGE, "timeout"),
+    ]
+    for n, (fields, code, text) in enumerate(cases):
+        reply = ask(sock, [header(P.REPLACE, req=10 + n, **fields)])
+        assert reply[P.TYPE] == P.ERROR and reply["code"] == code and text in reply["message"], (fields, reply)
+    assert ask(sock, [header(P.RELEASE, req=20)])[P.TYPE] == P.RELEASED
+    assert_serves(front)

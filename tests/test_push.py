@@ -128,7 +128,7 @@ def test_game_that_disconnects_mid_episode_names_the_slot(games):
             envs.step(np.array([0, 1]))  # command 3: the game leaves without answering
         text = str(caught.value)
         assert "envs 0, 1 (slots [" in text and "disconnected" in text and "on host" in text
-        with pytest.raises(WorkerLostError, match=r"envs 0 \(slots \[\d+\]\) are lost"):
+        with pytest.raises(WorkerLostError, match=r"envs 0, 1 \(slots \[\d+, \d+\]\) are lost"):
             envs.step(np.array([0, 1]))
     finally:
         envs.close()

@@ -1,0 +1,236 @@
+"""on_worker_failure="replace": envs of a lost worker move to free slots, are reset, and report a truncation.
+
+Real worker processes are killed (SIGKILL), stopped (SIGSTOP) or lose their broker (SIGKILL, then a new
+broker on the same addresses); each test checks what the trainer sees, that envs on surviving workers
+go on exactly as in SyncVectorEnv, and that no slot is lost or leaked.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from rlay import RlayVectorEnv, WorkerLostError
+from tests.conftest import Proc, broker_status, free_port, run_cli, start_deployment, wait_for
+from tests.envs import delayed_cartpole
+
+RESET_BOUND = 0.05  # CartPole-v1 starts every state variable in [-0.05, 0.05]
+
+
+def is_reset_obs(obs: np.ndarray) -> bool:
+    return bool(np.all(np.abs(obs) <= RESET_BOUND))
+
+
+def slot_totals(status: dict) -> tuple[int, int]:
+    """(registered slots, leased slots) over all workers."""
+    return sum(w["slots"] for w in status["workers"]), sum(w["leased"] for w in status["workers"])
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
+def test_embedded_worker_killed_mid_step_is_replaced(mode):
+    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, autoreset_mode=mode,
+                         on_worker_failure="replace", timeout=30)
+    sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4, autoreset_mode=mode)
+    rng = np.random.default_rng(0)
+    try:
+        assert [g.rows.tolist() for g in envs._groups] == [[0, 1], [2, 3]]
+        victim = envs._groups[1].pid
+        prev, _ = envs.reset(seed=5)
+        np.testing.assert_array_equal(prev[:2], sync.reset(seed=5)[0][:2])
+        for t in range(30):
+            actions = rng.integers(0, 2, 4)
+            envs.step_async(actions)
+            if t == 10:
+                os.kill(victim, signal.SIGKILL)  # while its two envs are stepping
+            obs, rewards, terms, truncs, infos = envs.step_wait()
+            expected = sync.step(actions)
+            for got, want in zip((obs, rewards, terms, truncs), expected[:4]):  # the surviving worker's envs
+                np.testing.assert_array_equal(got[:2], want[:2])
+            if t == 10:  # the lost episodes end as truncations
+                assert truncs[2:].all() and not terms[2:].any() and (rewards[2:] == 0).all()
+                assert infos["worker_lost"].tolist() == [False, False, True, True]
+                assert infos["_worker_lost"].tolist() == [False, False, True, True]
+                if mode == AutoresetMode.SAME_STEP:  # the new episode's first obs now; the last one seen as final
+                    assert is_reset_obs(obs[2:])
+                    assert infos["_final_obs"][2:].all()
+                    np.testing.assert_array_equal(np.stack(infos["final_obs"][2:]), prev[2:])
+                else:  # the last observation seen stands in for the lost episode's final one
+                    np.testing.assert_array_equal(obs[2:], prev[2:])
+            elif t == 11 and mode == AutoresetMode.NEXT_STEP:  # the new episode's first obs one step later
+                assert is_reset_obs(obs[2:]) and (rewards[2:] == 0).all() and not (terms[2:] | truncs[2:]).any()
+            elif t > 10:
+                assert not infos.get("_worker_lost", np.zeros(4, bool)).any()
+            if mode == AutoresetMode.DISABLED and (terms | truncs).any():
+                mask = terms | truncs
+                obs, _ = envs.reset(options={"reset_mask": mask.copy()})
+                np.testing.assert_array_equal(obs[:2], sync.reset(options={"reset_mask": mask})[0][:2])
+            prev = obs
+        assert envs.envs_replaced == 2
+        assert envs._groups[1].pid != victim  # the restarted worker holds envs 2 and 3 now
+        status = envs._cluster.inline_broker.status()
+        assert status["failures"]["workers_lost"] == 1 and status["failures"]["slots_replaced"] == 2
+        assert status["trainers"][0]["replaced"] == 2 and status["trainers"][0]["lost"] == 0
+        assert slot_totals(status) == (4, 4)  # the lost slots are gone, none leaked
+    finally:
+        envs.close()
+        sync.close()
+
+
+def test_embedded_worker_killed_during_first_ready_stepping_is_replaced():
+    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
+                         on_worker_failure="replace", timeout=30)
+    try:
+        victim = envs._groups[1].pid
+        envs.async_reset(seed=0)
+        envs.recv(batch_size=4)
+        envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        os.kill(victim, signal.SIGKILL)
+        seen: dict[int, tuple] = {}
+        while len(seen) < 4:
+            obs, rewards, terms, truncs, infos = envs.recv(batch_size=1)
+            seen[int(infos["env_id"][0])] = (truncs[0], bool(infos.get("worker_lost", [False])[0]))
+        assert seen == {0: (False, False), 1: (False, False), 2: (True, True), 3: (True, True)}
+        for _ in range(5):  # the run goes on: the new envs' first observations, then plain steps
+            envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+            obs, rewards, terms, truncs, infos = envs.recv()
+            assert sorted(infos["env_id"].tolist()) == [0, 1, 2, 3] and "worker_lost" not in infos
+        assert envs.envs_replaced == 2
+    finally:
+        envs.close()
+
+
+@pytest.fixture
+def addresses():
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+def stop_all(procs: list[Proc]) -> list[tuple[int, str, str]]:
+    """Stop the workers, then the broker; their (exit code, stdout, stderr) in the order of ``procs``."""
+    return [proc.stop() for proc in reversed(procs)][::-1]
+
+
+def test_remote_worker_killed_mid_step_is_replaced_and_counted_in_status(addresses):
+    front, back = addresses
+    procs = start_deployment(front, back, [["CartPole-v1", "-p", "2", "-k", "2"]], workers=2)  # supervised
+    try:
+        envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=30, on_worker_failure="replace")
+        try:
+            envs.reset(seed=0)
+            victim, lost_rows = envs._groups[1].pid, envs._groups[1].rows.tolist()
+            envs.step_async(np.zeros(4, np.int64))
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            _, rewards, _, truncs, infos = envs.step_wait()
+            assert truncs[lost_rows].all() and infos["_worker_lost"][lost_rows].all()
+            assert time.monotonic() - killed < 10  # the restarted worker came in time: no timeout
+            for _ in range(20):
+                assert envs.step(np.zeros(4, np.int64))[0].shape == (4, 4)
+            assert envs._groups[1].pid != victim
+
+            report = json.loads(run_cli("status", "--broker", front, "--json").stdout)
+            assert report["failures"]["workers_lost"] == 1 and report["failures"]["slots_replaced"] == 2
+            assert report["recent_losses"][0]["pid"] == victim and report["recent_losses"][0]["leased"] == 2
+            assert report["trainers"][0]["replaced"] == 2 and report["trainers"][0]["lost"] == 0
+            assert slot_totals(report) == (4, 4)
+            text = run_cli("status", "--broker", front).stdout
+            assert "1 worker(s) lost (2 leased slots), 2 slot(s) replaced" in text and f"pid {victim}" in text
+        finally:
+            envs.close()
+        wait_for(lambda: slot_totals(broker_status(front)) == (4, 0), 10, "the slots to be free after close")
+    finally:
+        results = stop_all(procs)
+    assert all(code == 0 for code, _, _ in results), results
+    assert "restarting it in" in results[1][2]
+
+
+def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back(addresses):
+    front, back = addresses
+    procs = start_deployment(front, back, [["CartPole-v1", "-p", "3"]], workers=3)
+    try:
+        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace")
+        try:
+            envs.reset(seed=0)
+            victim = envs._groups[1].pid
+            envs.step_async(np.zeros(2, np.int64))
+            os.kill(victim, signal.SIGSTOP)  # hung: no reply, no heartbeat
+            try:
+                stopped = time.monotonic()
+                _, _, _, truncs, infos = envs.step_wait()
+                waited = time.monotonic() - stopped
+            finally:
+                os.kill(victim, signal.SIGCONT)
+            assert truncs.tolist() == [False, True] and infos["worker_lost"].tolist() == [False, True]
+            assert waited < 5, f"replaced after {waited:.1f} s"
+            assert envs._groups[1].pid not in (victim, envs._groups[0].pid)  # the spare
+            # The continued worker registers again, with new free slots: nothing lost, nothing leaked.
+            wait_for(lambda: victim in [w["pid"] for w in broker_status(front)["workers"]], 15,
+                     "the continued worker to register again")
+            assert slot_totals(broker_status(front)) == (3, 2)
+            for _ in range(10):
+                envs.step(np.zeros(2, np.int64))
+        finally:
+            envs.close()
+    finally:
+        results = stop_all(procs)
+    assert all(code == 0 for code, _, _ in results), results
+
+
+def test_remote_replacement_that_never_comes_raises_after_replace_timeout(addresses):
+    front, back = addresses
+    procs = start_deployment(front, back, [["CartPole-v1", "--no-restart"]] * 2, workers=2)
+    try:
+        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace",
+                                    replace_timeout=1.0)
+        try:
+            envs.reset(seed=0)
+            victim = envs._groups[1].pid
+            os.kill(victim, signal.SIGKILL)
+            start = time.monotonic()
+            with pytest.raises(WorkerLostError) as caught:
+                for _ in range(100):  # the loss shows at the next send, or by heartbeat
+                    envs.step(np.zeros(2, np.int64))
+            waited = time.monotonic() - start
+            text = str(caught.value)
+            assert f"pid {victim}" in text and "no replacement came" in text and "within 1 s" in text, text
+            assert waited < 1 + 3 + 1, f"raised after {waited:.1f} s"
+        finally:
+            envs.close()
+    finally:
+        results = stop_all(procs)
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 0, 1], results  # the `rlay worker` whose only worker was killed exits 1
+    assert any("exited with code -9" in err for _, _, err in results)
+
+
+def test_broker_restarted_mid_run_every_env_is_replaced(addresses):
+    front, back = addresses
+    procs = start_deployment(front, back, [["CartPole-v1", "-p", "2", "-k", "2"]], workers=2)
+    try:
+        envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=30, on_worker_failure="replace")
+        try:
+            envs.reset(seed=0)
+            for _ in range(5):
+                envs.step(np.zeros(4, np.int64))
+            procs[0].stop(signal.SIGKILL)
+            procs[0] = Proc("broker", "--frontend", front, "--backend", back)
+            _, rewards, terms, truncs, infos = envs.step(np.zeros(4, np.int64))
+            assert truncs.all() and not terms.any() and infos["worker_lost"].all()
+            for _ in range(10):
+                _, _, _, truncs, infos = envs.step(np.zeros(4, np.int64))
+                assert "worker_lost" not in infos
+            assert envs.envs_replaced == 4
+            status = broker_status(front)
+            assert slot_totals(status) == (4, 4) and status["trainers"][0]["slots"] == 4
+        finally:
+            envs.close()
+    finally:
+        results = stop_all(procs)
+    assert all(code == 0 for code, _, _ in results), results
