@@ -807,11 +807,13 @@ class Broker:
             part = self.inflight.pop(key)
             self._part_failed(part, P.E_WORKER_LOST, reason)
 
-    def worker_exited(self, pid: int, why: str) -> None:
+    def worker_exited(self, pid: int, why: str) -> bool:
         """The process of a local worker is gone (embedded mode: its parent saw it exit): lose it now,
-        not after the heartbeat expiry."""
-        for worker in [w for w in self.workers.values() if w.pid == pid]:
+        not after the heartbeat expiry. Returns whether a registered worker had that pid."""
+        gone = [w for w in self.workers.values() if w.pid == pid]
+        for worker in gone:
             self._worker_lost(worker, why)
+        return bool(gone)
 
     # -- status -------------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ class Cluster:
         self._restarts: dict[str, list[float]] = {}  # label -> when it was restarted
         self._due: dict[str, float] = {}  # label -> when to restart it
         self.gave_up: set[str] = set()
+        self._reported: set[int] = set()  # pids of dead workers the inline broker has been told of
         self.ctx = multiprocessing.get_context(context)
         self.errors = self.ctx.Queue()
         self.stopped = False
@@ -141,22 +142,27 @@ class Cluster:
     def check(self) -> None:
         """Raise if a child died: whoever waits on it would wait for nothing.
 
-        Under supervision (embedded, ``on_worker_failure="replace"``) a worker killed by
-        a signal (kill -9, a crash in native code, the OOM killer) is restarted instead,
-        and the inline broker counts it lost at once; one that exits on its own (an
-        exception, such as an env_fn that raises) would only fail again, so it raises.
+        Embedded, a worker that had registered is reported to the inline broker, which
+        fails its calls at once with ``worker_lost`` (naming its envs, host and exit code):
+        the trainer's ``on_worker_failure`` decides what follows. Under supervision
+        (``on_worker_failure="replace"``) it is restarted. One that dies before it
+        registers raises here, with its traceback (an env_fn that raises would only fail
+        again), unless a signal killed it under supervision.
         """
         if self.stopped:
             return
         for label, proc in self.workers:
-            if proc.exitcode is None:
+            if proc.exitcode is None or proc.pid in self._reported:
                 continue
-            if self.supervision is None or proc.exitcode >= 0 or label in self.gave_up:
+            why = f"its process exited with code {proc.exitcode}"
+            if self.inline_broker is not None and self.inline_broker.worker_exited(proc.pid, why):
+                self._reported.add(proc.pid)
+            elif self.supervision is None or proc.exitcode >= 0 or label in self.gave_up:
                 raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}")
-            if self.inline_broker is not None:
-                self.inline_broker.worker_exited(proc.pid, f"its process exited with code {proc.exitcode}")
         if self.supervision is not None:
             self._supervise(time.monotonic())
+            if self.gave_up:
+                raise RlayError(f"local worker(s) {', '.join(sorted(self.gave_up))} died too often; not restarted again")
         if self.broker is not None and self.broker.exitcode is not None:
             raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
 
