@@ -198,6 +198,7 @@ class Broker:
         self.stopping = False
         self.started = time.time()
         self.workers: dict[bytes, WorkerRecord] = {}
+        self.local_pids: set[int] = set()  # embedded: pids of the workers that ever registered
         self.slots: dict[int, Slot] = {}
         self.trainers: dict[bytes, Trainer] = {}
         self.pending_leases: list[PendingLease] = []
@@ -541,11 +542,8 @@ class Broker:
                 continue
             if failed.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: the peer's connection is gone
                 self._worker_lost(part.worker, "its connection is gone")
-            else:  # never reached the worker: the slots are idle again
-                self.inflight.pop((part.worker.ident, batch.id), None)
-                for slot in part.slot_objects:
-                    slot.busy = None
-                self._part_failed(part, P.E_WORKER_LOST, f"could not send to {part.worker.describe()}: {failed}")
+            else:  # its queue is full (EAGAIN): it has stopped reading, and is as good as gone
+                self._worker_lost(part.worker, f"a send to it failed: {failed}")
 
     def _resolve_part(self, trainer: Trainer, ident: bytes, spec: Any, frames_left: int,
                       seen_workers: set[bytes]) -> tuple[WorkerRecord, list[int], list[Slot], int]:
@@ -700,6 +698,8 @@ class Broker:
             self.slots[slot.id] = slot
             worker.slots.append(slot.id)
         self.workers[ident] = worker
+        if self.frontend_addr == "inline":  # (its workers are the trainer's own children: a bounded set)
+            self.local_pids.add(worker.pid)
         self._watch(ident)
         log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
         self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots)])
@@ -809,11 +809,10 @@ class Broker:
 
     def worker_exited(self, pid: int, why: str) -> bool:
         """The process of a local worker is gone (embedded mode: its parent saw it exit): lose it now,
-        not after the heartbeat expiry. Returns whether a registered worker had that pid."""
-        gone = [w for w in self.workers.values() if w.pid == pid]
-        for worker in gone:
+        not after the heartbeat expiry. Returns whether a worker with that pid ever registered."""
+        for worker in [w for w in self.workers.values() if w.pid == pid]:
             self._worker_lost(worker, why)
-        return bool(gone)
+        return pid in self.local_pids
 
     # -- status -------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ class Cluster:
         self._restarts: dict[str, list[float]] = {}  # label -> when it was restarted
         self._due: dict[str, float] = {}  # label -> when to restart it
         self.gave_up: set[str] = set()
-        self._reported: set[int] = set()  # pids of dead workers the inline broker has been told of
+        self._reported: set = set()  # dead worker processes the inline broker has been told of
         self.ctx = multiprocessing.get_context(context)
         self.errors = self.ctx.Queue()
         self.stopped = False
@@ -152,11 +152,11 @@ class Cluster:
         if self.stopped:
             return
         for label, proc in self.workers:
-            if proc.exitcode is None or proc.pid in self._reported:
+            if proc.exitcode is None or proc in self._reported:
                 continue
             why = f"its process exited with code {proc.exitcode}"
             if self.inline_broker is not None and self.inline_broker.worker_exited(proc.pid, why):
-                self._reported.add(proc.pid)
+                self._reported.add(proc)
             elif self.supervision is None or proc.exitcode >= 0 or label in self.gave_up:
                 raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}")
         if self.supervision is not None:

@@ -257,6 +257,9 @@ class RlayVectorEnv(VectorEnv):
         # new env's reset result), then under NextStep the reset result itself at the step after.
         self._truncate_next: dict[int, _EnvResult] = {}
         self._autoreset_next: dict[int, _EnvResult] = {}
+        self._unreset: set[int] = set()  # rows moved to new slots whose new env has not been reset yet
+        self._relets = 0  # leases taken anew from a broker that forgot this trainer
+        self._marked: set[int] = set()  # first-ready: rows whose next reset result gets infos["worker_lost"]
         self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         self.copy = copy
         self.timeout = float(timeout)
@@ -339,6 +342,7 @@ class RlayVectorEnv(VectorEnv):
                     f"`options['reset_mask']` must contain a boolean array with at least one True value, got reset_mask={reset_mask}"
                 )
             rows = np.flatnonzero(reset_mask)
+        self._settle()
         self._pending = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []))
         self._state = AsyncState.WAITING_RESET
 
@@ -378,6 +382,7 @@ class RlayVectorEnv(VectorEnv):
             descriptors, frames = encode_leaves(leaves, index)
             return {"autoreset": mode, "actions": descriptors}, frames
 
+        self._settle()
         rows = np.arange(self.num_envs)
         if self._truncate_next or self._autoreset_next:  # replaced envs: their results are made in step_wait
             rows = np.asarray([r for r in rows if r not in self._truncate_next and r not in self._autoreset_next])
@@ -390,9 +395,9 @@ class RlayVectorEnv(VectorEnv):
             raise NoAsyncCallError("Calling `step_wait` without any prior call to `step_async`.", AsyncState.WAITING_STEP.value)
         columns, _ = self._collect(timeout, STEP_KEYS)
         for row in [*self._autoreset_next, *self._truncate_next]:
+            if columns["reward"][row] is not None:
+                continue  # it stepped before a new lease replaced every env: its truncation comes next step
             result = self._replaced_result(row)
-            for buffer, value in zip(self._obs_leaves, result.obs):
-                buffer[row] = value
             columns["reward"][row], columns["terminated"][row] = result.reward, result.terminated
             columns["truncated"][row], columns["info"][row], columns["final"][row] = result.truncated, result.info, result.final
         rewards = np.array(columns["reward"], dtype=np.float64)
@@ -417,6 +422,7 @@ class RlayVectorEnv(VectorEnv):
         if name in P.RESERVED_CALLS:
             raise ValueError(f"Trying to call function `{name}` with `call`, use `{name}` directly instead.")
         packb([list(args), kwargs])  # refuse non-data arguments here, with a clear error
+        self._settle()
         self._pending = self._send(P.CALL, np.arange(self.num_envs),
                                    lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, []))
         self._state = AsyncState.WAITING_CALL
@@ -445,6 +451,7 @@ class RlayVectorEnv(VectorEnv):
             )
         self._assert_idle("set_attr")
         packb(list(values))
+        self._settle()
         self._pending = self._send(P.SET_ATTR, np.arange(self.num_envs),
                                    lambda g, r: ({"name": name, "values": [values[i] for i in r]}, []))
         self._state = AsyncState.WAITING_CALL  # set_attr is synchronous; reuse the call state while it runs
@@ -491,6 +498,7 @@ class RlayVectorEnv(VectorEnv):
             raise AlreadyPendingCallError("async_reset() while envs are stepping: recv() their results first", "send")
         seeds = _seed_list(seed, self.num_envs)
         rows = np.arange(self.num_envs)
+        self._settle()
         call = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []),
                           gather=False)
         self._in_flight.update(dict.fromkeys(rows.tolist(), call.req))
@@ -521,6 +529,7 @@ class RlayVectorEnv(VectorEnv):
             descriptors, frames = encode_leaves(leaves, np.asarray([position[r] for r in rows]))
             return {"autoreset": mode, "actions": descriptors}, frames
 
+        self._settle()
         if self._truncate_next or self._autoreset_next:  # replaced envs: their results are made here
             replaced = [r for r in ids.tolist() if r in self._truncate_next or r in self._autoreset_next]
             self._ready.extend(self._replaced_result(r) for r in replaced)
@@ -550,7 +559,7 @@ class RlayVectorEnv(VectorEnv):
                 failures = head.get("failures") or []
                 if head[P.TYPE] == P.ERROR and not failures:  # the whole call was refused
                     error = self._error_from(head, what)
-                    if not isinstance(error, BrokerLostError):  # (that one is survived below, under "replace")
+                    if not (isinstance(error, BrokerLostError) and self._replacing):  # (survived below)
                         req = head.get(P.REQ)
                         for row in [r for r, q in self._in_flight.items() if req is None or q == req]:
                             del self._in_flight[row]  # none of its envs is stepping
@@ -558,7 +567,7 @@ class RlayVectorEnv(VectorEnv):
             except BrokerLostError as exc:
                 if not self._replacing:
                     raise
-                self._replace_in_flight(sorted(self._in_flight), str(exc), relet=True)
+                self._replace_in_flight([], str(exc), relet=True)
                 continue
             if head[P.TYPE] == P.REPLY:
                 self._take_results(head, frames)
@@ -588,6 +597,9 @@ class RlayVectorEnv(VectorEnv):
                     if "reward" not in body:  # a reset: a new episode
                         self._truncate_next.pop(result.row, None)
                         self._autoreset_next.pop(result.row, None)
+                        if result.row in self._marked:
+                            self._marked.discard(result.row)
+                            result.info = {**result.info, WORKER_LOST_KEY: True}
 
     def _row_results(self, rows: list[int], body: dict, frames: list[Any]) -> list[_EnvResult]:
         """One part's results env by env (a reset's with reward 0)."""
@@ -648,44 +660,61 @@ class RlayVectorEnv(VectorEnv):
         return rows, re.sub(r"slots \[([0-9, ]*)\]", self._name_rows, message)
 
     def _replace_envs(self, rows: list[int], cause: str, relet: bool = False) -> set[int]:
-        """Give ``rows`` new envs after their worker was lost, and reset them; returns the rows replaced.
+        """Give ``rows`` new envs after their worker was lost, and reset them; returns the rows reset.
 
         The broker moves the rows' LOST slots to free slots of the env id, waiting
         up to ``replace_timeout`` for some (a restarted worker registering).
         ``relet``: the broker restarted or forgot this trainer, so every row is
-        leased anew. The new envs' reset results wait in ``_truncate_next``
-        until each row's next step reports the lost episode as truncated.
+        leased anew. Rows on new slots stay in ``_unreset`` until their reset
+        returns; the reset results wait in ``_truncate_next`` until each row's
+        next step reports the lost episode as truncated.
         """
         deadline = time.monotonic() + self.replace_timeout
         replaced: set[int] = set()
-        rows = sorted(rows)
-        while rows:
-            log.warning("replacing envs %s (waiting up to %.0f s for free slots) after: %s",
-                        _rows_text(list(range(self.num_envs)) if relet else rows), deadline - time.monotonic(), cause)
-            what = f"the reset of the envs replacing lost envs {_rows_text(rows)}"
+        rows, first = sorted(rows), True
+        while rows or relet or self._unreset:
             try:
-                if relet:
-                    self._lease_again(deadline, cause)
-                    rows, relet = list(range(self.num_envs)), False
-                else:
-                    self._move_slots(rows, deadline, cause)
-                call = self._send(P.RESET, np.asarray(rows), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []))
-                head, frames = self._await(call.req, max(0.0, deadline - time.monotonic()) + REPLY_GRACE, what)
+                if rows or relet:
+                    if not first and time.monotonic() >= deadline:
+                        raise WorkerLostError(f"envs {_rows_text(rows)} could not be replaced within "
+                                              f"{self.replace_timeout:g} s (replace_timeout): {cause}")
+                    first = False
+                    log.warning("replacing envs %s (waiting up to %.0f s for free slots) after: %s",
+                                "0-%d" % (self.num_envs - 1) if relet else _rows_text(rows),
+                                deadline - time.monotonic(), cause)
+                    if relet:
+                        self._lease_again(deadline, cause)
+                    else:
+                        self._move_slots(rows, deadline, cause)
+                    rows, relet = [], False
+                unreset = sorted(self._unreset)
+                what = f"the reset of the new envs {_rows_text(unreset)}, replacing lost ones"
+                call = self._send(P.RESET, np.asarray(unreset), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []))
+                head, frames = self._await(call.req, self.timeout + REPLY_GRACE, what)
+                if head[P.TYPE] == P.ERROR:
+                    raise self._error_from(head, what)
             except BrokerLostError as exc:
                 if time.monotonic() >= deadline:
                     raise
                 relet, cause = True, str(exc)
                 continue
-            if head[P.TYPE] == P.ERROR:
-                raise self._error_from(head, what)
-            for part_rows, body, frames_ in self._split_reply(head, frames, what):
-                for result in self._row_results(part_rows, body, frames_):
-                    self._truncate_next[result.row] = result
-                    self._autoreset_next.pop(result.row, None)
-                    replaced.add(result.row)
-            rows, cause = self._lost_rows(head, what)  # a replacement lost in turn is replaced again
+            for part_rows, body, part_frames in self._split_reply(head, frames, what):
+                for result in self._row_results(part_rows, body, part_frames):
+                    row = result.row
+                    self._unreset.discard(row)
+                    if row in self._autoreset_next:  # its lost episode was reported already: owe only the reset
+                        self._autoreset_next[row] = result
+                    else:
+                        self._truncate_next[row] = result
+                    replaced.add(row)
+            rows, cause = self._lost_rows(head, what)  # a new env lost in turn is replaced again
         self.envs_replaced += len(replaced)
         return replaced
+
+    def _settle(self) -> None:
+        """Before a new call: finish a replacement that an error interrupted (its new envs unreset)."""
+        if self._unreset:
+            self._replace_envs([], "an earlier replacement was interrupted")
 
     def _move_slots(self, rows: list[int], deadline: float, cause: str) -> None:
         """Ask the broker for free slots in place of the rows' LOST ones (`replace`, protocol 5.15)."""
@@ -694,16 +723,18 @@ class RlayVectorEnv(VectorEnv):
         req = self._client.send(P.REPLACE, slots=[self.slots[r] for r in rows], timeout=remaining)
         head, _ = self._await(req, remaining + REPLY_GRACE, what)
         if head[P.TYPE] == P.ERROR:
-            if head.get("code") == P.E_NO_LEASE:
-                raise self._error_from(head, what)
-            raise WorkerLostError(f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for envs "
-                                  f"{_rows_text(rows)}, lost with their worker: {cause}. The broker: {head.get('message')}")
+            if head.get("code") == P.E_LEASE_TIMEOUT:
+                raise WorkerLostError(f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for "
+                                      f"envs {_rows_text(rows)}, lost with their worker: {cause}. "
+                                      f"The broker: {head.get('message')}")
+            raise self._error_from(head, what)  # (no_lease: a BrokerLostError, and a new lease)
         for old, info in zip(head["replaces"], head["slots"]):
             row = self._row_of_slot[old]
             self.slots[row] = info["slot"]
             del self._slot_info[old]
             self._slot_info[info["slot"]] = info
         self._regroup()
+        self._unreset.update(rows)
 
     def _lease_again(self, deadline: float, cause: str) -> None:
         """Lease every row anew from a broker that no longer knows this trainer (it restarted)."""
@@ -722,27 +753,41 @@ class RlayVectorEnv(VectorEnv):
             self._client.heartbeat.reset()
         self._stash.clear()  # answers of the old lease: their envs are gone
         self._adopt_slots(head["slots"])
+        self._unreset = set(range(self.num_envs))
+        self._relets += 1
 
     def _replaced_result(self, row: int) -> _EnvResult:
         """The step result of a replaced env, made by the trainer: the truncation of the episode its lost
-        worker ended or, under NextStep, at the step after it, the new env's reset."""
+        worker ended or, under NextStep, at the step after it, the new env's reset. Its observation
+        goes into the batch buffer, which holds each env's last observation."""
         if row in self._autoreset_next:
             new = self._autoreset_next.pop(row)
-            return _EnvResult(row, new.obs, 0.0, False, False, new.info, None)
-        new = self._truncate_next.pop(row)
-        marker = {WORKER_LOST_KEY: True}
-        if self.autoreset_mode == AutoresetMode.SAME_STEP:  # the last observation seen stands in for the final one
-            return _EnvResult(row, new.obs, 0.0, False, True, {**new.info, **marker}, (self._row_obs(row), {}))
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            self._autoreset_next[row] = new
-        last = [leaf[row] if isinstance(leaf, list) else np.array(leaf[row]) for leaf in self._obs_leaves]
-        return _EnvResult(row, last, 0.0, False, True, marker, None)
+            result = _EnvResult(row, new.obs, 0.0, False, False, new.info, None)
+        else:
+            new = self._truncate_next.pop(row)
+            marker = {WORKER_LOST_KEY: True}
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:  # the last observation seen stands in for the final one
+                result = _EnvResult(row, new.obs, 0.0, False, True, {**new.info, **marker}, (self._row_obs(row), {}))
+            else:
+                if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                    self._autoreset_next[row] = new
+                last = [leaf[row] if isinstance(leaf, list) else np.array(leaf[row]) for leaf in self._obs_leaves]
+                result = _EnvResult(row, last, 0.0, False, True, marker, None)
+        for buffer, value in zip(self._obs_leaves, result.obs):
+            buffer[row] = value
+        return result
 
     def _replace_in_flight(self, rows: list[int], cause: str, relet: bool = False) -> None:
         """First-ready stepping: replace envs lost while in flight. A lost step is reported as a
         truncation through recv(); a lost reset is sent again to the new env."""
         calls = {row: self._calls.get(self._in_flight.pop(row, None)) for row in rows}
-        self._replace_envs(rows, cause, relet)
+        relets = self._relets
+        try:
+            self._replace_envs(rows, cause, relet)
+        finally:
+            if self._relets != relets:  # a new lease: every env in flight went with the old one
+                calls.update({row: self._calls.get(req) for row, req in self._in_flight.items()})
+                self._in_flight.clear()
         again: dict[int, list[int]] = {}
         for row, call in calls.items():
             if call is not None and call.kind == P.RESET:
@@ -752,6 +797,7 @@ class RlayVectorEnv(VectorEnv):
         for resets in again.values():
             call = self._send(P.RESET, np.asarray(resets), calls[resets[0]].make_body, gather=False)
             self._in_flight.update(dict.fromkeys(resets, call.req))
+            self._marked.update(resets)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -826,6 +872,7 @@ class RlayVectorEnv(VectorEnv):
             return [], set()
         what = f"the {call.kind} of envs {_rows_text(sorted(call.rows))} on " + ", ".join(g.describe() for g in call.groups)
         wait = self.timeout + REPLY_GRACE if timeout is None else timeout
+        relets = self._relets
         try:
             head, frames = self._await(call.req, wait, what)
             if head[P.TYPE] == P.ERROR:
@@ -834,11 +881,13 @@ class RlayVectorEnv(VectorEnv):
             if not self._replacing:
                 raise
             replies, lost = [], call.rows  # the old broker's answer will never come
-            replaced = self._replace_envs(lost, str(exc), relet=True)
+            replaced = self._replace_envs([], str(exc), relet=True)
         else:
             replies = self._split_reply(head, frames, what)
             lost, cause = self._lost_rows(head, what)
             replaced = self._replace_envs(lost, cause) if lost else set()
+        if self._relets != relets and call.kind != P.STEP:
+            replies, lost = [], call.rows  # a new lease replaced the envs that answered too
         if lost and call.kind != P.STEP:  # reset, call, set_attr: again, on the new envs
             more, again = self._finish(self._send(call.kind, np.asarray(lost), call.make_body), timeout)
             replies += more

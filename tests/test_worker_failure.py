@@ -280,3 +280,124 @@ def test_broker_restarted_mid_run_every_env_is_replaced(addresses):
     finally:
         results = stop_all(procs)
     assert all(code == 0 for code, _, _ in results), results
+
+
+def test_embedded_worker_killed_while_the_trainer_computes_raises_naming_it():
+    """Found by heartbeat (the idle pumper) before the trainer's next call: the same clear error."""
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2, timeout=10)
+    try:
+        envs.reset(seed=0)
+        victim = envs._groups[1].pid
+        os.kill(victim, signal.SIGKILL)
+        broker = envs._cluster.inline_broker
+        wait_for(lambda: all(w.pid != victim for w in list(broker.workers.values())), 10,
+                 "the idle pumper to lose the silent worker")
+        with pytest.raises(WorkerLostError, match=rf"envs 2, 3 \(slots \[\d+, \d+\]\) are lost: .*pid {victim}"):
+            envs.step(np.zeros(4, np.int64))
+    finally:
+        envs.close()
+
+
+def test_first_ready_second_loss_reports_the_last_observation_seen():
+    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
+                         on_worker_failure="replace", timeout=30)
+
+    def step_all():
+        envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        obs, _, _, truncs, infos = envs.recv()
+        order = np.argsort(infos["env_id"])
+        return obs[order], truncs[order]
+
+    try:
+        envs.async_reset(seed=0)
+        envs.recv()
+        envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        os.kill(envs._groups[1].pid, signal.SIGKILL)
+        envs.recv()  # the first loss: envs 2, 3 truncated
+        seen, _ = step_all()  # NextStep: the new episodes' first observations
+        assert is_reset_obs(seen[2:])
+        os.kill(envs._groups[1].pid, signal.SIGKILL)
+        envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        obs, truncs = [], []
+        while len(obs) < 4:
+            o, _, _, t, infos = envs.recv(batch_size=1)
+            obs.append((int(infos["env_id"][0]), o[0], t[0]))
+        lost = {row: o for row, o, t in obs if t}
+        assert sorted(lost) == [2, 3]
+        np.testing.assert_array_equal(np.stack([lost[2], lost[3]]), seen[2:])  # not the first lost episode's
+        assert envs.envs_replaced == 4
+    finally:
+        envs.close()
+
+
+def test_a_worker_whose_queue_is_full_is_lost_and_replaced():
+    """A send the broker cannot make (EAGAIN: the worker stopped reading) loses the worker, so that
+    its LOST slots can be replaced (protocol 5.8 leg 2)."""
+    import zmq
+
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2, on_worker_failure="replace",
+                         timeout=10)
+    try:
+        envs.reset(seed=0)
+        broker = envs._cluster.inline_broker
+        stuck = broker.slots[envs.slots[2]].worker.ident
+        send, refused = broker._send, []
+
+        def full_queue(sock, ident, frames):
+            if sock is broker.back and ident == stuck and not refused:
+                refused.append(ident)
+                return zmq.Again()
+            return send(sock, ident, frames)
+
+        broker._send = full_queue
+        _, _, _, truncs, infos = envs.step(np.zeros(4, np.int64))
+        assert refused and truncs.tolist() == [False, False, True, True] and infos["_worker_lost"][2:].all()
+        assert "a send to it failed" in broker.recent_losses[-1]["why"]
+        envs.step(np.zeros(4, np.int64))
+    finally:
+        envs.close()
+
+
+def test_broker_restarted_while_a_replacement_waits_during_first_ready_stepping(addresses):
+    """A worker is lost, its replacement waits (no spare), the broker restarts, a spare host joins: the
+    trainer leases anew, and every env in flight comes back from recv() as a truncation."""
+    import threading
+
+    front, back = addresses
+    slow = ["tests.envs:delayed_cartpole", "--env-kwargs", '{"delay": 5}', "--name", "Slow-v0", "--no-restart"]
+    procs = start_deployment(front, back, [[*slow, "-p", "2"]], workers=2)
+    envs = None
+    try:
+        envs = RlayVectorEnv.remote("Slow-v0", 2, broker=front, timeout=15, on_worker_failure="replace",
+                                    replace_timeout=40)
+        envs.async_reset(seed=0)
+        envs.recv()
+        victim = envs._groups[1].pid
+        envs.send(np.zeros(2, np.int64), [0, 1])  # env 0 steps for 5 s
+        os.kill(victim, signal.SIGKILL)
+        failures: list[BaseException] = []
+
+        def operator():
+            try:
+                wait_for(lambda: broker_status(front)["pending_leases"] == 1, 10, "the replacement to wait")
+                procs[0].stop(signal.SIGKILL)
+                procs[0] = Proc("broker", "--frontend", front, "--backend", back)
+                procs.append(Proc("worker", *slow, "-p", "1", "--broker", back))
+            except BaseException as exc:
+                failures.append(exc)
+
+        thread = threading.Thread(target=operator)
+        thread.start()
+        try:
+            _, _, _, truncs, infos = envs.recv()
+        finally:
+            thread.join(30)
+        assert not failures, failures
+        assert sorted(infos["env_id"].tolist()) == [0, 1] and truncs.all() and infos["worker_lost"].all()
+        assert envs._in_flight == {}
+        envs.send(np.zeros(2, np.int64), [0, 1])  # NextStep: the new envs' first observations
+        assert "worker_lost" not in envs.recv()[4]
+    finally:
+        if envs is not None:
+            envs.close()
+        stop_all(procs)
