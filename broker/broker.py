@@ -43,6 +43,7 @@ DEFAULT_CALL_TIMEOUT = 60.0  # s, when a batched call names none
 MAX_CALL_TIMEOUT = 24 * 3600.0
 DRAIN_BATCH = 256  # messages taken from one socket before looking at the other
 POLLIN = int(zmq.POLLIN)
+_SNDMORE = int(zmq.SNDMORE)  # (a plain int: '&' on pyzmq's enum flags costs microseconds per frame)
 MAX_PINGING = 65536  # unknown peers remembered as pinging: bounded against a flood
 NO_LEASE = "this connection holds no lease (the broker restarted, or released it when its heartbeats stopped)"
 RECENT_LOSSES = 20  # worker losses `status` lists
@@ -160,7 +161,7 @@ class InlineFrontEnd:
     def send(self, frame: Any, flags: int = 0, copy: bool = True) -> None:
         """Like a ROUTER's send: frames gather until one comes without SNDMORE."""
         self._partial.append(frame)
-        if not flags & zmq.SNDMORE:
+        if not flags & _SNDMORE:
             frames, self._partial = self._partial, []
             self.outbox[frames[0]].append(frames[1:])
 

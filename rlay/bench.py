@@ -11,8 +11,10 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import queue
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -80,6 +82,7 @@ class Workload:
     seconds: float  # per implementation per round
     obs_bytes: int = 0  # per env step, for GB/s
     rlay_kwargs: dict[str, Any] = field(default_factory=dict)  # what the docs tell a user to set
+    sleep_floor: float = 0.0  # an env that only sleeps this long: also measure the floor without rlay
 
 
 def workloads(scale: float) -> list[Workload]:
@@ -91,7 +94,7 @@ def workloads(scale: float) -> list[Workload]:
         Workload("CartPole-v1 x64", cartpole, 64, 1.0 * scale),
         # Envs that block: several per worker, stepped by as many threads (README, RlayVectorEnv docs).
         Workload("sleep 1 ms x64", functools.partial(SleepEnv, 0.001), 64, 1.0 * scale,
-                 rlay_kwargs={"envs_per_worker": 16, "env_threads": 16}),
+                 rlay_kwargs={"envs_per_worker": 16, "env_threads": 16}, sleep_floor=0.001),
         Workload("uint8[84,84,3] x8", functools.partial(FrameEnv, (84, 84, 3)), 8, 1.0 * scale, 84 * 84 * 3),
         Workload("uint8[1080,1920,4] x8", functools.partial(FrameEnv, big), 8, 1.5 * scale, int(np.prod(big))),
     ]
@@ -278,6 +281,11 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
             entry["memcpy_gbps"] = memcpy_gbps(w.obs_bytes * w.num_envs)
             shape = w.make().observation_space.shape
             entry["bare_pyzmq_gbps"] = bare_frames_gbps(shape, w.num_envs, w.seconds)
+        if w.sleep_floor:
+            per = w.rlay_kwargs["envs_per_worker"]
+            entry["floor"] = sleep_floor(w.num_envs // per, per, w.sleep_floor, w.seconds)
+            entry["floor_layout"] = f"{w.num_envs // per} processes x {per} threads"
+            entry["ideal"] = w.num_envs / w.sleep_floor
         report["workloads"].append(entry)
         log(format_row(entry))
     report["latency"] = {"bare_pyzmq": percentiles(bare_round_trips(latency_count)),
@@ -291,6 +299,66 @@ def format_row(e: dict[str, Any]) -> str:
     if e.get("rlay_kwargs"):
         row += "   (" + ", ".join(f"{k}={v}" for k, v in e["rlay_kwargs"].items()) + ")"
     return row
+
+
+def _sleep_rounds(conn, threads: int, delay: float) -> None:
+    """One process of the sleep floor: per round, ``threads`` threads each sleep ``delay`` once."""
+    go = [queue.SimpleQueue() for _ in range(threads)]
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def sleeper(tasks: queue.SimpleQueue) -> None:
+        while tasks.get():
+            time.sleep(delay)
+            done.put(None)
+
+    pool = [threading.Thread(target=sleeper, args=(q,), daemon=True) for q in go]
+    for thread in pool:
+        thread.start()
+    while conn.recv_bytes() == b"go":
+        for q in go:
+            q.put(True)
+        for _ in go:
+            done.get()
+        conn.send_bytes(b"done")
+    for q in go:
+        q.put(False)
+
+
+def sleep_floor(processes: int, threads: int, delay: float, seconds: float) -> float:
+    """Env-steps/s of the sleeping workload's layout with no rlay and no env: ``processes``
+    processes of ``threads`` threads, each sleeping ``delay`` per round, driven over pipes.
+    What thread wake-ups and GIL hand-offs leave of the ideal on this machine."""
+    pipes = [multiprocessing.Pipe() for _ in range(processes)]
+    procs = [multiprocessing.Process(target=_sleep_rounds, args=(child, threads, delay), daemon=True)
+             for _, child in pipes]
+    for proc in procs:
+        proc.start()
+    try:
+        rounds, start = 0, time.perf_counter()
+        while True:
+            for parent, _ in pipes:
+                parent.send_bytes(b"go")
+            for parent, _ in pipes:
+                if not parent.poll(30):
+                    raise RuntimeError("a sleep-floor process did not answer within 30 s")
+                parent.recv_bytes()
+            rounds += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds and rounds >= 3:
+                return rounds * processes * threads / elapsed
+    finally:
+        for parent, _ in pipes:
+            parent.send_bytes(b"stop")
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def format_floor(e: dict[str, Any]) -> str:
+    return (f"{e['name']:<24} rlay {e['rlay']:,.0f} = {e['rlay'] / e['ideal']:.0%} of the ideal {e['ideal']:,.0f}; "
+            f"floor without rlay ({e['floor_layout']}, pipes, no env) {e['floor']:,.0f} = "
+            f"{e['floor'] / e['ideal']:.0%}, {e['floor'] / e['async']:.2f}x async; rlay = {e['rlay'] / e['floor']:.0%} of it")
 
 
 def format_bandwidth(e: dict[str, Any]) -> str:

@@ -395,6 +395,8 @@ def bench(as_json: bool, quick: bool, rounds: int, seconds: float) -> None:
     out(b.HEADER)
     report = b.run(scale=seconds, rounds=rounds, latency_count=300 if quick else 3000, log=out)
     for entry in report["workloads"]:
+        if "floor" in entry:
+            out(b.format_floor(entry))
         if "rlay_gbps" in entry:
             out(b.format_bandwidth(entry))
     out(b.format_latency(report["latency"]))
