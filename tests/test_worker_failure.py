@@ -22,7 +22,7 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from rlay import RlayVectorEnv, WorkerLostError
-from tests.conftest import Proc, broker_status, free_port, run_cli, start_deployment, wait_for
+from tests.conftest import Proc, broker_status, deployment, free_port, run_cli, start_deployment, wait_for
 from tests.envs import delayed_cartpole
 
 RESET_BOUND = 0.05  # CartPole-v1 starts every state variable in [-0.05, 0.05]
@@ -55,10 +55,8 @@ def test_embedded_worker_killed_mid_step_raises_naming_envs_worker_host_and_caus
         envs.close()
 
 
-def test_remote_worker_killed_mid_step_raises_and_no_slot_leaks(addresses):
-    front, back = addresses
-    procs = start_deployment(front, back, [["CartPole-v1", "-p", "2", "-k", "2"]], workers=2)  # supervised
-    try:
+def test_remote_worker_killed_mid_step_raises_and_no_slot_leaks():
+    with deployment([["CartPole-v1", "-p", "2", "-k", "2"]], workers=2) as (front, _):  # supervised
         envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=30)
         try:
             envs.reset(seed=0)
@@ -75,9 +73,6 @@ def test_remote_worker_killed_mid_step_raises_and_no_slot_leaks(addresses):
             envs.close()
         # The LOST slots were deleted at the release; the restarted worker's are free.
         wait_for(lambda: slot_totals(broker_status(front)) == (4, 0), 15, "4 free slots after the restart")
-    finally:
-        results = stop_all(procs)
-    assert all(code == 0 for code, _, _ in results), results
 
 
 @pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
@@ -163,10 +158,9 @@ def stop_all(procs: list[Proc]) -> list[tuple[int, str, str]]:
     return [proc.stop() for proc in reversed(procs)][::-1]
 
 
-def test_remote_worker_killed_mid_step_is_replaced_and_counted_in_status(addresses):
-    front, back = addresses
-    procs = start_deployment(front, back, [["CartPole-v1", "-p", "2", "-k", "2"]], workers=2)  # supervised
-    try:
+def test_remote_worker_killed_mid_step_is_replaced_and_counted_in_status():
+    logs: list[str] = []
+    with deployment([["CartPole-v1", "-p", "2", "-k", "2"]], workers=2, check_log=logs.append) as (front, _):
         envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=30, on_worker_failure="replace")
         try:
             envs.reset(seed=0)
@@ -191,16 +185,11 @@ def test_remote_worker_killed_mid_step_is_replaced_and_counted_in_status(address
         finally:
             envs.close()
         wait_for(lambda: slot_totals(broker_status(front)) == (4, 0), 10, "the slots to be free after close")
-    finally:
-        results = stop_all(procs)
-    assert all(code == 0 for code, _, _ in results), results
-    assert "restarting it in" in results[1][2]
+    assert any("restarting it in" in log for log in logs)  # the `rlay worker` supervisor's
 
 
-def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back(addresses):
-    front, back = addresses
-    procs = start_deployment(front, back, [["CartPole-v1", "-p", "3"]], workers=3)
-    try:
+def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back():
+    with deployment([["CartPole-v1", "-p", "3"]], workers=3) as (front, _):
         envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace")
         try:
             envs.reset(seed=0)
@@ -224,9 +213,6 @@ def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back(addresses):
                 envs.step(np.zeros(2, np.int64))
         finally:
             envs.close()
-    finally:
-        results = stop_all(procs)
-    assert all(code == 0 for code, _, _ in results), results
 
 
 def test_remote_replacement_that_never_comes_raises_after_replace_timeout(addresses):
@@ -318,7 +304,7 @@ def test_first_ready_second_loss_reports_the_last_observation_seen():
         assert is_reset_obs(seen[2:])
         os.kill(envs._groups[1].pid, signal.SIGKILL)
         envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
-        obs, truncs = [], []
+        obs = []
         while len(obs) < 4:
             o, _, _, t, infos = envs.recv(batch_size=1)
             obs.append((int(infos["env_id"][0]), o[0], t[0]))
