@@ -355,7 +355,7 @@ class Broker:
         if not isinstance(env_id, str) or type(num_envs) is not int or num_envs < 1:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, "lease needs 'env_id' (str) and 'num_envs' (int >= 1)")
             return
-        if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_CALL_TIMEOUT:
+        if not _is_timeout(timeout, zero_ok=True):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad lease timeout {timeout!r}")
             return
         if ident in self.trainers or any(p.ident == ident for p in self.pending_leases):
@@ -374,7 +374,7 @@ class Broker:
         if not isinstance(lost, list) or not lost or not all(type(s) is int for s in lost) or len(set(lost)) != len(lost):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, "replace needs 'slots': a non-empty list of distinct ints")
             return
-        if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_CALL_TIMEOUT:
+        if not _is_timeout(timeout, zero_ok=True):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad replace timeout {timeout!r}")
             return
         if any(p.ident == ident for p in self.pending_leases):
@@ -488,7 +488,7 @@ class Broker:
         req, kind = head.get(P.REQ), head[P.TYPE]
         timeout = head.get("timeout", DEFAULT_CALL_TIMEOUT)
         parts_spec = head.get("parts")
-        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_CALL_TIMEOUT:
+        if not _is_timeout(timeout, zero_ok=False):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad timeout {timeout!r}")
             return
         if not isinstance(parts_spec, list) or not parts_spec:
@@ -840,6 +840,12 @@ class Broker:
             "failures": {key: self.failures[key] for key in FAILURE_COUNTS},
             "recent_losses": list(self.recent_losses),
         }
+
+
+def _is_timeout(value: Any, zero_ok: bool) -> bool:
+    """A timeout from the wire: an int or float (not a bool) up to a day; 0 only where waiting is optional
+    (a lease or replace that must be granted at once), never for a batched call."""
+    return type(value) in (int, float) and (0 <= value if zero_ok else 0 < value) and value <= MAX_CALL_TIMEOUT
 
 
 def _slot_info(slot: Slot) -> dict[str, Any]:
