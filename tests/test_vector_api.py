@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from rlay import RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
 from rlay.values import WireError
 from tests.conftest import assert_same
 from tests.envs import BadObsEnv, DictEnv, EndingEnv, FailingEnv, ObjectInfoEnv, SlowEnv
+from workers.worker import ChunkRunner
 
 
 @pytest.fixture
@@ -240,6 +243,28 @@ def test_env_threads_step_blocking_envs_concurrently_with_the_same_results():
         sync.close()
     with pytest.raises(ValueError, match="env_threads must be >= 1"):
         RlayVectorEnv(fns, env_threads=0)
+
+
+def test_chunk_runner_runs_chunks_at_once_in_order_and_hands_back_errors():
+    runner = ChunkRunner(4)
+    try:
+        # Each chunk waits for all four: run one after another, they would time out.
+        barrier = threading.Barrier(4, timeout=10)
+        assert runner.map(lambda k: (barrier.wait(), k * 10)[1], [0, 1, 2, 3]) == [0, 10, 20, 30]
+        assert runner.map(lambda k: -k, [5, 6]) == [-5, -6]  # fewer chunks than threads
+
+        def fail_on_two(k):
+            if k == 2:
+                raise KeyError("chunk two")
+            return k
+
+        for _ in range(2):  # an error leaves the runner usable
+            with pytest.raises(KeyError, match="chunk two"):
+                runner.map(fail_on_two, [1, 2, 3])
+            assert runner.map(fail_on_two, [1, 3]) == [1, 3]
+    finally:
+        runner.close()
+    assert not any(thread.is_alive() for thread in runner.threads)
 
 
 @pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)

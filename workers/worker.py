@@ -192,40 +192,58 @@ class Worker(WorkerBase):
 
 
 class ChunkRunner:
-    """Threads that each run one chunk of a request's envs: a task queue per thread and one
-    result queue, all C-level SimpleQueues (a ThreadPoolExecutor's futures cost ~10% more
-    per round here, docs/performance.md)."""
+    """Runs the chunks of one request concurrently: the calling thread runs the first chunk,
+    each other chunk has a thread of its own. The chunks count down under a lock and the last
+    to finish wakes the caller: one wake-up per request, not one per chunk. A wake-up is what
+    a round of blocking envs costs on a small machine (docs/performance.md)."""
 
     def __init__(self, threads: int):
-        self.tasks = [queue.SimpleQueue() for _ in range(threads)]
-        self.results: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._serve, args=(q,), name=f"rlay-env-{k}", daemon=True)
-                        for k, q in enumerate(self.tasks)]
+        self.tasks = [queue.SimpleQueue() for _ in range(threads - 1)]
+        self._lock = threading.Lock()
+        self._all_done = threading.Lock()  # held while a request's chunks run
+        self._all_done.acquire()
+        self._left = 0
+        self._results: list = []  # per chunk: (value, exception)
+        self.threads = [threading.Thread(target=self._serve, args=(k, q), name=f"rlay-env-{k}", daemon=True)
+                        for k, q in enumerate(self.tasks, start=1)]
         for thread in self.threads:
             thread.start()
 
-    def _serve(self, tasks: queue.SimpleQueue) -> None:
+    def _serve(self, index: int, tasks: queue.SimpleQueue) -> None:
         while True:
             task = tasks.get()
             if task is None:
                 return
-            index, fn, arg = task
-            try:
-                self.results.put((index, fn(arg), None))
-            except BaseException as exc:  # handed back to the caller
-                self.results.put((index, None, exc))
+            fn, arg = task
+            self._run(index, fn, arg)
+            if self._count_down():
+                self._all_done.release()
+
+    def _run(self, index: int, fn: Callable, arg: Any) -> None:
+        try:
+            self._results[index] = (fn(arg), None)
+        except BaseException as exc:  # handed back to the caller
+            self._results[index] = (None, exc)
+
+    def _count_down(self) -> bool:
+        """One chunk is done; True for the last one of the request."""
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
 
     def map(self, fn: Callable, args: list) -> list:
-        """``[fn(a) for a in args]``, one arg per thread (at most as many args as threads)."""
-        for index, arg in enumerate(args):
-            self.tasks[index].put((index, fn, arg))
-        out: list = [None] * len(args)
-        for _ in args:
-            index, value, exc = self.results.get()
+        """``[fn(a) for a in args]``, one arg per chunk (at most ``threads`` args)."""
+        self._results = [None] * len(args)
+        self._left = len(args)
+        for tasks, arg in zip(self.tasks, args[1:]):
+            tasks.put((fn, arg))
+        self._run(0, fn, args[0])
+        if not self._count_down():
+            self._all_done.acquire()  # the last chunk's thread releases it
+        for _, exc in self._results:
             if exc is not None:
                 raise exc
-            out[index] = value
-        return out
+        return [value for value, _ in self._results]
 
     def close(self) -> None:
         for tasks in self.tasks:
