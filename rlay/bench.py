@@ -11,10 +11,8 @@ import contextlib
 import gc
 import multiprocessing
 import os
-import queue
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -302,32 +300,25 @@ def format_row(e: dict[str, Any]) -> str:
 
 
 def _sleep_rounds(conn, threads: int, delay: float) -> None:
-    """One process of the sleep floor: per round, ``threads`` threads each sleep ``delay`` once."""
-    go = [queue.SimpleQueue() for _ in range(threads)]
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    """One process of the sleep floor: per round, ``threads`` chunks each sleep ``delay`` once,
+    run by the worker's own ChunkRunner (the same thread hand-offs as an rlay worker)."""
+    from workers.worker import ChunkRunner
 
-    def sleeper(tasks: queue.SimpleQueue) -> None:
-        while tasks.get():
-            time.sleep(delay)
-            done.put(None)
-
-    pool = [threading.Thread(target=sleeper, args=(q,), daemon=True) for q in go]
-    for thread in pool:
-        thread.start()
-    while conn.recv_bytes() == b"go":
-        for q in go:
-            q.put(True)
-        for _ in go:
-            done.get()
-        conn.send_bytes(b"done")
-    for q in go:
-        q.put(False)
+    runner = ChunkRunner(threads)
+    chunks = [delay] * threads
+    try:
+        while conn.recv_bytes() == b"go":
+            runner.map(time.sleep, chunks)
+            conn.send_bytes(b"done")
+    finally:
+        runner.close()
 
 
 def sleep_floor(processes: int, threads: int, delay: float, seconds: float) -> float:
-    """Env-steps/s of the sleeping workload's layout with no rlay and no env: ``processes``
-    processes of ``threads`` threads, each sleeping ``delay`` per round, driven over pipes.
-    What thread wake-ups and GIL hand-offs leave of the ideal on this machine."""
+    """Env-steps/s of the sleeping workload's layout with no broker, no sockets and no env:
+    ``processes`` processes of ``threads`` threads (a worker's ChunkRunner), each sleeping
+    ``delay`` per round, driven over pipes. What thread wake-ups and GIL hand-offs leave of
+    the ideal on this machine; the rest of the gap to rlay is rlay's messages and Python."""
     pipes = [multiprocessing.Pipe() for _ in range(processes)]
     procs = [multiprocessing.Process(target=_sleep_rounds, args=(child, threads, delay), daemon=True)
              for _, child in pipes]

@@ -252,6 +252,9 @@ def test_chunk_runner_runs_chunks_at_once_in_order_and_hands_back_errors():
         barrier = threading.Barrier(4, timeout=10)
         assert runner.map(lambda k: (barrier.wait(), k * 10)[1], [0, 1, 2, 3]) == [0, 10, 20, 30]
         assert runner.map(lambda k: -k, [5, 6]) == [-5, -6]  # fewer chunks than threads
+        assert runner.map(lambda k: k + 1, [7]) == [8]  # one chunk: the caller alone
+        with pytest.raises(ValueError, match="5 chunks for 4 threads"):
+            runner.map(abs, [1, 2, 3, 4, 5])
 
         def fail_on_two(k):
             if k == 2:

@@ -13,10 +13,10 @@ keeps serving.
 
 from __future__ import annotations
 
+import os
 import signal
-import traceback
-import queue
 import threading
+import traceback
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -193,35 +193,44 @@ class Worker(WorkerBase):
 
 class ChunkRunner:
     """Runs the chunks of one request concurrently: the calling thread runs the first chunk,
-    each other chunk has a thread of its own. The chunks count down under a lock and the last
-    to finish wakes the caller: one wake-up per request, not one per chunk. A wake-up is what
-    a round of blocking envs costs on a small machine (docs/performance.md)."""
+    each other chunk runs on a thread of its own.
+
+    Waking threads is what a round of blocking envs costs on a small machine
+    (docs/performance.md), so each side is woken once: the idle threads wait in a read
+    on one pipe, and a single write of n bytes releases n of them (the kernel wakes them,
+    the caller does not switch to each in turn, as it does with a queue per thread); the
+    chunks count down under a lock and only the last one wakes the caller.
+    """
 
     def __init__(self, threads: int):
-        self.tasks = [queue.SimpleQueue() for _ in range(threads - 1)]
+        self._gate_r, self._gate_w = os.pipe()  # one byte per chunk to start
         self._lock = threading.Lock()
         self._all_done = threading.Lock()  # held while a request's chunks run
         self._all_done.acquire()
+        self._fn: Callable | None = None  # None: the threads return
+        self._args: list = []
+        self._next = 1  # the chunk the next woken thread takes
         self._left = 0
         self._results: list = []  # per chunk: (value, exception)
-        self.threads = [threading.Thread(target=self._serve, args=(k, q), name=f"rlay-env-{k}", daemon=True)
-                        for k, q in enumerate(self.tasks, start=1)]
+        self.threads = [threading.Thread(target=self._serve, name=f"rlay-env-{k}", daemon=True)
+                        for k in range(1, threads)]
         for thread in self.threads:
             thread.start()
 
-    def _serve(self, index: int, tasks: queue.SimpleQueue) -> None:
+    def _serve(self) -> None:
         while True:
-            task = tasks.get()
-            if task is None:
+            os.read(self._gate_r, 1)
+            if self._fn is None:
                 return
-            fn, arg = task
-            self._run(index, fn, arg)
+            with self._lock:
+                index, self._next = self._next, self._next + 1
+            self._run(index)
             if self._count_down():
                 self._all_done.release()
 
-    def _run(self, index: int, fn: Callable, arg: Any) -> None:
+    def _run(self, index: int) -> None:
         try:
-            self._results[index] = (fn(arg), None)
+            self._results[index] = (self._fn(self._args[index]), None)
         except BaseException as exc:  # handed back to the caller
             self._results[index] = (None, exc)
 
@@ -233,23 +242,29 @@ class ChunkRunner:
 
     def map(self, fn: Callable, args: list) -> list:
         """``[fn(a) for a in args]``, one arg per chunk (at most ``threads`` args)."""
+        if len(args) > len(self.threads) + 1:
+            raise ValueError(f"{len(args)} chunks for {len(self.threads) + 1} threads")
+        self._fn, self._args = fn, args
         self._results = [None] * len(args)
-        self._left = len(args)
-        for tasks, arg in zip(self.tasks, args[1:]):
-            tasks.put((fn, arg))
-        self._run(0, fn, args[0])
+        self._left, self._next = len(args), 1
+        if len(args) > 1:
+            os.write(self._gate_w, bytes(len(args) - 1))
+        self._run(0)
         if not self._count_down():
             self._all_done.acquire()  # the last chunk's thread releases it
+        self._fn, self._args = None, []
         for _, exc in self._results:
             if exc is not None:
                 raise exc
         return [value for value, _ in self._results]
 
     def close(self) -> None:
-        for tasks in self.tasks:
-            tasks.put(None)
+        self._fn = None
+        os.write(self._gate_w, bytes(len(self.threads)))
         for thread in self.threads:
             thread.join(5)
+        os.close(self._gate_r)
+        os.close(self._gate_w)
 
 
 def worker_process(
