@@ -263,8 +263,9 @@ class ChunkRunner:
         os.write(self._gate_w, bytes(len(self.threads)))
         for thread in self.threads:
             thread.join(5)
-        os.close(self._gate_r)
-        os.close(self._gate_w)
+        if not any(thread.is_alive() for thread in self.threads):  # (one stuck in an env may still read)
+            os.close(self._gate_r)
+            os.close(self._gate_w)
 
 
 def worker_process(
