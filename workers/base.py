@@ -171,8 +171,11 @@ class WorkerBase:
                 )
             self.check_parent()
             if self.sock.poll(P.IDLE_POLL_MS, zmq.POLLOUT):
-                self.sock.send(registration, zmq.NOBLOCK)
-                break
+                try:
+                    self.sock.send(registration, zmq.NOBLOCK)
+                    break
+                except zmq.Again:  # the connection went between poll and send (a CURVE handshake that failed)
+                    continue
         while not self.stopping:
             if time.monotonic() > deadline:
                 raise RegistrationError(
