@@ -114,7 +114,7 @@ def load_curve(keydir: str | None, role: str):
 
     try:
         return Curve.from_dir(keydir, role)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # (ValueError: KeyFileError, a key file unfit for use)
         raise click.BadParameter(str(exc), param_hint="--curve") from None
 
 

@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+import zmq.auth
 
 from rlay import BrokerLostError, RlayTimeoutError, RlayVectorEnv
 from rlay import protocol as P
@@ -63,9 +64,15 @@ def test_only_authorized_keys_get_in(keys):
         secured = run_cli("status", "--broker", front, "--curve", str(keydir))
         assert secured.returncode == 0 and "2 worker(s)" in secured.stdout
     finally:
+        errs = []
         for proc in [*workers, broker]:
             code, _, err = proc.stop()
             assert code == 0, err
+            errs.append(err)
+    # The broker says whom it refused: the stranger's key, once (its worker and its trainer both tried).
+    stranger_key = zmq.auth.load_certificate(str(stranger / "client.key"))[0].decode()
+    refusals = re.findall(r"refused a CURVE peer: its public key (\S+) is not among the authorized keys", errs[-1])
+    assert refusals == [stranger_key], errs[-1]
 
 
 def _answers(front: str, curve: Curve) -> bool:
@@ -86,3 +93,25 @@ def test_missing_key_files_are_a_clear_usage_error(tmp_path):
     assert again.returncode == 1 and "already holds keys" in again.stderr
     assert (tmp_path / "k" / "broker.key_secret").read_text() == before  # nothing replaced
     assert run_cli("keys", "generate", str(tmp_path / "k"), "--force").returncode == 0
+
+
+def test_unusable_key_files_are_refused_at_start_naming_the_file(tmp_path):
+    """A broken authorized key would otherwise make the broker admit no one, silently."""
+    keydir = tmp_path / "k"
+    generate_keys(str(keydir))
+    authorized = keydir / "authorized"
+    bad = authorized / "typo.key"
+    for text, reason in [("not a certificate\n", "has no public-key line"),
+                         ('curve\n    public-key = "tooshort"\n', "is not 40 characters of Z85")]:
+        bad.write_text(text)
+        result = run_cli("broker", "--curve", str(keydir), timeout=30)
+        assert result.returncode == 2 and str(bad) in result.stderr and reason in result.stderr, result.stderr
+    bad.unlink()
+    (authorized / "client.key").unlink()
+    result = run_cli("broker", "--curve", str(keydir), timeout=30)
+    assert result.returncode == 2 and "holds no *.key file" in result.stderr, result.stderr
+
+    # A client whose secret file holds only a public key: refused before it connects.
+    shutil.copy(keydir / "client.key", keydir / "client.key_secret")
+    result = run_cli("worker", "CartPole-v1", "--broker", "tcp://127.0.0.1:9", "--curve", str(keydir), timeout=30)
+    assert result.returncode == 2 and "has no secret-key line" in result.stderr, result.stderr
