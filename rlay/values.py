@@ -231,7 +231,7 @@ def unpackb(data: Any) -> Any:
     raw = data if isinstance(data, bytes) else bytes(data)
     suspicious = b"\x02nd" in raw or b"\xa2nd" in raw  # every msgpack encoding of a 2-byte key "nd"
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=False,
@@ -244,3 +244,25 @@ def unpackb(data: Any) -> Any:
         raise WireError("msgpack value nested too deeply") from None
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    # msgpack decodes ext -1 (its timestamp) itself, never calling ext_hook; like any ext code
+    # outside the codec it is refused. Only data holding one of its encodings pays for the search.
+    if any(mark in raw for mark in _TIMESTAMP_MARKS) and _holds_timestamp(value):
+        raise WireError("unknown msgpack extension type -1 (a msgpack timestamp)")
+    return value
+
+
+_TIMESTAMP_MARKS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")  # fixext 4, fixext 8, ext 8: the encodings of ext -1
+
+
+def _holds_timestamp(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, msgpack.Timestamp):
+            return True
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False

@@ -90,6 +90,10 @@ def ext_array(dtype, shape, data) -> bytes:
         (msgpack.packb(msgpack.ExtType(2, msgpack.packb(["<f8", b"\x00"]))), "need"),
         (packb({"a": [1, 2, 3]})[:-2], "malformed"),
         (b"\xc1", "malformed"),
+        # ext -1, msgpack's timestamp (decoded by msgpack itself, not by the codec's hook), in each encoding
+        (msgpack.packb({"t": msgpack.Timestamp(5)}), "extension type -1"),
+        (msgpack.packb([1, msgpack.Timestamp(5, 7)]), "extension type -1"),
+        (msgpack.packb(msgpack.ExtType(3, msgpack.packb([msgpack.Timestamp(2**40, 1)]))), "extension type -1"),
     ],
 )
 def test_malformed_values_get_a_clear_error(payload, reason):
