@@ -133,6 +133,7 @@ class Batch:
     partial: bool = False  # True: a failed part does not fail the call (the trainer replaces lost slots)
     parts: list[Part] = field(default_factory=list)
     finished: bool = False
+    released: bool = False  # its trainer released its lease meanwhile: never answered (protocol 5.6)
 
 
 @dataclass(eq=False)
@@ -473,6 +474,9 @@ class Broker:
         self.last_seen.pop(ident, None)
         if trainer is None:
             return
+        for batch in self.batches.values():
+            if batch.trainer == ident:  # (this connection may lease again before the batch ends)
+                batch.released = True
         for slot_id in trainer.slots:
             slot = self.slots.get(slot_id)
             if slot is None:
@@ -719,7 +723,7 @@ class Broker:
             errors = head.get("errors") if isinstance(head.get("errors"), list) else []
             slot_of = {self.slots[s].index: s for s in part.slots if s in self.slots}
             for err in errors:
-                if isinstance(err, dict) and err.get("env") in slot_of:
+                if isinstance(err, dict) and type(err.get("env")) is int and err["env"] in slot_of:  # (a list would raise)
                     err["slot"] = slot_of[err["env"]]
             self._part_failed(part, str(head.get("code", P.E_ENV)), str(head.get("message", "")), errors)
         elif not part.done:
@@ -753,8 +757,8 @@ class Broker:
 
     def _answer(self, batch: Batch, parts: list[Part]) -> None:
         """ONE reply for ``parts``: their frames concatenated, or an error naming every failure."""
-        if batch.trainer not in self.trainers:
-            return  # released while the call ran: nobody to answer
+        if batch.released:
+            return
         failures = [p.error for p in parts if p.error is not None]
         if failures and not batch.partial:
             code, message = describe_failures(failures)

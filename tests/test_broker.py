@@ -9,8 +9,9 @@ import zmq
 
 from rlay import BrokerError, RlayVectorEnv
 from rlay import protocol as P
-from rlay.wire import decode_header, header
-from tests.conftest import broker_status, deployment
+from rlay.values import packb
+from rlay.wire import decode_header, encode_leaves, header
+from tests.conftest import broker_status, deployment, wait_for
 from tests.test_codec import pickle_payload
 
 
@@ -114,6 +115,28 @@ def test_malformed_worker_messages_get_error_replies(cartpoles, raw, tmp_path):
     assert_serves(front)
 
 
+def test_a_worker_error_with_odd_reports_still_reaches_the_trainer(cartpoles, raw):
+    """The broker names each report's slot where it can; a report it cannot place passes on as it is."""
+    front, back = cartpoles
+    worker, trainer = raw(back), raw(front)
+    discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
+    assert ask(worker, [header(P.REGISTER, env_id="Odd", num_envs=1, host="h", pid=1, obs_space=discrete,
+                               act_space=discrete)])[P.TYPE] == P.REGISTERED
+    leased = ask(trainer, [header(P.LEASE, req=1, env_id="Odd", num_envs=1, timeout=5)])
+    slot = leased["slots"][0]["slot"]
+    trainer.send_multipart([header(P.CALL, req=2, parts=[[[slot], 1]], timeout=30),
+                            packb({"name": "x", "args": [], "kwargs": {}})])
+    assert worker.poll(5000), "the call never reached the worker"
+    request = decode_header(worker.recv_multipart()[0])
+    reports = [{"env": [0]}, {"env": 0, "type": "ValueError", "message": "bad", "traceback": ""}]
+    worker.send_multipart([header(P.ERROR, req=request[P.REQ], code=P.E_ENV, message="boom", errors=reports)])
+    assert trainer.poll(5000), "the worker's error never reached the trainer"
+    answer = decode_header(trainer.recv_multipart()[0])
+    assert answer[P.TYPE] == P.ERROR and answer["code"] == P.E_ENV and answer[P.REQ] == 2, answer
+    assert answer["failures"][0]["errors"] == [reports[0], {**reports[1], "slot": slot}]
+    assert ask(trainer, [header(P.RELEASE, req=3)])[P.TYPE] == P.RELEASED
+
+
 def test_pickle_payload_forwarded_to_a_worker_runs_nothing(cartpoles, tmp_path):
     """The broker forwards bodies untouched; the worker must refuse the payload itself."""
     front, _ = cartpoles
@@ -174,6 +197,26 @@ def test_cached_parts_still_refuse_non_int_slot_ids(cartpoles):
         assert envs.step(np.zeros(2, dtype=np.int64))[0].shape == (2, 4)
     finally:
         envs.close()
+
+
+def test_a_released_call_is_never_answered_even_after_a_new_lease(raw):
+    """Release while a step runs, lease again on the same connection: the old step's reply must not
+    come (protocol 5.6), though the trainer is known to the broker again when it arrives."""
+    slow = ["tests.envs:SlowEnv", "--env-kwargs", '{"delay": 2.0}', "-p", "1", "-k", "2"]
+    with deployment([slow], workers=1) as (front, _):
+        sock = raw(front)
+        leased = ask(sock, [header(P.LEASE, req=1, env_id="tests.envs:SlowEnv", num_envs=2, timeout=10)])
+        first, second = (s["slot"] for s in leased["slots"])
+        descriptors, frames = encode_leaves([np.zeros(1, np.int64)])
+        sock.send_multipart([header(P.STEP, req=2, parts=[[[first], 2]], timeout=30),
+                             packb({"autoreset": "NextStep", "actions": descriptors}), frames[0].tobytes()])
+        assert ask(sock, [header(P.RELEASE, req=3)])[P.TYPE] == P.RELEASED
+        again = ask(sock, [header(P.LEASE, req=4, env_id="tests.envs:SlowEnv", num_envs=1, timeout=10)])
+        assert [s["slot"] for s in again["slots"]] == [second]  # the first is still busy with the old step
+        wait_for(lambda: broker_status(front)["workers"][0]["busy"] == 0, 30, "the old step's reply to reach the broker")
+        reply = ask(sock, [header(P.STATUS, req=5)])  # what comes first on this connection
+        assert reply[P.TYPE] == P.STATUS and reply[P.REQ] == 5, reply
+        assert ask(sock, [header(P.RELEASE, req=6)])[P.TYPE] == P.RELEASED
 
 
 def test_replace_takes_only_lost_slots_of_the_lease(cartpoles, raw):
