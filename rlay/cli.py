@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 import tomllib
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -19,6 +19,28 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 BROKER_KEYS = {"frontend", "backend", "max_message_size", "heartbeat_interval", "heartbeat_liveness", "curve"}
 WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name"}
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # (a TOML bool is not a count)
+
+
+# What each deployment-file key must hold: (as the error says it, the check).
+CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "frontend": ("an address string", lambda v: isinstance(v, str)),
+    "backend": ("an address string", lambda v: isinstance(v, str)),
+    "curve": ("a key directory (a string)", lambda v: isinstance(v, str)),
+    "max_message_size": ("a number of bytes >= 1, or -1 for no limit", lambda v: _is_int(v) and (v == -1 or v >= 1)),
+    "heartbeat_interval": ("a number of seconds >= 0.01",
+                           lambda v: type(v) in (int, float) and v >= 0.01),
+    "heartbeat_liveness": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "env": ("a gymnasium id or package.module:factory (a string)", lambda v: isinstance(v, str)),
+    "num_workers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "threads": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "env_kwargs": ("a table of keyword arguments", lambda v: isinstance(v, dict)),
+    "name": ("a string", lambda v: isinstance(v, str)),
+}
 
 
 @click.group(context_settings=CONTEXT)
@@ -49,14 +71,28 @@ def load_config(path: str) -> dict[str, Any]:
     if unknown:
         raise click.BadParameter(f"{path}: unknown sections {sorted(unknown)} (expected [broker] and [[workers]])")
     broker = config.get("broker", {})
+    if not isinstance(broker, dict):
+        raise click.BadParameter(f"{path}: [broker] must be a table")
     if set(broker) - BROKER_KEYS:
         raise click.BadParameter(f"{path}: unknown [broker] keys {sorted(set(broker) - BROKER_KEYS)}")
-    for n, group in enumerate(config.get("workers", [])):
+    _check_values(path, "[broker]", broker)
+    groups = config.get("workers", [])
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise click.BadParameter(f"{path}: workers must be [[workers]] tables")
+    for n, group in enumerate(groups):
         if set(group) - WORKER_KEYS:
             raise click.BadParameter(f"{path}: unknown keys {sorted(set(group) - WORKER_KEYS)} in [[workers]] #{n + 1}")
         if "env" not in group:
             raise click.BadParameter(f"{path}: [[workers]] #{n + 1} has no 'env'")
+        _check_values(path, f"[[workers]] #{n + 1}", group)
     return config
+
+
+def _check_values(path: str, where: str, section: dict) -> None:
+    for key, value in section.items():
+        what, ok = CONFIG_VALUES[key]
+        if not ok(value):
+            raise click.BadParameter(f"{path}: {where} {key} must be {what}, got {value!r}")
 
 
 def worker_group(env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None,

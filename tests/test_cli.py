@@ -95,6 +95,17 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
     assert result.returncode == 2 and "unknown [broker] keys ['port']" in result.stderr
     result = run_cli("worker", "CartPole-v1", "--env-kwargs", "{not json")
     assert result.returncode == 2 and "not JSON" in result.stderr
+    # Values are checked too, before anything starts (these used to end in a traceback from `up`).
+    for body, message in [
+        ('[[workers]]\nenv = "CartPole-v1"\nenvs_per_worker = 0\n', "envs_per_worker must be an integer >= 1, got 0"),
+        ('[[workers]]\nenv = "CartPole-v1"\nenvs_per_worker = "4"\n', "envs_per_worker must be an integer >= 1, got '4'"),
+        ('[[workers]]\nenv = "CartPole-v1"\nenv_kwargs = "{}"\n', "env_kwargs must be a table of keyword arguments"),
+        ('[[workers]]\nenv = "CartPole-v1"\nnum_workers = true\n', "num_workers must be an integer >= 1, got True"),
+        ('[broker]\nheartbeat_interval = 0\n', "[broker] heartbeat_interval must be a number of seconds >= 0.01"),
+    ]:
+        config.write_text(body)
+        result = run_cli("up", str(config))
+        assert result.returncode == 2 and message in result.stderr, (body, result.stderr)
 
 
 def test_worker_without_broker_gives_up_after_its_timeout():
