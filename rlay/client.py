@@ -48,6 +48,7 @@ class BrokerClient:
             self.heartbeat = Heartbeat(address, identity, heartbeat_interval, heartbeat_liveness, self.ctx, curve)
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
+        self.answered = False  # whether anything ever came back on the main socket
 
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         """Send a request; returns its id for :meth:`wait`."""
@@ -73,7 +74,8 @@ class BrokerClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RlayTimeoutError(f"no reply from {self.where} within {wait_s:g} s while waiting for {what}")
+                raise RlayTimeoutError(f"no reply from {self.where} within {wait_s:g} s while waiting for "
+                                       f"{what}{self._never_answered()}")
             if self.health_check is not None and time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
                 self.health_check()
@@ -82,6 +84,7 @@ class BrokerClient:
             frames = self._next_message(min(remaining * 1000, P.IDLE_POLL_MS) + 1)
             if frames is None:
                 continue
+            self.answered = True
             try:
                 head = decode_header(frames[0])
             except WireError as exc:
@@ -106,10 +109,18 @@ class BrokerClient:
             return
         if hb.lost:
             raise BrokerLostError(f"the broker at {self.address} has not answered heartbeats for "
-                                  f"{hb.silence:.1f} s, while waiting for {what}")
+                                  f"{hb.silence:.1f} s, while waiting for {what}{self._never_answered()}")
         if self.leased_at is not None and hb.forgotten_since(self.leased_at):
             raise BrokerLostError(f"the broker at {self.address} no longer knows this trainer (it restarted, or "
                                   f"counted this trainer lost): its lease is gone; while waiting for {what}")
+
+    def _never_answered(self) -> str:
+        """A hint for an error, when nothing at all ever came from the broker's address."""
+        if self.answered or (self.heartbeat is not None and self.heartbeat.answered):
+            return ""
+        return ("; nothing at all has come from that address since connecting: is a broker running there? If it "
+                "uses CURVE, this client needs the keys (--curve DIR, or curve=Curve.from_dir(DIR, \"client\")), "
+                "and its public key must be among the broker's authorized keys")
 
     def request(self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any) -> dict:
         """Send a header-only request and return the reply header; raise ``error`` on an error reply."""
@@ -150,6 +161,7 @@ class InlineBrokerClient(BrokerClient):
         self.health_check = health_check
         self.outbox = broker.front.outbox[self.IDENT]
         self.heartbeat = None  # in the same process: nothing to ping
+        self.answered = True  # (no address to get wrong: no hint in its errors)
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
         # The broker is turned by whoever holds the lock: the trainer's thread in send/wait,

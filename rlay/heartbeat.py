@@ -47,6 +47,7 @@ class Heartbeat:
         self.curve = curve
         self.last_answer = time.monotonic()
         self.last_unknown: float | None = None  # when the broker last said it does not know this peer
+        self.answered = False  # whether any answer ever came (none at all: wrong address, or refused by CURVE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
         self._thread.start()
@@ -97,6 +98,7 @@ class Heartbeat:
                         if answer[P.TYPE] == P.HEARTBEAT:
                             self.last_answer = time.monotonic()
                             self.last_unknown = None if answer.get("known") else self.last_answer
+                            self.answered = True
                     except Exception:
                         log.warning("unreadable answer to a heartbeat")
         finally:

@@ -53,11 +53,13 @@ def test_only_authorized_keys_get_in(keys):
         assert len(secure_status(front, good, 5)["workers"]) == 2
 
         # Trainers likewise: no key, or an unknown key, gets no answer at all (not even to heartbeats).
+        # The error says that nothing ever came back, and that CURVE keys may be why.
         for curve in (None, Curve.from_dir(str(stranger), "client")):
-            with pytest.raises((RlayTimeoutError, BrokerLostError), match="no reply from the broker|not answered heartbeats"):
+            with pytest.raises((RlayTimeoutError, BrokerLostError), match="no reply from the broker|not answered heartbeats") as lost:
                 RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=1.0, curve=curve)
+            assert "nothing at all has come from that address" in str(lost.value) and "CURVE" in str(lost.value)
         status = run_cli("status", "--broker", front, "--timeout", "1")
-        assert status.returncode == 1 and "no reply" in status.stderr
+        assert status.returncode == 1 and "no reply" in status.stderr and "--curve DIR" in status.stderr
 
         # An authorized trainer leases and steps, with the same results as SyncVectorEnv.
         assert_remote_cartpole_equals_sync(front, steps=20, seed=2, curve=good)
