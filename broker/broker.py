@@ -577,7 +577,8 @@ class Broker:
             raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}")
         for slot in slots:
             if slot.busy is not None:
-                raise PartRefused(P.E_SLOT, f"slot {slot.id} is still busy with an earlier call on {worker.describe()}")
+                raise PartRefused(P.E_SLOT, f"slot {slot.id} is still busy with an earlier call on {worker.describe()} "
+                                            "(a call that timed out runs on until its worker replies)")
         if worker.ident in seen_workers:
             raise PartRefused(P.E_BAD_MESSAGE, f"two parts address {worker.describe()}; put all its slots in one part")
         return worker, envs, slots, nframes

@@ -167,7 +167,8 @@ curve_option = click.option(
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML file whose [broker] section sets the addresses.")
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0.01),
-              help=f"Seconds between heartbeats. [default: {P.HEARTBEAT_INTERVAL}]")
+              help="Seconds between the pings the broker expects from each peer; workers and trainers must "
+                   f"ping at least this often (rlay worker --heartbeat-interval). [default: {P.HEARTBEAT_INTERVAL}]")
 @click.option("--heartbeat-liveness", type=click.IntRange(min=1),
               help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]")
 @curve_option
@@ -324,7 +325,7 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 @click.option("--broker", "broker_addr", default=None,
               help="Lease from the broker at this front-end address. [default: embedded]")
 @click.option("--envs-per-worker", "-k", default=None, type=click.IntRange(min=1),
-              help="Embedded only: envs per local worker process. [default: one worker per core]")
+              help="Embedded only: envs per local worker process. [default: one worker per core, but at least 16 envs per worker (all of them, if fewer)]")
 @click.option("--env-kwargs", default=None, help="Embedded only: JSON object of env keyword arguments.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")

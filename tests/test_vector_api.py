@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import rlay
-from rlay import RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
+from rlay import BrokerError, RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
 from rlay.values import WireError
 from tests.conftest import assert_same
 from tests.envs import BadObsEnv, DictEnv, EndingEnv, FailingEnv, ObjectInfoEnv, SlowEnv
@@ -139,6 +139,9 @@ def test_step_timeout_names_what_was_awaited():
         text = str(caught.value)
         assert "step" in text and "within 0.5 s" in text and "on host" in text and "pid" in text
         assert isinstance(caught.value, TimeoutError)
+        # The timed-out step runs on in the workers: the next one is refused, saying why.
+        with pytest.raises(BrokerError, match=r"still busy .*a call that timed out runs on until its worker replies"):
+            envs.step(np.array([0, 1]))
     finally:
         envs.close()
 
