@@ -91,6 +91,10 @@ class Trainer:
     replaced: int = 0  # LOST slots this lease has had replaced
 
 
+class BindError(OSError):
+    """The broker cannot listen on one of its addresses (in use, or not this host's)."""
+
+
 class PartRefused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -215,18 +219,25 @@ class Broker:
         self.recent_losses: collections.deque[dict] = collections.deque(maxlen=RECENT_LOSSES)
         self.closed = False
         self.ctx = zmq.Context()
-        self.authenticator = curve.start_authenticator(self.ctx) if curve is not None else None
-        self.back = self._router(backend)
-        self.backend_addr = self.back.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.poller = zmq.Poller()
-        self.poller.register(self.back, zmq.POLLIN)
-        if frontend is None:  # inline: the trainer in this process calls process_trainer() itself
-            self.front = InlineFrontEnd()
-            self.frontend_addr = "inline"
-        else:
-            self.front = self._router(frontend)
-            self.frontend_addr = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
-            self.poller.register(self.front, zmq.POLLIN)
+        self.authenticator = None
+        try:
+            self.authenticator = curve.start_authenticator(self.ctx) if curve is not None else None
+            self.back = self._router(backend)
+            self.backend_addr = self.back.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.poller = zmq.Poller()
+            self.poller.register(self.back, zmq.POLLIN)
+            if frontend is None:  # inline: the trainer in this process calls process_trainer() itself
+                self.front = InlineFrontEnd()
+                self.frontend_addr = "inline"
+            else:
+                self.front = self._router(frontend)
+                self.frontend_addr = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
+                self.poller.register(self.front, zmq.POLLIN)
+        except BaseException:  # (a bind that failed: nothing of this broker stays open)
+            if self.authenticator is not None:
+                self.authenticator.stop()
+            self.ctx.destroy(linger=0)
+            raise
 
     def _router(self, addr: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -238,7 +249,12 @@ class Broker:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         if self.curve is not None:
             self.curve.secure_server(sock)
-        sock.bind(addr)
+        try:
+            sock.bind(addr)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise BindError(f"the broker cannot bind {addr}: {exc.strerror} (is another broker, or another program, "
+                            "using it?)") from None
         return sock
 
     # -- life cycle ---------------------------------------------------------------
@@ -861,9 +877,14 @@ def _slot_info(slot: Slot) -> dict[str, Any]:
 
 def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1,
           heartbeat_interval: float = P.HEARTBEAT_INTERVAL, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
-          curve: Any = None) -> None:
-    """Process entry point: run a broker until SIGTERM/SIGINT (or until ``parent_pid`` exits)."""
+          curve: Any = None, bound: Any = None) -> None:
+    """Process entry point: run a broker until SIGTERM/SIGINT (or until ``parent_pid`` exits).
+
+    ``bound`` (an Event) is set once both addresses are bound; BindError if one cannot be.
+    """
     broker = Broker(frontend, backend, parent_pid=parent_pid, max_message_size=max_message_size,
                     heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness, curve=curve)
+    if bound is not None:
+        bound.set()
     broker.install_signal_handlers()
     broker.run()

@@ -175,14 +175,17 @@ curve_option = click.option(
 def broker(frontend: str | None, backend: str | None, config_path: str | None,
            heartbeat_interval: float | None, heartbeat_liveness: int | None, curve_dir: str | None) -> None:
     """Run a broker in the foreground until Ctrl-C or SIGTERM."""
-    from broker.broker import serve
+    from broker.broker import BindError, serve
 
     section = load_config(config_path).get("broker", {}) if config_path else {}
-    serve(
-        frontend or section.get("frontend", P.DEFAULT_FRONTEND),
-        backend or section.get("backend", P.DEFAULT_BACKEND),
-        **broker_settings(section, heartbeat_interval, heartbeat_liveness, curve_dir),
-    )
+    try:
+        serve(
+            frontend or section.get("frontend", P.DEFAULT_FRONTEND),
+            backend or section.get("backend", P.DEFAULT_BACKEND),
+            **broker_settings(section, heartbeat_interval, heartbeat_liveness, curve_dir),
+        )
+    except BindError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def broker_settings(section: dict, heartbeat_interval: float | None = None, heartbeat_liveness: int | None = None,
@@ -246,6 +249,7 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
 def up(config_path: str, restart: bool, max_restarts: int) -> None:
     """Run the broker and workers a TOML file lists, until Ctrl-C or SIGTERM."""
     from rlay.cluster import Cluster
+    from rlay.errors import BrokerError
 
     config = load_config(config_path)
     section = config.get("broker", {})
@@ -256,10 +260,13 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
                      g.get("threads", 1))
         for g in config.get("workers", [])
     ]
-    cluster = Cluster(backend, groups, frontend=frontend, supervision=supervision(restart, max_restarts),
-                      broker_kwargs=broker_settings(section),
-                      heartbeat_interval=section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
-                      curve=load_curve(section.get("curve"), "client"))
+    try:
+        cluster = Cluster(backend, groups, frontend=frontend, supervision=supervision(restart, max_restarts),
+                          broker_kwargs=broker_settings(section),
+                          heartbeat_interval=section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
+                          curve=load_curve(section.get("curve"), "client"))
+    except BrokerError as exc:  # (its addresses are taken: no worker was started)
+        raise click.ClickException(str(exc)) from None
     total = sum(len(g.env_fns) for g in groups)
     click.echo(f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
                f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything.")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from gymnasium.vector.utils import CloudpickleWrapper
 
 from rlay import protocol as P
-from rlay.errors import RlayError
+from rlay.errors import BrokerError, RlayError, RlayTimeoutError
 
 __all__ = ["Cluster", "WorkerGroup", "Supervision", "EMBEDDED_ENV_ID"]
 
@@ -30,6 +30,7 @@ log = logging.getLogger("rlay.cluster")
 
 EMBEDDED_ENV_ID = "embedded"
 STOP_TIMEOUT = 5.0  # s a child gets to exit cleanly before it is killed
+BROKER_START_TIMEOUT = 30.0  # s for a local broker process to bind its addresses
 
 
 @dataclass
@@ -73,7 +74,6 @@ class Cluster:
         curve: Any = None,
     ):
         # Imported here: rlay (the trainer's package) only launches broker and workers.
-        from broker.broker import serve
         from workers.worker import worker_process
 
         self.frontend, self.backend, self.tmpdir = frontend, backend, tmpdir
@@ -90,10 +90,11 @@ class Cluster:
         self.stopped = False
         parent = os.getpid()
         self.broker = None
+        self._broker_bound = self.ctx.Event()
         if frontend is not None:
             self.broker = self.ctx.Process(
-                target=serve, args=(frontend, backend), kwargs={"parent_pid": parent, **(broker_kwargs or {})},
-                name="rlay-broker", daemon=daemon,
+                target=_broker_process, args=(frontend, backend, self._broker_bound, self.errors),
+                kwargs={"parent_pid": parent, **(broker_kwargs or {})}, name="rlay-broker", daemon=daemon,
             )
         self.workers: list[tuple[str, multiprocessing.Process]] = []
         for group in groups:
@@ -107,6 +108,7 @@ class Cluster:
         try:
             if self.broker is not None:
                 self.broker.start()
+                self._await_broker(frontend, backend)  # workers must not find another broker there
             for _, proc in self.workers:
                 proc.start()
             if inline_broker:
@@ -116,6 +118,19 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
+
+    def _await_broker(self, frontend: str, backend: str) -> None:
+        deadline = time.monotonic() + BROKER_START_TIMEOUT
+        while not self._broker_bound.wait(0.05):
+            if self.broker.exitcode is not None:
+                try:
+                    why = self.errors.get(timeout=2)[1]
+                except Exception:
+                    why = f"it exited with code {self.broker.exitcode}"
+                raise BrokerError(f"the broker did not start: {why}")
+            if time.monotonic() > deadline:
+                raise RlayTimeoutError(f"the broker did not bind {frontend} and {backend} within "
+                                       f"{BROKER_START_TIMEOUT:g} s")
 
     def _new_worker(self, label: str) -> multiprocessing.Process:
         return self.ctx.Process(target=self._worker_target, args=self._worker_args[label],
@@ -258,3 +273,16 @@ class Cluster:
         self.errors.join_thread()
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _broker_process(frontend: str, backend: str, bound: Any, errors: Any, **kwargs: Any) -> None:
+    """A local broker process: serve(); an address it cannot bind goes to ``errors`` as one line."""
+    import sys
+
+    from broker.broker import BindError, serve
+
+    try:
+        serve(frontend, backend, bound=bound, **kwargs)
+    except BindError as exc:
+        errors.put(("broker", str(exc)))
+        sys.exit(1)

@@ -108,6 +108,28 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
         assert result.returncode == 2 and message in result.stderr, (body, result.stderr)
 
 
+def test_an_address_in_use_stops_broker_and_up_at_once_without_starting_workers(tmp_path):
+    import zmq
+
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.ROUTER)
+    try:
+        addr = f"tcp://127.0.0.1:{free_port()}"
+        taken.bind(addr)
+        result = run_cli("broker", "--frontend", addr, "--backend", f"tcp://127.0.0.1:{free_port()}")
+        assert result.returncode == 1 and f"cannot bind {addr}: Address already in use" in result.stderr, result.stderr
+        # `up` stops before its workers start: none may register with whatever holds the address.
+        config = tmp_path / "taken.toml"
+        config.write_text(f'[broker]\nfrontend = "tcp://127.0.0.1:{free_port()}"\nbackend = "{addr}"\n\n'
+                          '[[workers]]\nenv = "CartPole-v1"\n')
+        result = run_cli("up", str(config))
+        assert result.returncode == 1 and f"cannot bind {addr}" in result.stderr, result.stderr
+        assert "rlay up: broker on" not in result.stdout
+    finally:
+        taken.close(0)
+        ctx.term()
+
+
 def test_worker_without_broker_gives_up_after_its_timeout():
     result = run_cli("worker", "CartPole-v1", "--broker", f"tcp://127.0.0.1:{free_port()}", "--register-timeout", "0.5",
                      "--no-restart")
