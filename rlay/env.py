@@ -30,8 +30,9 @@ class RlayEnv(gym.Env):
         timeout: seconds any call may take.
         env_kwargs: passed to ``gymnasium.make`` (embedded, env id only).
 
-    Stepping after an episode ended, without reset(), raises: the env is not
-    reset behind your back.
+    Stepping before the first reset(), or after an episode ended without
+    reset(), raises ``gymnasium.error.ResetNeeded``: the env is not reset
+    behind your back.
     """
 
     def __init__(self, env: str | Callable[[], gym.Env], *, broker: str | None = None,
@@ -48,16 +49,22 @@ class RlayEnv(gym.Env):
         self.action_space = self._vec.single_action_space
         self.metadata = {k: v for k, v in self._vec.metadata.items() if k != "autoreset_mode"}
         self.render_mode = self._vec.render_mode
+        self._needs_reset = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._vec.reset_async(seed=[seed], options=options)
         columns, _ = self._vec._collect(None, RESET_KEYS)
+        self._needs_reset = False
         return self._vec._row_obs(0), columns["info"][0]
 
     def step(self, action: Any):
+        if self._needs_reset:
+            raise gym.error.ResetNeeded("call reset() before step(): this env has not been reset since it was made "
+                                        "or since its last episode ended")
         self._vec.step_async(_batch_of_one(self.action_space, action))
         c, _ = self._vec._collect(None, STEP_KEYS)
+        self._needs_reset = c["terminated"][0] or c["truncated"][0]
         return self._vec._row_obs(0), c["reward"][0], c["terminated"][0], c["truncated"][0], c["info"][0]
 
     def render(self):

@@ -178,6 +178,24 @@ def test_rlay_env_passes_check_env():
         env.close()
 
 
+def test_rlay_env_asks_for_reset_before_the_first_step_and_after_an_episode():
+    env = RlayEnv("CartPole-v1")
+    try:
+        with pytest.raises(gym.error.ResetNeeded, match="call reset"):
+            env.step(0)
+        env.reset(seed=1)
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(0)
+            done = terminated or truncated
+        with pytest.raises(gym.error.ResetNeeded, match="last episode ended"):
+            env.step(0)
+        env.reset()
+        env.step(0)  # usable again
+    finally:
+        env.close()
+
+
 def test_rlay_env_with_dict_spaces_passes_check_env():
     env = RlayEnv(DictEnv)
     try:
