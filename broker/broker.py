@@ -724,7 +724,8 @@ class Broker:
             self.local_pids.add(worker.pid)
         self._watch(ident)
         log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
-        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots)])
+        limit = {"max_message_size": self.max_message_size} if self.max_message_size >= 0 else {}
+        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **limit)])
         self._try_leases()
 
     def _worker_reply(self, ident: bytes, head: dict, frames: list[Any]) -> None:

@@ -11,7 +11,7 @@ from rlay import BrokerError, RlayVectorEnv
 from rlay import protocol as P
 from rlay.values import packb
 from rlay.wire import decode_header, encode_leaves, header
-from tests.conftest import broker_status, deployment, wait_for
+from tests.conftest import Proc, broker_status, deployment, free_port, wait_for
 from tests.test_codec import pickle_payload
 
 
@@ -135,6 +135,29 @@ def test_a_worker_error_with_odd_reports_still_reaches_the_trainer(cartpoles, ra
     assert answer[P.TYPE] == P.ERROR and answer["code"] == P.E_ENV and answer[P.REQ] == 2, answer
     assert answer["failures"][0]["errors"] == [reports[0], {**reports[1], "slot": slot}]
     assert ask(trainer, [header(P.RELEASE, req=3)])[P.TYPE] == P.RELEASED
+
+
+def test_a_reply_over_max_message_size_comes_back_as_an_error_not_a_stuck_slot(tmp_path):
+    """ZeroMQ would cut a worker that sends a frame over the limit, and its reply would be lost for good
+    (its slots busy forever): the broker tells each worker its limit, and the worker answers with an error."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "small.toml"
+    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n\n'
+                      '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64] }\n'
+                      'envs_per_worker = 4\n')  # 4 x 4 KiB observations: one 16 KiB frame
+    up = Proc("up", str(config))
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+        envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 4, broker=front, timeout=10)
+        try:
+            for _ in range(2):  # the second time too: the error freed the slots
+                with pytest.raises(BrokerError, match="a frame of 16384 bytes is over the broker's max_message_size of 12000"):
+                    envs.reset(seed=0)
+        finally:
+            envs.close()
+    finally:
+        code, _, err = up.stop()
+        assert code == 0, err
 
 
 def test_pickle_payload_forwarded_to_a_worker_runs_nothing(cartpoles, tmp_path):

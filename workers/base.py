@@ -97,6 +97,7 @@ class WorkerBase:
         self.obs_leaves = leaf_spaces(observation_space)
         self.act_leaves = leaf_spaces(action_space)
         self.name = "?"
+        self.max_frame: int | None = None  # the broker's max_message_size, from `registered`
         self.stopping = False
         self.ctx: zmq.Context | None = None
         self.sock: zmq.Socket | None = None
@@ -188,6 +189,8 @@ class WorkerBase:
             head = decode_header(self.sock.recv_multipart()[0])
             if head[P.TYPE] == P.REGISTERED:
                 self.name = head.get("worker", "?")
+                limit = head.get("max_message_size")
+                self.max_frame = limit if type(limit) is int and limit >= 0 else None
                 log.info("registered as %s with slots %s", self.name, head.get("slots"))
                 return
             if head[P.TYPE] == P.ERROR:
@@ -214,7 +217,17 @@ class WorkerBase:
 
     def send_to_broker(self, frames: list[Any]) -> None:
         """Send a reply; one that ZeroMQ cannot take within SEND_TIMEOUT (no connection to the broker)
-        is dropped with a log line: the broker counts that part lost or timed out, never this worker."""
+        is dropped with a log line: the broker counts that part lost or timed out, never this worker.
+
+        A frame over the broker's ``max_message_size`` would cost this worker its connection and the
+        reply (ZeroMQ cuts the sender): an error goes instead, saying so."""
+        if self.max_frame is not None:
+            largest = max(frame.nbytes if isinstance(frame, np.ndarray) else len(frame) for frame in frames)
+            if largest > self.max_frame:
+                req = decode_header(frames[0]).get(P.REQ)
+                frames = [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE,
+                                 message=f"worker {self.name} on host {self.host} cannot send its reply: a frame of "
+                                         f"{largest} bytes is over the broker's max_message_size of {self.max_frame}")]
         try:
             send_frames(self.sock, frames)
         except zmq.Again:
