@@ -163,3 +163,31 @@ def delayed_cartpole(delay: float) -> gym.Env:
 def broken_factory() -> gym.Env:
     """A worker built with this dies at start-up: what supervision must not restart forever."""
     raise RuntimeError("this env cannot be built")
+
+
+SHARED_INFO: dict = {}  # one dict for every env of a process, as a module-level cache would be
+
+
+class ReusedInfoEnv(gym.Env):
+    """Returns the same info dict at every step (cleared on reset), holding a dict that every env of
+    the process shares: what an env reported must stay what it was when returned, as in SyncVectorEnv."""
+
+    observation_space = spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, horizon: int = 6):
+        self.horizon = horizon
+        self.info: dict = {}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(2, self.horizon + 1))
+        self.info.clear()
+        self.info["t"] = 0
+        return np.zeros(1, np.float32), self.info
+
+    def step(self, action):
+        self.t += 1
+        SHARED_INFO["t"] = self.t
+        self.info.update(t=self.t, score=10.0 * self.t + int(action), shared=SHARED_INFO)
+        return np.full(1, self.t, np.float32), 1.0, self.t >= self.length, False, self.info

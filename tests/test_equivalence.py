@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+import tests.envs
 from rlay import RlayVectorEnv
 from tests.conftest import assert_same, broker_status, deployment
-from tests.envs import DictEnv
 
 NUM_ENVS = 4
 STEPS = 60
@@ -24,6 +24,7 @@ ENVS = {
     "FrozenLake-v1": ("FrozenLake-v1", {}),  # Discrete observations, int-then-float info
     "Blackjack-v1": ("Blackjack-v1", {}),  # Tuple observations
     "DictEnv": ("tests.envs:DictEnv", {}),  # Dict spaces with every leaf kind
+    "ReusedInfoEnv": ("tests.envs:ReusedInfoEnv", {}),  # one info dict, reused and shared, changing after it is returned
 }
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
 
@@ -34,8 +35,8 @@ def make_fn(name: str):
 
         return ImageDictEnv
     spec, kwargs = ENVS[name]
-    if spec == "tests.envs:DictEnv":
-        return functools.partial(DictEnv, **kwargs)
+    if spec.startswith("tests.envs:"):
+        return functools.partial(getattr(tests.envs, spec.split(":")[1]), **kwargs)
     return functools.partial(gym.make, spec, **kwargs)
 
 

@@ -24,7 +24,17 @@ MODES = (NEXT_STEP, SAME_STEP, DISABLED)
 
 Plan = Generator[tuple, Any, dict]
 
-__all__ = ["MODES", "NEXT_STEP", "SAME_STEP", "DISABLED", "Plan", "reset_plan", "step_plan", "run", "step_env"]
+__all__ = ["MODES", "NEXT_STEP", "SAME_STEP", "DISABLED", "Plan", "reset_plan", "step_plan", "run", "step_env",
+           "snapshot"]
+
+
+def snapshot(info: Any) -> Any:
+    """``info`` as SyncVectorEnv keeps it: it batches an info the moment the env returns it, so an env
+    that reuses its info dict (clearing it on reset), or shares one between envs, cannot change what
+    was reported. Dicts are copied, nested ones too; other values are kept as they are, as there."""
+    if not isinstance(info, dict):
+        return info  # (refused later, with its own error)
+    return {key: snapshot(value) if isinstance(value, dict) else value for key, value in info.items()}
 
 
 def step_env(env: Any, mode: str, done: bool, action: Any, env_index: int) -> tuple:
@@ -36,15 +46,15 @@ def step_env(env: Any, mode: str, done: bool, action: Any, env_index: int) -> tu
     if done:
         if mode == NEXT_STEP:
             obs, info = env.reset()
-            return obs, 0.0, False, False, info, None
+            return obs, 0.0, False, False, snapshot(info), None
         if mode == DISABLED:
             raise AssertionError(_DISABLED_MESSAGE.format(env_index))
     obs, reward, terminated, truncated, info = env.step(action)
     if mode == SAME_STEP and (terminated or truncated):
-        final = [obs, info]
+        final = [obs, snapshot(info)]
         obs, info = env.reset()
-        return obs, float(reward), bool(terminated), bool(truncated), info, final
-    return obs, float(reward), bool(terminated), bool(truncated), info, None
+        return obs, float(reward), bool(terminated), bool(truncated), snapshot(info), final
+    return obs, float(reward), bool(terminated), bool(truncated), snapshot(info), None
 
 
 _DISABLED_MESSAGE = (
@@ -56,7 +66,7 @@ _DISABLED_MESSAGE = (
 def reset_plan(seed: int | None, options: Any) -> Plan:
     """Reset one env; returns {"obs", "info"}."""
     obs, info = yield ("reset", seed, options)
-    return {"obs": obs, "info": info}
+    return {"obs": obs, "info": snapshot(info)}
 
 
 def step_plan(mode: str, done: bool, action: Any, env_index: int) -> Plan:
@@ -67,16 +77,17 @@ def step_plan(mode: str, done: bool, action: Any, env_index: int) -> Plan:
     """
     if mode == NEXT_STEP and done:
         obs, info = yield ("reset", None, None)
-        return {"obs": obs, "reward": 0.0, "terminated": False, "truncated": False, "info": info, "final": None}
+        return {"obs": obs, "reward": 0.0, "terminated": False, "truncated": False, "info": snapshot(info),
+                "final": None}
     if mode == DISABLED and done:  # SyncVectorEnv asserts this too
         raise AssertionError(_DISABLED_MESSAGE.format(env_index))
     obs, reward, terminated, truncated, info = yield ("step", action)
     final = None
     if mode == SAME_STEP and (terminated or truncated):
-        final = [obs, info]
+        final = [obs, snapshot(info)]
         obs, info = yield ("reset", None, None)
     return {"obs": obs, "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
-            "info": info, "final": final}
+            "info": snapshot(info), "final": final}
 
 
 def run(plan: Plan, env: Any) -> dict:

@@ -116,7 +116,7 @@ class Worker(WorkerBase):
                     continue
                 self.done[i] = False
                 obs.append(o)
-                infos.append(info)
+                infos.append(autoreset.snapshot(info))
             return obs, infos, failures
 
         obs, infos, failures = self._in_chunks(len(request.envs), reset_range)
