@@ -38,7 +38,7 @@ class UnsupportedSpaceError(TypeError):
 
 
 def _array_fields(array: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)  # (not ascontiguousarray: it makes a 0-d array 1-d; tobytes() is C order anyway)
     return {"dtype": array_dtype_str(array), "shape": list(array.shape), "data": array.tobytes()}
 
 
@@ -75,7 +75,7 @@ def encode_space(space: spaces.Space) -> dict[str, Any]:
             "type": "Text",
             "min_length": int(space.min_length),
             "max_length": int(space.max_length),
-            "charset": "".join(sorted(space.character_set)),
+            "charset": "".join(space.character_list),  # in its order: sample() depends on it
         }
     if isinstance(space, spaces.Tuple):
         return {"type": "Tuple", "spaces": [encode_space(s) for s in space.spaces]}

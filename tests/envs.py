@@ -191,3 +191,22 @@ class ReusedInfoEnv(gym.Env):
         SHARED_INFO["t"] = self.t
         self.info.update(t=self.t, score=10.0 * self.t + int(action), shared=SHARED_INFO)
         return np.full(1, self.t, np.float32), 1.0, self.t >= self.length, False, self.info
+
+
+class ScalarEnv(gym.Env):
+    """0-d spaces: a scalar Box observation and a 0-d MultiDiscrete action; metadata with values that
+    a header carries only once made plain (a tuple, a numpy int) or not at all (an object)."""
+
+    metadata = {"render_modes": ("rgb_array",), "render_fps": np.int64(30), "handle": object()}
+    observation_space = spaces.Box(-10.0, 10.0, (), np.float32)
+    action_space = spaces.MultiDiscrete(np.array(3))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = np.float32(self.np_random.uniform(-1, 1))
+        return np.array(self.x, np.float32), {}
+
+    def step(self, action):
+        self.x = np.float32(self.x + int(action) - 1)
+        done = abs(float(self.x)) >= 3
+        return np.array(self.x, np.float32), float(action), done, False, {"x": float(self.x)}

@@ -114,6 +114,9 @@ SPACES = [
     spaces.MultiBinary(4),
     spaces.MultiBinary((2, 3)),
     spaces.Text(7, min_length=2, charset="abcé"),
+    spaces.Text(4, charset="zyxw"),  # the order of the characters decides what sample() draws
+    spaces.Box(0.0, 1.0, (), np.float32),  # 0-d spaces
+    spaces.MultiDiscrete(np.array(5)),
     spaces.Tuple((spaces.Discrete(3), spaces.Box(0, 1, (2,)))),
     spaces.Dict({"z": spaces.Discrete(2), "a": spaces.Dict({"deep": spaces.Tuple((spaces.MultiBinary(2),))})}),
 ]
@@ -123,7 +126,10 @@ SPACES = [
 def test_spaces_round_trip_exactly_through_msgpack(space):
     wire = msgpack.packb(encode_space(space), use_bin_type=True)
     decoded = decode_space(msgpack.unpackb(wire, raw=False))
-    assert decoded == space and str(decoded) == str(space)
+    assert decoded == space and str(decoded) == str(space) and decoded.shape == space.shape
+    decoded.seed(3)
+    space.seed(3)
+    assert_same(decoded.sample(), space.sample())  # Text: the same characters in the same order
     batch = [space.sample() for _ in range(3)]
     from gymnasium.vector.utils import concatenate, create_empty_array
 

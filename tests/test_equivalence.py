@@ -25,6 +25,7 @@ ENVS = {
     "Blackjack-v1": ("Blackjack-v1", {}),  # Tuple observations
     "DictEnv": ("tests.envs:DictEnv", {}),  # Dict spaces with every leaf kind
     "ReusedInfoEnv": ("tests.envs:ReusedInfoEnv", {}),  # one info dict, reused and shared, changing after it is returned
+    "ScalarEnv": ("tests.envs:ScalarEnv", {}),  # 0-d spaces
 }
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
 
