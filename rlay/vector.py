@@ -440,6 +440,18 @@ class RlayVectorEnv(VectorEnv):
     def get_attr(self, name: str) -> tuple[Any, ...]:
         return self.call(name)
 
+    @property
+    def np_random_seed(self) -> tuple[int, ...]:
+        """The seed of each env's ``np_random``, as SyncVectorEnv and AsyncVectorEnv give it."""
+        return self.get_attr("np_random_seed")
+
+    @property
+    def np_random(self) -> Any:
+        # SyncVectorEnv gives the envs' generators; these live in the worker processes, and a
+        # Generator is not data that can cross the wire. The VectorEnv's own would be a wrong answer.
+        raise AttributeError("the envs' np_random generators live in their worker processes and cannot cross the "
+                             "wire; np_random_seed gives their seeds")
+
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         self._assert_is_running()
         if not isinstance(values, (list, tuple)):

@@ -87,6 +87,9 @@ def test_call_get_attr_set_attr_render_match_sync():
         envs.set_attr("horizon", 9)
         assert envs.get_attr("horizon") == (9, 9, 9)
         assert envs.get_attr("np_random_seed") == sync.get_attr("np_random_seed")
+        assert envs.np_random_seed == sync.np_random_seed  # (not the VectorEnv's own)
+        with pytest.raises(AttributeError, match="np_random_seed gives their seeds"):
+            _ = envs.np_random
         with pytest.raises(ValueError, match="Values must be a list or tuple"):
             envs.set_attr("horizon", [1, 2])
         with pytest.raises(WireError, match="cannot cross the wire"):
@@ -194,6 +197,18 @@ def test_rlay_env_asks_for_reset_before_the_first_step_and_after_an_episode():
         env.step(0)  # usable again
     finally:
         env.close()
+
+
+def test_metadata_reaches_the_trainer_as_plain_data():
+    from tests.envs import ScalarEnv
+
+    envs = RlayVectorEnv([ScalarEnv])
+    try:
+        assert envs.metadata["render_modes"] == ["rgb_array"]  # a tuple in the env
+        assert envs.metadata["render_fps"] == 30 and type(envs.metadata["render_fps"]) is int  # np.int64 there
+        assert "handle" not in envs.metadata  # an object has no plain form
+    finally:
+        envs.close()
 
 
 def test_rlay_env_with_dict_spaces_passes_check_env():

@@ -90,7 +90,7 @@ class WorkerBase:
         self.num_envs = num_envs
         self.rank = rank
         self.host = host or pysocket.gethostname()
-        self.metadata = {k: v for k, v in (metadata or {}).items() if _is_plain(v)}
+        self.metadata = _plain_metadata(metadata or {})
         self.render_mode = render_mode
         self.register_timeout = register_timeout
         self.parent_pid = parent_pid
@@ -368,6 +368,37 @@ def _is_plain(value: Any) -> bool:
         return True
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+_NO_PLAIN_FORM = object()
+
+
+def _plain_metadata(metadata: dict) -> dict:
+    """The env's metadata as a header may carry it: tuples and sets become lists, numpy values Python
+    ones (``render_modes``, ``render_fps = np.int64(30)``). An entry with no such form is left out."""
+    plain = {}
+    for key, value in metadata.items():
+        converted = _plain(value)
+        if converted is _NO_PLAIN_FORM or not isinstance(key, str):
+            log.info("metadata entry %r cannot go in a header; the trainer will not see it", key)
+            continue
+        plain[key] = converted
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value, key=repr)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return _NO_PLAIN_FORM if any(item is _NO_PLAIN_FORM for item in items) else items
+    if isinstance(value, dict):
+        items = {key: _plain(item) for key, item in value.items()}
+        bad = any(item is _NO_PLAIN_FORM for item in items.values()) or not all(_is_plain(key) for key in items)
+        return _NO_PLAIN_FORM if bad else items
+    return value if _is_plain(value) else _NO_PLAIN_FORM
 
 
 def each(envs: list[int], fn: Callable[[int, int], Any]) -> list[Any]:
