@@ -506,8 +506,9 @@ class RlayVectorEnv(VectorEnv):
         """Reset every env; the results arrive through :meth:`recv` (reward 0), worker by worker."""
         self._assert_is_running()
         self._assert_idle("async_reset")
-        if self._in_flight:
-            raise AlreadyPendingCallError("async_reset() while envs are stepping: recv() their results first", "send")
+        if self._unreceived:
+            raise AlreadyPendingCallError(f"async_reset() while envs {_rows_text(sorted(self._unreceived))} are "
+                                          "stepping or have results not yet received: recv() them first", "send")
         seeds = _seed_list(seed, self.num_envs)
         rows = np.arange(self.num_envs)
         self._settle()
@@ -527,9 +528,10 @@ class RlayVectorEnv(VectorEnv):
         ids = np.asarray(env_ids, dtype=np.int64).ravel()
         if len(set(ids.tolist())) != len(ids) or (len(ids) and (ids.min() < 0 or ids.max() >= self.num_envs)):
             raise ValueError(f"env_ids must be distinct env indices below {self.num_envs}, got {ids.tolist()}")
-        busy = sorted(set(ids.tolist()) & set(self._in_flight))
+        busy = sorted(set(ids.tolist()) & self._unreceived)
         if busy:
-            raise AlreadyPendingCallError(f"envs {busy} are still stepping: recv() their results first", "send")
+            raise AlreadyPendingCallError(f"envs {busy} are still stepping or have a result not yet received: "
+                                          "recv() it first", "send")
         leaves = flatten(self.single_action_space, actions)
         for leaf in leaves:
             if len(leaf) != len(ids):
@@ -639,11 +641,12 @@ class RlayVectorEnv(VectorEnv):
                 buffer[k] = value
         obs = unflatten(self.single_observation_space, [tuple(x) if isinstance(x, list) else x for x in out])
         infos: dict[str, Any] = {}
+        batched = _BatchInfos(n)  # info arrays as long as this batch, like obs and rewards
         for k, result in enumerate(results):
             if result.final is not None:
-                infos = self._add_info(infos, {"final_obs": result.final[0], "final_info": result.final[1]}, k)
+                infos = batched._add_info(infos, {"final_obs": result.final[0], "final_info": result.final[1]}, k)
             if result.info:
-                infos = self._add_info(infos, result.info, k)
+                infos = batched._add_info(infos, result.info, k)
         infos["env_id"] = np.array([r.row for r in results], dtype=np.int32)
         return (
             obs,
@@ -823,11 +826,17 @@ class RlayVectorEnv(VectorEnv):
                 f"Calling `{method}` while waiting for a pending call to `{self._state.value}` to complete.",
                 str(self._state.value),
             )
-        if self._in_flight and method not in ("send", "async_reset"):
+        if method not in ("send", "async_reset") and self._unreceived:
             raise AlreadyPendingCallError(
-                f"Calling `{method}` while envs {_rows_text(sorted(self._in_flight))} are stepping after send(); "
-                "recv() their results first", "send",
+                f"Calling `{method}` while envs {_rows_text(sorted(self._unreceived))} are stepping after send() or "
+                "have results not yet received; recv() them first", "send",
             )
+
+    @property
+    def _unreceived(self) -> set[int]:
+        """Envs sent and not yet handed back by recv(): still stepping, or with a result waiting here
+        (a worker's reply can bring more results than one recv() returns)."""
+        return set(self._in_flight).union(result.row for result in self._ready)
 
     def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]],
               gather: bool = True) -> _Call:
@@ -994,6 +1003,15 @@ class RlayVectorEnv(VectorEnv):
 
 
 MIN_ENVS_PER_WORKER = 16  # below this, a cheap env's per-message cost outweighs a core's help
+
+
+class _BatchInfos:
+    """gymnasium's own info batching (``VectorEnv._add_info``) over a batch of ``num_envs`` results."""
+
+    _add_info = VectorEnv._add_info
+
+    def __init__(self, num_envs: int):
+        self.num_envs = num_envs
 
 
 def default_envs_per_worker(num_envs: int) -> int:

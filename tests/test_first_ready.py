@@ -69,3 +69,47 @@ def test_fast_envs_come_first_and_each_env_equals_sync(mode):
         envs.close()
         for ref in refs:
             ref.close()
+
+
+def test_results_a_recv_kept_back_still_count_as_pending():
+    """One worker's reply holds both envs' results; recv(batch_size=1) hands back one, the other waits
+    here. Until it is received, nothing may reset, step or send that env."""
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 2, envs_per_worker=2, timeout=10)
+    try:
+        envs.async_reset(seed=0)
+        envs.recv(timeout=10)
+        envs.send(np.array([0, 0]), [0, 1])
+        *_, infos = envs.recv(batch_size=1, timeout=10)
+        held = 1 - int(infos["env_id"][0])
+        for call in (lambda: envs.async_reset(seed=1), lambda: envs.step(np.array([1, 1])), lambda: envs.reset(),
+                     lambda: envs.send(np.array([0]), [held])):
+            with pytest.raises(AlreadyPendingCallError, match="not yet received"):
+                call()
+        *_, infos = envs.recv(timeout=10)
+        assert infos["env_id"].tolist() == [held]
+        assert envs.step(np.array([1, 1]))[0].shape == (2, 4)  # nothing pending: usable again
+    finally:
+        envs.close()
+
+
+def test_recv_batches_infos_over_the_envs_it_returns():
+    from tests.envs import DictEnv  # infos of many kinds, nested ones too, at every step
+
+    envs = RlayVectorEnv([DictEnv] * 4, envs_per_worker=1, autoreset_mode=AutoresetMode.SAME_STEP, timeout=30)
+
+    def lengths(infos: dict) -> set[int]:
+        return {n for value in infos.values() for n in (lengths(value) if isinstance(value, dict) else {len(value)})}
+
+    try:
+        envs.async_reset(seed=0)
+        envs.recv(timeout=30)
+        seen_final = False
+        for _ in range(40):
+            envs.send(envs.action_space.sample(), [0, 1, 2, 3])
+            for size in (2, 2):
+                _, rewards, _, _, infos = envs.recv(batch_size=size, timeout=30)
+                assert lengths(infos) == {size} and len(rewards) == size, {k: np.shape(v) for k, v in infos.items()}
+                seen_final |= "final_obs" in infos
+        assert seen_final, "the run must cover episode ends (final_obs, final_info)"
+    finally:
+        envs.close()
