@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from gymnasium.vector.utils import CloudpickleWrapper
 
 from rlay import protocol as P
-from rlay.errors import BrokerError, RlayError, RlayTimeoutError
+from rlay.errors import BrokerError, RlayError, RlayTimeoutError, WorkerLostError
 
 __all__ = ["Cluster", "WorkerGroup", "Supervision", "EMBEDDED_ENV_ID"]
 
@@ -177,7 +177,8 @@ class Cluster:
         if self.supervision is not None:
             self._supervise(time.monotonic())
             if self.gave_up:
-                raise RlayError(f"local worker(s) {', '.join(sorted(self.gave_up))} died too often; not restarted again")
+                raise WorkerLostError(f"local worker(s) {', '.join(sorted(self.gave_up))} died too often; not "
+                                      "restarted again")
         if self.broker is not None and self.broker.exitcode is not None:
             raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
 
