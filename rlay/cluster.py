@@ -166,6 +166,8 @@ class Cluster:
         """
         if self.stopped:
             return
+        if self.supervision is not None and self.inline_broker is not None:
+            self._kill_lost_workers()
         for label, proc in self.workers:
             if proc.exitcode is None or proc in self._reported:
                 continue
@@ -181,6 +183,17 @@ class Cluster:
                                       "restarted again")
         if self.broker is not None and self.broker.exitcode is not None:
             raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
+
+    def _kill_lost_workers(self) -> None:
+        """Embedded, under supervision: a worker that the inline broker counted lost while its process
+        lives on (stopped, or stuck in C code holding the GIL so that it cannot even ping) will never
+        serve again, and supervision restarts only processes that exit: kill it, so that it does."""
+        registered = {worker.pid for worker in self.inline_broker.workers.values()}
+        for label, proc in self.workers:
+            if proc.exitcode is None and proc.pid in self.inline_broker.local_pids and proc.pid not in registered:
+                log.warning("local worker %s (pid %s) was lost but its process lives on; killing it, to restart it",
+                            label, proc.pid)
+                proc.kill()
 
     def _reason(self, label: str) -> str:
         reports = []

@@ -125,6 +125,29 @@ def test_embedded_worker_killed_mid_step_is_replaced(mode):
         sync.close()
 
 
+def test_embedded_worker_that_hangs_is_killed_restarted_and_replaced():
+    """A stopped (or GIL-stuck) local worker is lost by its silence; supervision restarts only processes
+    that exit, so the trainer's cluster kills it, and the replacement comes from its restart."""
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 2, envs_per_worker=1, on_worker_failure="replace",
+                         timeout=30, replace_timeout=30)
+    try:
+        envs.reset(seed=0)
+        victim = envs._groups[1].pid
+        os.kill(victim, signal.SIGSTOP)
+        _, _, _, truncated, infos = envs.step(np.zeros(2, np.int64))  # lost after ~2 s of silence
+        assert truncated[1] and infos["worker_lost"].tolist() == [False, True]
+        obs, *_ = envs.step(np.zeros(2, np.int64))  # the restarted worker's env, reset
+        assert is_reset_obs(obs[1]) and envs._groups[1].pid != victim and envs.envs_replaced == 1
+        stopped = [p for _, p in envs._cluster.workers if p.pid == victim]
+        assert not stopped or not stopped[0].is_alive()
+    finally:
+        try:
+            os.kill(victim, signal.SIGCONT)  # (if it was not killed after all)
+        except ProcessLookupError:
+            pass
+        envs.close()
+
+
 def test_embedded_worker_killed_during_first_ready_stepping_is_replaced():
     envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
                          on_worker_failure="replace", timeout=30)
