@@ -90,7 +90,7 @@ class Cluster:
         self.stopped = False
         parent = os.getpid()
         self.broker = None
-        self._broker_bound = self.ctx.Event()
+        self._broker_bound = self.ctx.Event() if frontend is not None else None
         if frontend is not None:
             self.broker = self.ctx.Process(
                 target=_broker_process, args=(frontend, backend, self._broker_bound, self.errors),

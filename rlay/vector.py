@@ -826,7 +826,7 @@ class RlayVectorEnv(VectorEnv):
                 f"Calling `{method}` while waiting for a pending call to `{self._state.value}` to complete.",
                 str(self._state.value),
             )
-        if method not in ("send", "async_reset") and self._unreceived:
+        if method not in ("send", "async_reset") and (self._in_flight or self._ready):  # (the hot path: no set)
             raise AlreadyPendingCallError(
                 f"Calling `{method}` while envs {_rows_text(sorted(self._unreceived))} are stepping after send() or "
                 "have results not yet received; recv() them first", "send",
