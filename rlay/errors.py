@@ -6,6 +6,7 @@ import builtins
 import multiprocessing
 from typing import Any
 
+import gymnasium.error
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 
 __all__ = [
@@ -49,8 +50,9 @@ class WorkerLostError(RlayError):
 class RemoteEnvError(RlayError):
     """Env code raised in a worker. ``remote_type`` names the remote exception class.
 
-    Where the remote class is a Python builtin exception, the raised object is
-    also an instance of it (``except ValueError`` works as with AsyncVectorEnv).
+    Where the remote class is a Python builtin exception, or one of gymnasium's own
+    (``gymnasium.error``), the raised object is also an instance of it (``except
+    ValueError`` or ``except gymnasium.error.InvalidAction`` work as with AsyncVectorEnv).
     """
 
     remote_type: str = "Exception"
@@ -60,24 +62,30 @@ class RemoteEnvError(RlayError):
 _remote_classes: dict[str, type[RemoteEnvError]] = {}
 
 
-def remote_env_error(type_name: str, message: str, details: list[dict[str, Any]]) -> RemoteEnvError:
-    """Build a RemoteEnvError that also subclasses the builtin exception named ``type_name``.
+def remote_env_error(type_name: str, message: str, details: list[dict[str, Any]],
+                     module: str | None = None) -> RemoteEnvError:
+    """Build a RemoteEnvError that also subclasses the exception class named ``type_name``: a Python
+    builtin, or with ``module`` "gymnasium.error" one of gymnasium's.
 
-    The name is only looked up among Python's builtin exception classes: nothing
+    The name is only looked up among those classes, already imported here: nothing
     from the wire is imported or evaluated.
     """
-    cls = _remote_classes.get(type_name)
+    namespace = {None: builtins, "builtins": builtins, "gymnasium.error": gymnasium.error}.get(module)
+    key = f"{module}.{type_name}"
+    cls = _remote_classes.get(key)
     if cls is None:
-        builtin = getattr(builtins, type_name, None) if type_name.isidentifier() else None
+        local = getattr(namespace, type_name, None) if namespace is not None and type_name.isidentifier() else None
         if (
-            isinstance(builtin, type)
-            and issubclass(builtin, Exception)
-            and not issubclass(builtin, (OSError, UnicodeError))  # constructors with special signatures
+            isinstance(local, type)
+            and issubclass(local, Exception)
+            and not issubclass(local, (OSError, UnicodeError))  # constructors with special signatures
+            and (namespace is builtins or local.__init__ is Exception.__init__)
         ):
-            cls = type(f"Remote{type_name}", (RemoteEnvError, builtin), {"remote_type": type_name})
+            cls = type(f"Remote{type_name}", (RemoteEnvError, local), {"remote_type": type_name})
         else:
             cls = RemoteEnvError
-        _remote_classes[type_name] = cls
+        if len(_remote_classes) < 256:  # (names come from the wire)
+            _remote_classes[key] = cls
     err = cls(message)
     err.details = details
     if cls is RemoteEnvError:

@@ -991,7 +991,9 @@ class RlayVectorEnv(VectorEnv):
                         f"{err.get('type')}: {err.get('message')}\n--- remote traceback ---\n{err.get('traceback', '')}"
                     )
             type_name = details[0]["type"] if details else "Exception"
-            return remote_env_error(str(type_name), f"during {what}:\n" + "\n".join(lines or [message]), details)
+            module = details[0].get("module") if details else None
+            return remote_env_error(str(type_name), f"during {what}:\n" + "\n".join(lines or [message]), details,
+                                    module if isinstance(module, str) else None)
         message = re.sub(r"slots \[([0-9, ]*)\]", self._name_rows, message)
         if code == P.E_TIMEOUT:
             return RlayTimeoutError(f"timed out during {what}: {message}")

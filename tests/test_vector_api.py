@@ -123,6 +123,22 @@ def test_env_exception_names_env_worker_host_and_carries_traceback():
         envs.close()
 
 
+def test_gymnasium_exceptions_keep_their_class():
+    def strict():  # a gymnasium error class, raised by env code in the worker
+        env = gym.make("CartPole-v1")
+        env.unwrapped.step = lambda action: (_ for _ in ()).throw(gym.error.InvalidAction(f"no action {action}"))
+        return env
+
+    envs = RlayVectorEnv([strict], timeout=30)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(gym.error.InvalidAction, match="no action 1") as caught:
+            envs.step(np.array([1]))
+        assert isinstance(caught.value, RemoteEnvError) and caught.value.remote_type == "InvalidAction"
+    finally:
+        envs.close()
+
+
 def test_object_in_info_is_refused_by_the_worker_not_pickled():
     envs = RlayVectorEnv([ObjectInfoEnv] * 2)
     try:

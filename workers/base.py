@@ -46,7 +46,8 @@ class EnvFailures(Exception):
 
 def failure_report(index: int, exc: BaseException) -> dict:
     """What the trainer learns of an exception raised for env ``index`` (call inside ``except``)."""
-    return {"env": index, "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+    return {"env": index, "type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc),
+            "traceback": traceback.format_exc()}
 
 
 class Request:
