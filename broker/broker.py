@@ -394,9 +394,6 @@ class Broker:
         if not _is_timeout(timeout, zero_ok=True):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad replace timeout {timeout!r}")
             return
-        if any(p.ident == ident for p in self.pending_leases):
-            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "this connection already waits for a replacement")
-            return
         for slot_id in lost:
             slot = self.slots.get(slot_id)
             if slot is None or slot.lease != ident:
@@ -405,6 +402,9 @@ class Broker:
             if slot.lost is None:
                 self._error(self.front, ident, req, P.E_SLOT, f"slot {slot_id} is not lost: only LOST slots are replaced")
                 return
+        # A new replace supersedes one still pending: its trainer stopped waiting for it (an error or
+        # an interrupt ended the wait), and asks again for what is lost now. The old one gets no answer.
+        self.pending_leases = [p for p in self.pending_leases if p.ident != ident]
         self.pending_leases.append(PendingLease(ident, req, trainer.env_id, len(lost), timeout,
                                                 time.monotonic() + timeout, replaces=lost))
         self._try_leases()

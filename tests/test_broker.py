@@ -160,6 +160,28 @@ def test_a_reply_over_max_message_size_comes_back_as_an_error_not_a_stuck_slot(t
         assert code == 0, err
 
 
+def test_a_new_replace_supersedes_one_still_pending(cartpoles, raw):
+    """A trainer that stopped waiting for a replacement (an error, an interrupt) asks again: the new
+    request takes the old one's place, and only it is answered."""
+    front, back = cartpoles
+    discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
+    game = dict(env_id="Lossy", num_envs=1, host="h", pid=1, obs_space=discrete, act_space=discrete)
+    first, trainer = raw(back), raw(front)
+    assert ask(first, [header(P.REGISTER, **game)])[P.TYPE] == P.REGISTERED
+    slot = ask(trainer, [header(P.LEASE, req=1, env_id="Lossy", num_envs=1, timeout=5)])["slots"][0]["slot"]
+    first.send_multipart([header(P.DISCONNECT)])  # its slot is LOST now
+    wait_for(lambda: not any(w["env_id"] == "Lossy" for w in broker_status(front)["workers"]), 10,
+             "the broker to drop the disconnected worker")
+    trainer.send_multipart([header(P.REPLACE, req=2, slots=[slot], timeout=30)])  # no free slot: it waits
+    trainer.send_multipart([header(P.REPLACE, req=3, slots=[slot], timeout=30)])  # the trainer asks again
+    wait_for(lambda: broker_status(front)["pending_leases"] == 1, 10, "one pending replacement")
+    assert ask(raw(back), [header(P.REGISTER, **{**game, "pid": 2})])[P.TYPE] == P.REGISTERED
+    assert trainer.poll(10_000), "no answer to the replace"
+    answer = decode_header(trainer.recv_multipart()[0])
+    assert answer[P.TYPE] == P.REPLACED and answer[P.REQ] == 3 and answer["replaces"] == [slot], answer
+    assert ask(trainer, [header(P.RELEASE, req=4)])[P.TYPE] == P.RELEASED  # (nothing else came first)
+
+
 def test_pickle_payload_forwarded_to_a_worker_runs_nothing(cartpoles, tmp_path):
     """The broker forwards bodies untouched; the worker must refuse the payload itself."""
     front, _ = cartpoles
