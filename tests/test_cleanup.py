@@ -16,7 +16,7 @@ import gymnasium as gym
 from rlay import RlayVectorEnv
 envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2)
 envs.reset(seed=0)
-print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), envs._cluster.tmpdir, flush=True)
 how = sys.argv[1]
 if how == "close":
     envs.close()
@@ -43,9 +43,12 @@ def test_embedded_children_stop_with_the_trainer(how):
     )
     expected = {"close": 0, "exit": 0, "exception": 1, "kill": -9}[how]
     assert proc.returncode == expected, proc.stderr
-    children = [int(p) for p in proc.stdout.split()]
+    *pids, tmpdir = proc.stdout.split()
+    children = [int(p) for p in pids]
     assert len(children) == 2, f"expected 2 workers (the broker runs in the trainer), got {proc.stdout!r}"
     wait_for(lambda: not any(alive(p) for p in children), 15, f"children {children} to exit after the trainer's {how}")
+    # Nor its ipc directory: a killed trainer cannot remove it, so its orphaned workers do.
+    wait_for(lambda: not os.path.exists(tmpdir), 15, f"the ipc directory {tmpdir} to be removed")
 
 
 def test_no_ipc_directories_are_left_behind():

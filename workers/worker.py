@@ -14,6 +14,7 @@ keeps serving.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import traceback
@@ -279,11 +280,14 @@ def worker_process(
     threads: int = 1,
     heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
     curve: Any = None,
+    parent_tmpdir: str | None = None,
 ) -> None:
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
     A failure before or while serving is put on ``error_queue`` as
     ``("ENV_ID#RANK", traceback text)`` so that the parent can say what went wrong.
+    ``parent_tmpdir`` (embedded: the directory of the ipc sockets) is removed by the
+    worker if it stops because its parent died, which could not remove it.
     """
     fns = getattr(env_fns, "fn", env_fns)
     try:
@@ -292,6 +296,8 @@ def worker_process(
                         curve=curve)
         worker.install_signal_handlers()
         worker.run()
+        if parent_tmpdir is not None and parent_pid is not None and os.getppid() != parent_pid:
+            shutil.rmtree(parent_tmpdir, ignore_errors=True)  # (its sibling workers may race to it)
     except BaseException:
         if error_queue is not None:
             error_queue.put((f"{env_id}#{rank}", traceback.format_exc()))
