@@ -53,7 +53,8 @@ from rlay.errors import (
 )
 from rlay.spaces import decode_space, flatten, leaf_spaces, unflatten
 from rlay.values import WireError, packb
-from rlay.wire import decode_body, decode_leaves, describe_failures, encode_leaves
+from rlay.shm import ObsSegment
+from rlay.wire import IN_PLACE, decode_body, decode_leaves, describe_failures, encode_leaves, is_large
 
 __all__ = ["RlayVectorEnv"]
 
@@ -152,9 +153,12 @@ class RlayVectorEnv(VectorEnv):
             episode's first observation where the autoreset mode places it
             (docs/architecture.md, "Worker failures").
         replace_timeout: seconds a replacement may wait for a free slot [default: timeout].
-        shared_memory, worker: AsyncVectorEnv arguments with no meaning here:
-            observations travel as zero-copy frames, and the worker loop is
-            rlay's. ``shared_memory`` is ignored; a custom ``worker`` raises.
+        shared_memory: keep the batch buffer of large observations (Box leaves
+            of 64 KiB or more per env) in shared memory, which the workers on
+            this host write straight into (default True, as AsyncVectorEnv).
+            Workers elsewhere send them as frames. With ``copy=False`` the
+            returned arrays are that buffer: the next step overwrites them.
+        worker: AsyncVectorEnv's custom worker loop; rlay runs its own, so it raises.
         observation_mode: only ``"same"`` is supported (all envs share one space).
     """
 
@@ -219,6 +223,7 @@ class RlayVectorEnv(VectorEnv):
         curve: Any = None,
         on_worker_failure: str = "raise",
         replace_timeout: float | None = None,
+        shared_memory: bool = True,
     ) -> "RlayVectorEnv":
         """Lease ``num_envs`` slots of ``env_id`` from a running broker.
 
@@ -229,9 +234,12 @@ class RlayVectorEnv(VectorEnv):
         the connection to a broker started with ``--curve``. ``on_worker_failure`` and
         ``replace_timeout`` are as for the constructor; under ``"replace"`` a broker that
         restarts is also survived: the trainer leases ``num_envs`` slots from it again
-        (waiting up to ``replace_timeout``) and reports every env as truncated."""
+        (waiting up to ``replace_timeout``) and reports every env as truncated.
+        ``shared_memory`` is as for the constructor: workers on this host write large
+        observations into the trainer's memory, the others send them as frames."""
         self = cls.__new__(cls)
         self.env_fns = None
+        self.shared_memory = shared_memory
         self._setup(autoreset_mode, copy, timeout, "same", on_worker_failure, replace_timeout)
         client = BrokerClient(broker, heartbeat_interval=heartbeat_interval, curve=curve)
         try:
@@ -273,6 +281,9 @@ class RlayVectorEnv(VectorEnv):
         self._client: BrokerClient | None = None
         self._cluster: Cluster | None = None
         self._finalizer: weakref.finalize | None = None  # (set before anything can fail: close() needs them)
+        self._segment: ObsSegment | None = None  # shared memory for large observations (rlay/shm.py)
+        self._segment_finalizer: weakref.finalize | None = None
+        self._in_place: frozenset[int] = frozenset()  # the observation leaves kept in it
         self.closed = False
 
     def _connect(self, client: BrokerClient, env_id: str, num_envs: int, lease_timeout: float) -> None:
@@ -301,6 +312,13 @@ class RlayVectorEnv(VectorEnv):
         self._obs_leaf_spaces = leaf_spaces(self.single_observation_space)
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
         self._obs_leaves = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, self._observations)]
+        if self.shared_memory:  # large observations: workers on this host write them straight into the buffer
+            self._segment = ObsSegment.create([(i, s) for i, s in enumerate(self._obs_leaf_spaces) if is_large(s)], num_envs)
+        if self._segment is not None:
+            self._segment_finalizer = weakref.finalize(self, self._segment.close)
+            for index, array in self._segment.arrays.items():
+                self._obs_leaves[index] = array
+            self._in_place = frozenset(self._segment.arrays)
 
     def _adopt_slots(self, slots: list[dict]) -> None:
         """Take the slots of a lease (row r is ``slots[r]``) and group the rows by worker."""
@@ -491,6 +509,8 @@ class RlayVectorEnv(VectorEnv):
         finally:
             if self._finalizer is not None:
                 self._finalizer()
+            if self._segment_finalizer is not None:
+                self._segment_finalizer()
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True) and hasattr(self, "_state"):
@@ -618,11 +638,12 @@ class RlayVectorEnv(VectorEnv):
     def _row_results(self, rows: list[int], body: dict, frames: list[Any]) -> list[_EnvResult]:
         """One part's results env by env (a reset's with reward 0)."""
         try:
-            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
+            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows), in_place=self._in_place)
             stepped = "reward" in body
             results = []
             for n, row in enumerate(rows):
-                obs = [leaf[n] if isinstance(leaf, tuple) else np.array(leaf[n]) for leaf in leaves]
+                obs = [np.array(self._obs_leaves[k][row]) if leaf is IN_PLACE else leaf[n] if isinstance(leaf, tuple)
+                       else np.array(leaf[n]) for k, leaf in enumerate(leaves)]
                 if stepped:
                     results.append(_EnvResult(row, obs, float(body["reward"][n]), bool(body["terminated"][n]),
                                               bool(body["truncated"][n]), body["info"][n], body["final"][n]))
@@ -770,6 +791,8 @@ class RlayVectorEnv(VectorEnv):
         self._adopt_slots(head["slots"])
         self._unreset = set(range(self.num_envs))
         self._relets += 1
+        if self._segment is not None:
+            self._segment.renew_token()  # late writes of the old lease's workers are refused
 
     def _replaced_result(self, row: int) -> _EnvResult:
         """The step result of a replaced env, made by the trainer: the truncation of the episode its lost
@@ -854,6 +877,8 @@ class RlayVectorEnv(VectorEnv):
             if not picked:
                 continue
             body, arrays = make_body(group, picked)
+            if self._segment is not None and kind in (P.RESET, P.STEP):
+                body["shm"] = self._segment.offer(picked)
             parts.append([[self.slots[r] for r in picked], 1 + len(arrays)])
             frames.append(packb(body))
             frames.extend(arrays)
@@ -937,9 +962,11 @@ class RlayVectorEnv(VectorEnv):
         columns = {key: [None] * self.num_envs for key in keys}
         try:
             for rows, body, frames in replies:
-                leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows))
+                leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows), in_place=self._in_place)
                 index = _row_index(rows)
                 for buffer, leaf in zip(self._obs_leaves, leaves):
+                    if leaf is IN_PLACE:  # the worker wrote it into the buffer (shared memory)
+                        continue
                     if isinstance(buffer, list) or isinstance(leaf, list):  # Text, or one frame per row
                         for row, value in zip(rows, leaf):
                             buffer[row] = value

@@ -7,14 +7,16 @@ with at least ``v`` (protocol version) and ``type``. Batched calls carry a body
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import zmq
 from gymnasium import spaces
 
 from rlay import protocol as P
-from rlay.values import MSGPACK_NUMPY_REFUSAL, VersionError, WireError, array_dtype_str, array_from_buffer, packb, unpackb, unpackb_plain
+from rlay.values import (MSGPACK_NUMPY_REFUSAL, VersionError, WireError, array_dtype_str, array_from_buffer, check_shape,
+                         packb, parse_dtype, unpackb, unpackb_plain)
 
 __all__ = [
     "WireError",
@@ -30,6 +32,14 @@ __all__ = [
 def header(type_: str, **fields: Any) -> bytes:
     """Pack a header map for a message of ``type_``."""
     return packb({P.VERSION: P.PROTOCOL_VERSION, P.TYPE: type_, **fields})
+
+
+ROW_FRAME_BYTES = 65536  # a Box leaf this large per env travels row by row: a frame, or a shared-memory row, per env
+
+
+def is_large(space: spaces.Space) -> bool:
+    """A Box leaf whose per-env array is worth its own frame (or shared-memory row, rlay/shm.py)."""
+    return isinstance(space, spaces.Box) and space.dtype.itemsize * math.prod(space.shape) >= ROW_FRAME_BYTES
 
 
 COPY_THRESHOLD = 65536  # frames smaller than this are cheaper to copy than to send zero-copy
@@ -125,11 +135,14 @@ def decode_leaves(
     leaf_spaces: Sequence[spaces.Space] | None = None,
     num_rows: int | None = None,
     check_dtype: bool = True,
+    in_place: Collection[int] = (),
 ) -> list[Any]:
     """Turn leaf descriptors and array frames back into leaves (views of the frames).
 
     When ``leaf_spaces`` is given, each leaf is checked against its space: kind,
-    dtype (unless ``check_dtype`` is False), row count and row shape.
+    dtype (unless ``check_dtype`` is False), row count and row shape. A leaf the
+    sender wrote into shared memory (``in_place``: the leaves offered to it,
+    rlay/shm.py) is checked the same way and comes back as ``IN_PLACE``.
     """
     if not isinstance(descriptors, list):
         raise WireError("leaf descriptors must be a list")
@@ -151,6 +164,9 @@ def decode_leaves(
                 raise WireError(f"leaf {n}: expected {num_rows} strings, got {len(texts)}")
             leaves.append(tuple(texts))
             continue
+        if desc.get("shm") is True:  # written into the receiver's shared memory: no frames
+            leaves.append(_check_in_place(n, desc, space, num_rows, in_place))
+            continue
         if desc.get("rows") is True:  # one frame per row
             leaves.append(_decode_rows(n, desc, frame_iter, space, num_rows, check_dtype))
             continue
@@ -171,6 +187,20 @@ def decode_leaves(
     if next(frame_iter, None) is not None:
         raise WireError("more array frames than leaf descriptors")
     return leaves
+
+
+IN_PLACE = "in place"  # a leaf whose rows are already where the receiver keeps them (shared memory)
+
+
+def _check_in_place(n: int, desc: dict, space, num_rows: int | None, in_place: Collection[int]) -> str:
+    if n not in in_place:
+        raise WireError(f"leaf {n} is said to be in shared memory, which was not offered for it")
+    dtype, shape = parse_dtype(desc.get("dtype")), check_shape(desc.get("shape"))
+    if num_rows is not None and (not shape or shape[0] != num_rows):
+        raise WireError(f"leaf {n}: expected {num_rows} rows, got shape {list(shape)}")
+    if space is not None and (shape[1:] != space.shape or dtype != space.dtype):
+        raise WireError(f"leaf {n}: rows of {dtype} {list(shape[1:])} do not fit {space}")
+    return IN_PLACE
 
 
 class RowFrames(list):

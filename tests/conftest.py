@@ -69,6 +69,26 @@ def no_leftover_processes():
         raise AssertionError(f"test left processes running: {sorted(left)}")
 
 
+def own_segments() -> set[str]:
+    """The shared-memory segments of trainers in this process (rlay/shm.py)."""
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith(f"rlay-{os.getpid()}-")}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_segments():
+    """Every vector env a test makes must remove its shared memory (close(), or when it is collected)."""
+    before = own_segments()
+    yield
+    import gc
+
+    gc.collect()
+    left = own_segments() - before
+    assert not left, f"test left shared-memory segments behind: {sorted(left)}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 from gymnasium.utils.env_checker import check_env
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.vector import SyncVectorEnv
 
 import rlay
 from rlay import BrokerError, RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
@@ -320,18 +320,3 @@ def test_chunk_runner_runs_chunks_at_once_in_order_and_hands_back_errors():
     finally:
         runner.close()
     assert not any(thread.is_alive() for thread in runner.threads)
-
-
-@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
-def test_large_observations_travel_as_row_frames_with_the_same_results(mode):
-    from tests.test_equivalence import compare_runs
-
-    from tests.envs import ImageDictEnv
-    from workers.base import ROW_FRAME_BYTES
-
-    assert 128 * 128 * 4 >= ROW_FRAME_BYTES  # the image leaf takes the one-frame-per-env path
-    envs = RlayVectorEnv([ImageDictEnv] * 3, envs_per_worker=2, autoreset_mode=mode)
-    try:
-        compare_runs(envs, "ImageDictEnv", mode, num_envs=3)
-    finally:
-        envs.close()

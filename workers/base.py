@@ -8,7 +8,6 @@ per-env results batched into observation leaves (raw frames) and a body.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket as pysocket
 import time
@@ -25,7 +24,8 @@ from rlay import protocol as P
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
-from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header, send_frames
+from rlay.shm import SegmentCache, place_rows
+from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header, is_large, send_frames
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
 
@@ -96,6 +96,7 @@ class WorkerBase:
         self.register_timeout = register_timeout
         self.parent_pid = parent_pid
         self.obs_leaves = leaf_spaces(observation_space)
+        self.segments = SegmentCache()  # the trainers' shared memory this worker writes observations into
         self.act_leaves = leaf_spaces(action_space)
         self.name = "?"
         self.max_frame: int | None = None  # the broker's max_message_size, from `registered`
@@ -200,6 +201,7 @@ class WorkerBase:
 
     def disconnect(self) -> None:
         """Tell the broker this worker is leaving, and close the socket."""
+        self.segments.close()
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat = None
@@ -236,6 +238,8 @@ class WorkerBase:
                         P.SEND_TIMEOUT)
 
     def check_parent(self) -> None:
+        """The idle tick: stop if the parent (an embedded trainer) is gone; let go of removed segments."""
+        self.segments.prune()
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("parent process %d is gone; stopping", self.parent_pid)
             self.stopping = True
@@ -293,24 +297,29 @@ class WorkerBase:
         message = f"env code raised in worker {self.name} on host {self.host}"
         return [header(P.ERROR, req=req, code=P.E_ENV, message=message, errors=reports)]
 
-    def reply(self, req: Any, envs: list[int], obs: list[Any], columns: dict[str, list]) -> list[Any]:
+    def reply(self, request: Request, obs: list[Any], columns: dict[str, list]) -> list[Any]:
         """The reply to a reset or step: observations batched into leaves, the rest in the body.
 
         ``columns`` holds one list per body key, one entry per env: "info", and for
-        a step "reward", "terminated", "truncated" and "final". Raises EnvFailures
+        a step "reward", "terminated", "truncated" and "final". Large observations
+        go into the trainer's shared memory when the request offers it and this
+        worker can use it (rlay/shm.py), else into frames. Raises EnvFailures
         naming the envs whose observation does not fit the space or whose values
         cannot cross the wire.
         """
-        descriptors, arrays = self._encode_obs(envs, obs)
-        return [header(P.REPLY, req=req), _pack_reply(envs, {"obs": descriptors, **columns}), *arrays]
+        envs = request.envs
+        offer = request.body.get("shm")
+        placed = None if offer is None else self.segments.place(offer, self.obs_leaves, len(envs))
+        descriptors, arrays = self._encode_obs(envs, obs, placed)
+        return [header(P.REPLY, req=request.req), _pack_reply(envs, {"obs": descriptors, **columns}), *arrays]
 
     def plain_reply(self, request: Request, body: dict) -> list[Any]:
         """The reply to a call or set_attr: a body of per-env values, no array frames."""
         return [header(P.REPLY, req=request.req), _pack_reply(request.envs, body)]
 
-    def _encode_obs(self, envs: list[int], obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
+    def _encode_obs(self, envs: list[int], obs: list[Any], placed: dict | None) -> tuple[list[dict], list[np.ndarray]]:
         try:
-            return _obs_leaves(self.obs_space, obs)
+            return _obs_leaves(self.obs_space, obs, placed)
         except Exception:
             failures = []
             for i, one in zip(envs, obs):
@@ -322,14 +331,12 @@ class WorkerBase:
                                             "message": "observations cannot be batched", "traceback": ""}])
 
 
-ROW_FRAME_BYTES = 65536  # a Box leaf this large per env travels as one zero-copy frame per env
-
-
-def _obs_leaves(space: gym.Space, obs: list[Any]) -> tuple[list[dict], list[np.ndarray]]:
+def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) -> tuple[list[dict], list[np.ndarray]]:
+    """Descriptors and frames of a part's observations; ``placed`` (leaf index -> one target
+    array per env) holds the leaves that go into the trainer's shared memory instead."""
     leaf_spaces_ = leaf_spaces(space)
-    big = [isinstance(s, gym.spaces.Box) and s.dtype.itemsize * math.prod(s.shape) >= ROW_FRAME_BYTES
-           for s in leaf_spaces_]
-    if not any(big):
+    big = [is_large(s) for s in leaf_spaces_]
+    if not any(big) and not placed:
         # concatenate() casts exactly as SyncVectorEnv's batching does.
         batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
         return encode_leaves(flatten(space, batch))
@@ -337,7 +344,9 @@ def _obs_leaves(space: gym.Space, obs: list[Any]) -> tuple[list[dict], list[np.n
     descriptors, frames = [], []
     for n, (leaf_space, is_big) in enumerate(zip(leaf_spaces_, big)):
         items = [leaves[n] for leaves in per_env]
-        if is_big:  # no batch copy: the envs' own arrays go out as frames
+        if placed and n in placed:  # straight into the trainer's batch buffer
+            desc, arrays = place_rows(items, leaf_space, placed[n]), []
+        elif is_big:  # no batch copy: the envs' own arrays go out as frames
             desc, arrays = encode_rows(items, leaf_space)
         else:
             batch = concatenate(leaf_space, items, create_empty_array(leaf_space, n=len(items), fn=np.empty))

@@ -218,6 +218,7 @@ class PushWorker(WorkerBase):
                 agent.batch = agent.plan = agent.next = None
                 agent.stale = agent.handed is not None  # the game owes state nobody waits for
         if self.sock is None or not self.sock.poll(timeout * 1000):
+            self.segments.prune()
             return
         while self.sock is not None and self.sock.poll(0):
             frames = self.sock.recv_multipart(copy=False)
@@ -318,7 +319,7 @@ class PushWorker(WorkerBase):
         try:
             results = [batch.results[j] for j in request.envs]
             columns = {key: [r[key] for r in results] for key in results[0] if key != "obs"}
-            return self.reply(request.req, request.envs, [r["obs"] for r in results], columns)
+            return self.reply(request, [r["obs"] for r in results], columns)
         except Exception as exc:
             reports = getattr(exc, "reports", None) or [failure_report(request.envs[0], exc)]
             return self.env_error(request.req, reports)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 
 from rlay import protocol as P
+from rlay.shm import remove_segments_of
 from rlay.spaces import unflatten
 from rlay.values import WireError
 from rlay.wire import decode_leaves
@@ -123,7 +124,7 @@ class Worker(WorkerBase):
         obs, infos, failures = self._in_chunks(len(request.envs), reset_range)
         if failures:
             raise EnvFailures(failures)
-        return self.reply(request.req, request.envs, obs, {"info": infos})
+        return self.reply(request, obs, {"info": infos})
 
     def step(self, request: Request) -> list[Any]:
         mode = request.body.get("autoreset")
@@ -159,8 +160,8 @@ class Worker(WorkerBase):
         obs, rewards, terminations, truncations, infos, finals, failures = self._in_chunks(len(envs), step_range)
         if failures:
             raise EnvFailures(failures)
-        return self.reply(request.req, envs, obs, {"reward": rewards, "terminated": terminations,
-                                                   "truncated": truncations, "info": infos, "final": finals})
+        return self.reply(request, obs, {"reward": rewards, "terminated": terminations,
+                                         "truncated": truncations, "info": infos, "final": finals})
 
     def _in_chunks(self, count: int, run: Callable[[range], tuple[list, ...]]) -> tuple[list, ...]:
         """``run(range(count))``, or with threads: contiguous chunks concurrently, joined in order."""
@@ -298,6 +299,7 @@ def worker_process(
         worker.run()
         if parent_tmpdir is not None and parent_pid is not None and os.getppid() != parent_pid:
             shutil.rmtree(parent_tmpdir, ignore_errors=True)  # (its sibling workers may race to it)
+            remove_segments_of(parent_pid)  # and its shared memory
     except BaseException:
         if error_queue is not None:
             error_queue.put((f"{env_id}#{rank}", traceback.format_exc()))

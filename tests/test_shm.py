@@ -1,0 +1,304 @@
+"""Large observations through shared memory (rlay/shm.py, protocol 3.9): same results as
+frames and as SyncVectorEnv, a fallback to frames wherever the segment cannot be used, a
+worker that writes only where a valid offer says, and no segment left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
+
+import rlay.vector
+from rlay import RlayVectorEnv
+from rlay.shm import SHM_DIR, ObsSegment, SegmentCache
+from rlay.values import WireError
+from rlay.wire import IN_PLACE, decode_leaves
+from tests.conftest import RLAY, ROOT, Proc, broker_status, free_port, subprocess_env, wait_for
+from tests.envs import ImageDictEnv
+from tests.test_equivalence import compare_runs
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason=f"no {SHM_DIR} here")
+
+IMAGE = spaces.Box(0, 255, (128, 128, 4), np.uint8)  # 64 KiB per env: a large leaf
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """Record, for every reply the trainer decodes, how each observation leaf travelled."""
+    seen: list[list[str]] = []
+    decode = rlay.vector.decode_leaves
+
+    def spy(descriptors, *args, **kwargs):
+        seen.append(["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame"
+                     for d in descriptors])
+        return decode(descriptors, *args, **kwargs)
+
+    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "frames"])
+def test_large_observations_equal_sync_in_shared_memory_or_frames(paths, shared_memory, mode):
+    envs = RlayVectorEnv([ImageDictEnv] * 3, envs_per_worker=2, autoreset_mode=mode, shared_memory=shared_memory)
+    try:
+        assert (envs._segment is not None) == shared_memory
+        compare_runs(envs, "ImageDictEnv", mode, num_envs=3)
+    finally:
+        envs.close()
+    # Dict leaves in order: image (large), pos (small, always one frame).
+    assert paths and all(p == (["shm", "frame"] if shared_memory else ["rows", "frame"]) for p in paths), paths[:3]
+
+
+def test_copy_false_returns_the_shared_buffer_and_copy_true_a_copy():
+    for copy in (False, True):
+        envs = RlayVectorEnv([ImageDictEnv] * 2, copy=copy)
+        try:
+            first = envs.reset(seed=1)[0]["image"]
+            kept = first.copy()
+            second = envs.step(envs.action_space.sample())[0]["image"]
+            assert (second is first or np.shares_memory(second, first)) == (not copy)
+            assert np.array_equal(first, kept) == copy  # copy=False: the step overwrote it, as AsyncVectorEnv's
+        finally:
+            envs.close()
+
+
+def test_first_ready_results_from_shared_memory_are_each_envs_own(paths):
+    import gymnasium as gym
+
+    sync = gym.vector.SyncVectorEnv([ImageDictEnv] * 4)
+    envs = RlayVectorEnv([ImageDictEnv] * 4, envs_per_worker=1)
+    try:
+        expected_obs = sync.reset(seed=3)[0]
+        envs.async_reset(seed=3)
+        obs, *_, infos = envs.recv(batch_size=4)
+        order = infos["env_id"]
+        np.testing.assert_array_equal(obs["image"], expected_obs["image"][order])
+        kept = {int(i): obs["image"][k].copy() for k, i in enumerate(order)}
+        actions = sync.action_space.sample()
+        expected = sync.step(actions)[0]
+        envs.send({key: value[[1, 3]] for key, value in actions.items()}, [1, 3])
+        got, *_, infos = envs.recv(batch_size=2)
+        np.testing.assert_array_equal(got["image"], expected["image"][infos["env_id"]])
+        for k, i in enumerate(infos["env_id"]):
+            assert not np.array_equal(got["image"][k], kept[int(i)]), "a step must change the image"
+        np.testing.assert_array_equal(obs["image"][list(order).index(0)], kept[0])  # returned results stay as they were
+    finally:
+        envs.close()
+        sync.close()
+    assert paths and all(p[0] == "shm" for p in paths)
+
+
+def test_a_worker_that_cannot_see_the_segment_sends_frames(paths):
+    """A worker in its own mount namespace, with a /dev/shm of its own: another host, as far as
+    shared memory goes. The trainer offers its segment, the worker cannot open it, and frames
+    carry the observations; the results are the same."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private /dev/shm needs root and unshare")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"], capture_output=True, timeout=10)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()}")
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    elsewhere = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "sh", *RLAY]
+    broker = Proc("broker", "--frontend", front, "--backend", back)
+    worker = Proc("worker", "tests.envs:ImageDictEnv", "-p", "1", "-k", "3", "--broker", back, command=elsewhere)
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+        envs = RlayVectorEnv.remote("tests.envs:ImageDictEnv", 3, broker=front, timeout=30)
+        try:
+            assert envs._segment is not None, "the trainer makes and offers its segment all the same"
+            compare_runs(envs, "ImageDictEnv", AutoresetMode.NEXT_STEP, num_envs=3)
+        finally:
+            envs.close()
+    finally:
+        results = [worker.stop(), broker.stop()]
+    for code, _, err in results:
+        assert code == 0, err
+    assert paths and all(p == ["rows", "frame"] for p in paths), paths[:3]
+
+
+TOO_SMALL = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING)
+from tests.envs import ImageDictEnv
+from tests.test_equivalence import compare_runs
+from rlay import RlayVectorEnv
+from gymnasium.vector import AutoresetMode
+envs = RlayVectorEnv([ImageDictEnv] * 3)
+assert envs._segment is None
+compare_runs(envs, "ImageDictEnv", AutoresetMode.NEXT_STEP, num_envs=3)
+envs.close()
+print("equal to sync")
+"""
+
+
+def test_a_dev_shm_too_small_for_the_buffer_means_frames_not_a_crash():
+    """Docker's /dev/shm is 64 MB: a segment that does not fit is refused when made (its pages
+    are reserved up front), with a warning, and frames carry the observations."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a private /dev/shm needs root and unshare")
+    script = f'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {sys.executable} -c "$0"'
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, TOO_SMALL], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "mount" in proc.stderr and "equal to sync" not in proc.stdout:
+        pytest.skip(f"cannot make a mount namespace here: {proc.stderr[-500:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "equal to sync" in proc.stdout
+    assert "no shared memory for observations" in proc.stderr and "travel as frames" in proc.stderr, proc.stderr[-2000:]
+
+
+# -- the worker's side: it writes only where a valid offer says ---------------------------
+
+
+@pytest.fixture
+def segment():
+    made = ObsSegment.create([(0, IMAGE)], 4)
+    assert made is not None
+    yield made
+    made.close()
+    assert not os.path.exists(made.path)
+
+
+def offer_for(segment: ObsSegment, rows: list[int], **changes) -> dict:
+    return {**segment.offer(rows), **changes}
+
+
+def test_a_valid_offer_gives_views_of_the_trainers_rows(segment):
+    cache = SegmentCache()
+    try:
+        placed = cache.place(offer_for(segment, [2, 0]), [IMAGE], 2)
+        assert placed is not None and list(placed) == [0]
+        placed[0][0][...] = 7
+        placed[0][1][...] = 9
+        assert (segment.arrays[0][2] == 7).all() and (segment.arrays[0][0] == 9).all()
+        assert (segment.arrays[0][[1, 3]] == 0).all()
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("change", [
+    {"token": b"\0" * 16},  # not this segment's token
+    {"token": "not bytes"},
+    {"name": "../../etc/passwd"},
+    {"name": "rlay-1-not-hex-at-all"},
+    {"name": "rlay-999999999-0123456789abcdef"},  # no such segment (another host's)
+    {"leaves": [[0, [0, 4096]]]},  # row 0 over the token
+    {"leaves": [[0, [4096, 1 << 40]]]},  # past the end
+    {"leaves": [[0, [4096]]]},  # one offset for two rows
+    {"leaves": [[1, [4096, 4096 + 65536]]]},  # no such leaf
+    {"leaves": [[0, [4096.0, 4096 + 65536]]]},
+    {"leaves": "all of them"},
+    {"leaves": [[0, [4096, 4096 + 65536]], [0, [4096, 4096 + 65536]]]},  # a leaf twice
+])
+def test_an_offer_the_worker_cannot_trust_or_use_means_frames(segment, change):
+    cache = SegmentCache()
+    try:
+        assert cache.place(offer_for(segment, [0, 1], **change), [IMAGE], 2) is None
+    finally:
+        cache.close()
+
+
+def test_the_worker_does_not_follow_links_or_open_other_files(segment, tmp_path):
+    target = tmp_path / "precious"
+    target.write_bytes(segment.token + b"\0" * 200_000)  # even with the right token in it
+    link = os.path.join(SHM_DIR, "rlay-1-0123456789abcdef")
+    os.symlink(target, link)
+    cache = SegmentCache()
+    try:
+        assert cache.place(offer_for(segment, [0, 1], name="rlay-1-0123456789abcdef"), [IMAGE], 2) is None
+        assert cache.place({"name": "x", "token": segment.token}, [IMAGE], 2) is None
+        assert cache.place(offer_for(segment, [0, 1]), [spaces.Discrete(3)], 2) is None  # not a Box leaf
+    finally:
+        cache.close()
+        os.unlink(link)
+    assert target.read_bytes() == segment.token + b"\0" * 200_000
+
+
+def test_a_new_token_refuses_offers_of_the_old_lease(segment):
+    cache = SegmentCache()
+    try:
+        old = segment.offer([0])
+        assert cache.place(old, [IMAGE], 1) is not None
+        segment.renew_token()
+        assert cache.place(old, [IMAGE], 1) is None
+        assert cache.place(segment.offer([0]), [IMAGE], 1) is not None
+    finally:
+        cache.close()
+
+
+def test_the_worker_lets_go_of_removed_segments():
+    cache = SegmentCache()
+    cache.PRUNE_INTERVAL = 0.0
+    made = ObsSegment.create([(0, IMAGE)], 1)
+    try:
+        assert cache.place(made.offer([0]), [IMAGE], 1) is not None
+        made.close()
+        cache.prune()
+        assert not cache._open
+    finally:
+        made.close()
+        cache.close()
+
+
+# -- the trainer's side: it takes a leaf as written only where it offered it ------------
+
+
+def test_the_trainer_refuses_in_place_leaves_it_did_not_offer_or_that_do_not_fit():
+    desc = {"dtype": "|u1", "shape": [2, 128, 128, 4], "shm": True}
+    assert decode_leaves([desc], [], [IMAGE], 2, in_place={0}) == [IN_PLACE]
+    for bad, in_place in [
+        (desc, ()),  # not offered
+        ({**desc, "dtype": "<f4"}, {0}),
+        ({**desc, "shape": [3, 128, 128, 4]}, {0}),
+        ({**desc, "shape": [2, 128, 128]}, {0}),
+        ({**desc, "dtype": "|O8"}, {0}),
+    ]:
+        with pytest.raises(WireError):
+            decode_leaves([bad], [], [IMAGE], 2, in_place=in_place)
+
+
+# -- no segment is left behind ---------------------------------------------------------
+
+
+KILLED = """
+import os, signal, sys
+from rlay import RlayVectorEnv
+from tests.envs import ImageDictEnv
+envs = RlayVectorEnv([ImageDictEnv] * 2)
+envs.reset(seed=0)
+print(envs._segment.path, flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_no_segment_outlives_its_trainer(how):
+    """At exit without close() the trainer removes it; SIGKILLed, its orphaned workers do."""
+    proc = subprocess.run([sys.executable, "-c", KILLED, how], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == (-9 if how == "kill" else 0), proc.stderr
+    path = proc.stdout.strip()
+    assert path.startswith(SHM_DIR + "/rlay-")
+    wait_for(lambda: not os.path.exists(path), 15, f"{path} to be removed")
+
+
+def test_a_dead_trainers_segment_is_removed_by_the_next_one():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=30)
+    stale = os.path.join(SHM_DIR, f"rlay-{int(dead.stdout)}-0123456789abcdef")
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 8192)
+    made = ObsSegment.create([(0, IMAGE)], 1)
+    try:
+        assert not os.path.exists(stale)
+    finally:
+        made.close()
+        if os.path.exists(stale):
+            os.unlink(stale)
