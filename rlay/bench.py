@@ -265,16 +265,20 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
     }
     for w in workloads(scale):
         rates = {kind: [] for kind in IMPLEMENTATIONS}
+        shared = False
         for _ in range(rounds):
             for kind in IMPLEMENTATIONS:  # interleaved; each runs alone (built before, closed after)
                 envs = make_vector(kind, w)
                 try:
+                    if kind == "rlay":
+                        shared = envs._segment is not None  # large observations in shared memory (rlay/shm.py)
                     rates[kind].append(steps_per_second(envs, w.seconds))
                 finally:
                     envs.close()
         entry = {"name": w.name, "num_envs": w.num_envs, "rlay_kwargs": w.rlay_kwargs,
                  **{kind: statistics.median(r) for kind, r in rates.items()}}
         if w.obs_bytes:
+            entry["rlay_shared_memory"] = shared
             entry["rlay_gbps"] = entry["rlay"] * w.obs_bytes / 1e9
             entry["memcpy_gbps"] = memcpy_gbps(w.obs_bytes * w.num_envs)
             shape = w.make().observation_space.shape
@@ -353,9 +357,10 @@ def format_floor(e: dict[str, Any]) -> str:
 
 
 def format_bandwidth(e: dict[str, Any]) -> str:
-    return (f"{e['name']:<24} rlay {e['rlay_gbps']:.2f} GB/s of observations = "
-            f"{e['rlay_gbps'] / e['bare_pyzmq_gbps']:.0%} of a bare pyzmq ipc transfer ({e['bare_pyzmq_gbps']:.2f} GB/s), "
-            f"{e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy ({e['memcpy_gbps']:.2f} GB/s)")
+    path = "through shared memory" if e.get("rlay_shared_memory") else "as frames"
+    return (f"{e['name']:<24} rlay {e['rlay_gbps']:.2f} GB/s of observations ({path}) = "
+            f"{e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy ({e['memcpy_gbps']:.2f} GB/s), "
+            f"{e['rlay_gbps'] / e['bare_pyzmq_gbps']:.2f}x a bare pyzmq ipc transfer ({e['bare_pyzmq_gbps']:.2f} GB/s)")
 
 
 HEADER = (f"{'workload (env-steps/s)':<24} {'rlay':>12} {'sync':>12} {'async':>12} "
