@@ -12,14 +12,21 @@ foreign implementation) ignores the offer and sends frames, which the trainer ta
 as before. The socket still carries every message, so ordering and failures are
 unchanged: a row is read only after its worker's reply has arrived.
 
-What the worker trusts: only names of rlay's own form, opened without creating and
-without following links, as regular files, and only after checking the token, so a
-request cannot make a worker write into a file it did not get from that trainer.
+What the worker trusts: only names of rlay's own form, opened without creating, without
+following links and without blocking, as regular files of its own user that no one else
+may open, with every page allocated (a sparse file would SIGBUS on a full tmpfs), and only
+after checking the token. The token tells the trainer's segment from a same-named file; it
+is not a secret from the peers a request passes through (protocol 14).
+
+A live segment is one its trainer holds an exclusive ``flock`` on, whatever pid namespace
+it runs in; the files nobody holds are left by dead trainers, and any trainer (or an
+orphaned embedded worker) removes them.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import math
 import mmap
@@ -28,19 +35,32 @@ import re
 import secrets
 import stat
 import time
+import weakref
 from typing import Any, Iterable
 
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["ObsSegment", "SegmentCache", "place_rows", "remove_segments_of"]
+__all__ = ["ObsSegment", "SegmentCache", "check_rows", "remove_stale"]
 
 log = logging.getLogger("rlay.shm")
 
 SHM_DIR = "/dev/shm"
 TOKEN_BYTES = 16  # the segment starts with its token
 HEADER_BYTES = 4096  # token, then nothing until the first leaf, which starts page-aligned
-NAME = re.compile(r"rlay-([0-9]{1,10})-[0-9a-f]{16}\Z")  # rlay-<trainer pid>-<random>
+NAME = re.compile(r"rlay-([1-9][0-9]{0,6})-[0-9a-f]{16}\Z")  # rlay-<trainer pid>-<random>
+STALE_AGE = 10.0  # s: an unlocked segment written to more recently may be one being made, not a dead one
+_LIVE: "weakref.WeakSet[ObsSegment]" = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    # A forked child (a worker restarted under supervision) must not hold its parent's lock,
+    # or the segment would look live after the trainer died.
+    for segment in list(_LIVE):
+        segment._forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class ObsSegment:
@@ -52,10 +72,11 @@ class ObsSegment:
     def __init__(self, path: str, fd: int, memory: mmap.mmap, arrays: dict[int, np.ndarray],
                  rows: dict[int, tuple[int, int]]):
         self.path, self.name = path, os.path.basename(path)
-        self._fd, self._memory = fd, memory
+        self._fd, self._memory, self._pid = fd, memory, os.getpid()
         self.arrays = arrays
         self._rows = rows  # leaf index -> (offset of row 0, bytes per row)
         self.renew_token()
+        _LIVE.add(self)
 
     @classmethod
     def create(cls, leaves: Iterable[tuple[int, spaces.Box]], num_envs: int) -> "ObsSegment | None":
@@ -69,7 +90,7 @@ class ObsSegment:
             row_bytes = space.dtype.itemsize * math.prod(space.shape)
             layout[index] = (size, row_bytes)
             size += -(-num_envs * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-        _remove_stale()
+        remove_stale()
         path = os.path.join(SHM_DIR, f"rlay-{os.getpid()}-{secrets.token_hex(8)}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -77,6 +98,7 @@ class ObsSegment:
             log.warning("no shared memory for observations (%s); they travel as frames", exc)
             return None
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held for the segment's life: it is live
             # Reserve every page now: a tmpfs that is too small (Docker gives 64 MB) fails here,
             # not with a SIGBUS in a worker's write.
             os.posix_fallocate(fd, 0, size)
@@ -92,7 +114,8 @@ class ObsSegment:
         return cls(path, fd, memory, arrays, layout)
 
     def renew_token(self) -> None:
-        """A new token: offers made before this are refused by the workers (a new lease)."""
+        """A new token: offers made before this are refused by the workers (a new lease, or envs
+        moved to new slots: a lost worker that is still running must not write into their rows)."""
         self.token = secrets.token_bytes(TOKEN_BYTES)
         self._memory[:TOKEN_BYTES] = self.token
 
@@ -103,14 +126,18 @@ class ObsSegment:
 
     def close(self) -> None:
         """Remove the segment. Its memory lives on while the caller holds arrays of it (copy=False)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is not None and self._pid == os.getpid():
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        self._forget()
         self.arrays, self._memory = {}, None
+
+    def _forget(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Mapping:
@@ -123,8 +150,8 @@ class SegmentCache:
 
     ``place`` turns an offer into one writable array per env and offered leaf, or
     None when the offer cannot be used here (then the worker sends frames). A name
-    that cannot be opened is remembered as such; segments their trainer removed are
-    dropped by ``prune``.
+    that could not be opened is remembered until the next ``prune``, which also
+    drops the segments their trainer removed.
     """
 
     PRUNE_INTERVAL = 1.0  # s: prune() checks the open segments at most this often
@@ -135,6 +162,7 @@ class SegmentCache:
         self._open: collections.OrderedDict[str, _Mapping | None] = collections.OrderedDict()
 
     def place(self, offer: Any, leaf_spaces: list[spaces.Space], num_rows: int) -> dict[int, list[np.ndarray]] | None:
+        self.prune()
         if not isinstance(offer, dict):
             return None
         name, token, leaves = offer.get("name"), offer.get("token"), offer.get("leaves")
@@ -144,6 +172,9 @@ class SegmentCache:
         if mapping is None or mapping.memory[:TOKEN_BYTES] != token:
             return None
         size = len(mapping.memory)
+        if os.fstat(mapping.fd).st_size < size:  # shrunk under us: a write past its end would SIGBUS
+            self._drop(name)
+            return None
         placed: dict[int, list[np.ndarray]] = {}
         for item in leaves:
             if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and isinstance(item[1], list)):
@@ -165,21 +196,23 @@ class SegmentCache:
         if name in self._open:
             self._open.move_to_end(name)
             return self._open[name]
-        self.prune()
+        if not NAME.match(name):
+            return None
         mapping = None
-        if NAME.match(name):
+        try:
+            # O_NONBLOCK: a file lease held by someone else would otherwise block the open.
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            fd = None  # another host's segment, or another user's
+        if fd is not None:
             try:
-                fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW)
+                info = os.fstat(fd)
+                if not (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077 == 0
+                        and info.st_size > HEADER_BYTES and info.st_blocks * 512 >= info.st_size):
+                    raise OSError("not a segment of this user's trainer, or a sparse one")
+                mapping = _Mapping(fd, mmap.mmap(fd, info.st_size))
             except OSError:
-                fd = None  # another host's segment, or another user's
-            if fd is not None:
-                try:
-                    info = os.fstat(fd)
-                    if not stat.S_ISREG(info.st_mode) or info.st_size <= HEADER_BYTES:
-                        raise OSError("not a segment")
-                    mapping = _Mapping(fd, mmap.mmap(fd, info.st_size))
-                except OSError:
-                    os.close(fd)
+                os.close(fd)
         self._open[name] = mapping
         while len(self._open) > self.limit:
             self._drop(next(iter(self._open)))
@@ -209,57 +242,42 @@ class SegmentCache:
             self._drop(name)
 
 
-def place_rows(rows: list[Any], space: spaces.Box, targets: list[np.ndarray]) -> dict[str, Any]:
-    """Write one env's array per target (checked first, cast as SyncVectorEnv does: same_kind)
-    and return the leaf's descriptor."""
+def check_rows(rows: list[Any], space: spaces.Box) -> list[np.ndarray]:
+    """The envs' arrays of one leaf, once each is found to fit ``space``: its shape, and a dtype
+    that casts as SyncVectorEnv casts (same_kind). Nothing is written yet."""
     arrays = [np.asarray(row) for row in rows]
     for array in arrays:
         if array.shape != space.shape:
             raise ValueError(f"an observation of shape {array.shape} does not fit {space}")
         if not np.can_cast(array.dtype, space.dtype, "same_kind"):
             raise TypeError(f"Cannot cast array data from {array.dtype!r} to {space.dtype!r} according to the rule 'same_kind'")
-    for array, target in zip(arrays, targets):
-        np.copyto(target, array, casting="same_kind")
-    return {"dtype": space.dtype.str, "shape": [len(arrays), *space.shape], "shm": True}
+    return arrays
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale() -> None:
-    """Remove this user's segments whose trainer is dead (killed before it could remove them)."""
+def remove_stale(pid: int | None = None) -> None:
+    """Remove this user's segments that no live trainer holds (their trainer was killed):
+    those of trainer ``pid`` (an embedded worker whose trainer died), or else all of them
+    old enough not to be in the making."""
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
         return
     for name in names:
         match = NAME.match(name)
-        if match and not _alive(int(match.group(1))):
-            path = os.path.join(SHM_DIR, name)
-            try:
-                if os.stat(path, follow_symlinks=False).st_uid == os.getuid():
-                    os.unlink(path)
-            except OSError:
-                pass
-
-
-def remove_segments_of(pid: int) -> None:
-    """Remove the segments of trainer ``pid`` (an embedded worker whose trainer died)."""
-    prefix = f"rlay-{pid}-"
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix) and NAME.match(name):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-            except OSError:
-                pass
+        if not match or (pid is not None and int(match.group(1)) != pid):
+            continue
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid() or (pid is None and time.time() - info.st_mtime < STALE_AGE):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its trainer lives
+            os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

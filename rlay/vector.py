@@ -771,6 +771,8 @@ class RlayVectorEnv(VectorEnv):
             self._slot_info[info["slot"]] = info
         self._regroup()
         self._unreset.update(rows)
+        if self._segment is not None:
+            self._segment.renew_token()  # the lost worker may still run: it must not write into these rows
 
     def _lease_again(self, deadline: float, cause: str) -> None:
         """Lease every row anew from a broker that no longer knows this trainer (it restarted)."""

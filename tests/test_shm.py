@@ -187,7 +187,8 @@ def test_a_valid_offer_gives_views_of_the_trainers_rows(segment):
     {"token": "not bytes"},
     {"name": "../../etc/passwd"},
     {"name": "rlay-1-not-hex-at-all"},
-    {"name": "rlay-999999999-0123456789abcdef"},  # no such segment (another host's)
+    {"name": "rlay-9999999-0123456789abcdef"},  # no such segment (another host's)
+    {"name": "rlay-9999999999-0123456789abcdef"},  # not a pid
     {"leaves": [[0, [0, 4096]]]},  # row 0 over the token
     {"leaves": [[0, [4096, 1 << 40]]]},  # past the end
     {"leaves": [[0, [4096]]]},  # one offset for two rows
@@ -220,6 +221,57 @@ def test_the_worker_does_not_follow_links_or_open_other_files(segment, tmp_path)
     assert target.read_bytes() == segment.token + b"\0" * 200_000
 
 
+@pytest.mark.parametrize("spoil", ["group-readable", "other-owner", "sparse", "shrunk-after-mapping"])
+def test_a_segment_that_could_sigbus_or_is_not_this_users_is_refused(segment, spoil):
+    """A write past a file's end, or into a page a full tmpfs cannot give, kills the writer with
+    SIGBUS: the worker refuses files that another user could truncate, sparse ones, and ones that
+    shrank since it mapped them."""
+    cache = SegmentCache()
+    try:
+        if spoil == "shrunk-after-mapping":
+            assert cache.place(segment.offer([0, 1]), [IMAGE], 2) is not None
+            os.truncate(segment.path, 4096 + 65536)
+        elif spoil == "group-readable":
+            os.chmod(segment.path, 0o640)
+        elif spoil == "other-owner":
+            if os.geteuid() != 0:
+                pytest.skip("chown needs root")
+            os.chown(segment.path, 65534, 65534)
+        else:  # a file sized without reserving its pages, token and all
+            os.unlink(segment.path)
+            with open(segment.path, "wb") as f:
+                f.write(segment.token)
+                f.truncate(4096 + 4 * 65536)
+            os.chmod(segment.path, 0o600)
+        assert cache.place(segment.offer([0, 1]), [IMAGE], 2) is None
+    finally:
+        cache.close()
+
+
+def test_nothing_is_written_unless_every_offered_leaf_fits(segment):
+    """Two large leaves, the second of the wrong shape: the reply fails, and the first leaf's
+    rows in the trainer's buffer are untouched."""
+    from workers.base import _obs_leaves
+
+    space = spaces.Dict({"a": IMAGE, "b": IMAGE})
+    two = ObsSegment.create([(0, IMAGE), (1, IMAGE)], 1)
+    cache = SegmentCache()
+    try:
+        placed = cache.place(two.offer([0]), [IMAGE, IMAGE], 1)
+        assert placed is not None and sorted(placed) == [0, 1]
+        bad = {"a": np.full(IMAGE.shape, 9, np.uint8), "b": np.zeros((2, 2), np.uint8)}
+        with pytest.raises(ValueError, match="does not fit"):
+            _obs_leaves(space, [bad], placed)
+        assert (two.arrays[0] == 0).all() and (two.arrays[1] == 0).all()
+        good = {"a": np.full(IMAGE.shape, 9, np.uint8), "b": np.full(IMAGE.shape, 7, np.uint8)}
+        descriptors, frames = _obs_leaves(space, [good], placed)
+        assert frames == [] and all(d["shm"] is True for d in descriptors)
+        assert (two.arrays[0] == 9).all() and (two.arrays[1] == 7).all()
+    finally:
+        cache.close()
+        two.close()
+
+
 def test_a_new_token_refuses_offers_of_the_old_lease(segment):
     cache = SegmentCache()
     try:
@@ -232,17 +284,20 @@ def test_a_new_token_refuses_offers_of_the_old_lease(segment):
         cache.close()
 
 
-def test_the_worker_lets_go_of_removed_segments():
+def test_the_worker_lets_go_of_removed_segments_even_while_busy():
+    """Serving another trainer's offers (no idle tick) still lets go of a removed segment."""
     cache = SegmentCache()
     cache.PRUNE_INTERVAL = 0.0
-    made = ObsSegment.create([(0, IMAGE)], 1)
+    made, other = ObsSegment.create([(0, IMAGE)], 1), ObsSegment.create([(0, IMAGE)], 1)
     try:
         assert cache.place(made.offer([0]), [IMAGE], 1) is not None
+        assert cache.place(other.offer([0]), [IMAGE], 1) is not None
         made.close()
-        cache.prune()
-        assert not cache._open
+        assert cache.place(other.offer([0]), [IMAGE], 1) is not None
+        assert list(cache._open) == [other.name]
     finally:
         made.close()
+        other.close()
         cache.close()
 
 
@@ -289,16 +344,34 @@ def test_no_segment_outlives_its_trainer(how):
     wait_for(lambda: not os.path.exists(path), 15, f"{path} to be removed")
 
 
-def test_a_dead_trainers_segment_is_removed_by_the_next_one():
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          timeout=30)
-    stale = os.path.join(SHM_DIR, f"rlay-{int(dead.stdout)}-0123456789abcdef")
-    with open(stale, "wb") as f:
-        f.write(b"\0" * 8192)
+def test_only_segments_no_live_trainer_holds_are_removed_as_stale():
+    """A segment is live while its trainer holds a lock on it, whatever its name says (its pid may
+    be of another pid namespace); one left unlocked by a dead trainer is removed by the next."""
+    import fcntl
+    import time
+
+    def segment_file(name: str, age: float) -> str:
+        path = os.path.join(SHM_DIR, name)
+        with open(path, "wb") as f:
+            f.write(b"\0" * 8192)
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    dead = segment_file("rlay-9999998-0123456789abcdef", age=60)
+    fresh = segment_file("rlay-9999998-1123456789abcdef", age=0)  # maybe being made: not yet locked
+    held = segment_file("rlay-9999998-2123456789abcdef", age=60)
+    odd = segment_file("rlay-9999999999-0123456789abcdef", age=60)  # no such pid: not a segment name
+    holder = os.open(held, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
     made = ObsSegment.create([(0, IMAGE)], 1)
     try:
-        assert not os.path.exists(stale)
+        assert made is not None
+        assert not os.path.exists(dead)
+        assert os.path.exists(fresh) and os.path.exists(held) and os.path.exists(odd)
     finally:
-        made.close()
-        if os.path.exists(stale):
-            os.unlink(stale)
+        if made is not None:
+            made.close()
+        os.close(holder)
+        for path in (dead, fresh, held, odd):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -24,7 +24,7 @@ from rlay import protocol as P
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
-from rlay.shm import SegmentCache, place_rows
+from rlay.shm import SegmentCache, check_rows
 from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header, is_large, send_frames
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
@@ -341,11 +341,13 @@ def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) ->
         batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
         return encode_leaves(flatten(space, batch))
     per_env = [flatten(space, o) for o in obs]  # each observation's leaves, by reference
-    descriptors, frames = [], []
+    descriptors, frames, writes = [], [], []
     for n, (leaf_space, is_big) in enumerate(zip(leaf_spaces_, big)):
         items = [leaves[n] for leaves in per_env]
-        if placed and n in placed:  # straight into the trainer's batch buffer
-            desc, arrays = place_rows(items, leaf_space, placed[n]), []
+        if placed and n in placed:  # straight into the trainer's batch buffer, once every leaf fits
+            writes.extend(zip(check_rows(items, leaf_space), placed[n]))
+            desc = {"dtype": leaf_space.dtype.str, "shape": [len(items), *leaf_space.shape], "shm": True}
+            arrays = []
         elif is_big:  # no batch copy: the envs' own arrays go out as frames
             desc, arrays = encode_rows(items, leaf_space)
         else:
@@ -353,6 +355,8 @@ def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) ->
             (desc,), arrays = encode_leaves(flatten(leaf_space, batch))
         descriptors.append(desc)
         frames.extend(arrays)
+    for array, target in writes:
+        np.copyto(target, array, casting="same_kind")
     return descriptors, frames
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 
 from rlay import protocol as P
-from rlay.shm import remove_segments_of
+from rlay.shm import remove_stale
 from rlay.spaces import unflatten
 from rlay.values import WireError
 from rlay.wire import decode_leaves
@@ -299,7 +299,7 @@ def worker_process(
         worker.run()
         if parent_tmpdir is not None and parent_pid is not None and os.getppid() != parent_pid:
             shutil.rmtree(parent_tmpdir, ignore_errors=True)  # (its sibling workers may race to it)
-            remove_segments_of(parent_pid)  # and its shared memory
+            remove_stale(parent_pid)  # and its shared memory
     except BaseException:
         if error_queue is not None:
             error_queue.put((f"{env_id}#{rank}", traceback.format_exc()))
