@@ -375,3 +375,28 @@ def test_only_segments_no_live_trainer_holds_are_removed_as_stale():
         for path in (dead, fresh, held, odd):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_a_forked_child_does_not_hold_its_parents_segment():
+    """A worker restarted by fork (supervision) must not keep the trainer's lock, or the segment
+    would look live after the trainer died; nor may it remove the segment when it exits."""
+    import fcntl
+
+    made = ObsSegment.create([(0, IMAGE)], 1)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: no lock of its own, and closing removes nothing
+            code = 0 if made._fd is None else 1
+            made.close()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(made.path)
+        probe = os.open(made.path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # the parent still holds it
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+    finally:
+        made.close()
