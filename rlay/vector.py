@@ -622,12 +622,10 @@ class RlayVectorEnv(VectorEnv):
 
     def _take_results(self, head: dict, frames: list[Any]) -> None:
         for rows, body, part_frames in self._split_reply(head, frames, "a first-ready answer"):
-            for result in self._row_results(rows, body, part_frames):
+            for result in self._row_results(rows, body, part_frames, keep=True):
                 self._in_flight.pop(result.row, None)
                 self._ready.append(result)
-                if self._replacing:  # the last observation of each env, should its worker be lost
-                    for buffer, value in zip(self._obs_leaves, result.obs):
-                        buffer[result.row] = value
+                if self._replacing:
                     if "reward" not in body:  # a reset: a new episode
                         self._truncate_next.pop(result.row, None)
                         self._autoreset_next.pop(result.row, None)
@@ -635,15 +633,27 @@ class RlayVectorEnv(VectorEnv):
                             self._marked.discard(result.row)
                             result.info = {**result.info, WORKER_LOST_KEY: True}
 
-    def _row_results(self, rows: list[int], body: dict, frames: list[Any]) -> list[_EnvResult]:
-        """One part's results env by env (a reset's with reward 0)."""
+    def _row_results(self, rows: list[int], body: dict, frames: list[Any], keep: bool) -> list[_EnvResult]:
+        """One part's results env by env (a reset's with reward 0), each with its own copy of its
+        observation. ``keep``: the results of first-ready stepping, whose observations go into the
+        batch buffer, which holds each env's last observation (a masked reset returns it, and a
+        lost env's truncation); a worker may have written them there already (shared memory).
+        Without it (new envs replacing lost ones) the buffer is left as it is."""
         try:
-            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows), in_place=self._in_place)
+            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows),
+                                   in_place=self._in_place if keep else ())
+            if keep:
+                for buffer, leaf in zip(self._obs_leaves, leaves):
+                    if leaf is not IN_PLACE:
+                        for n, row in enumerate(rows):
+                            buffer[row] = leaf[n]
             stepped = "reward" in body
             results = []
             for n, row in enumerate(rows):
-                obs = [np.array(self._obs_leaves[k][row]) if leaf is IN_PLACE else leaf[n] if isinstance(leaf, tuple)
-                       else np.array(leaf[n]) for k, leaf in enumerate(leaves)]
+                if keep:
+                    obs = [b[row] if isinstance(b, list) else np.array(b[row]) for b in self._obs_leaves]
+                else:
+                    obs = [leaf[n] if isinstance(leaf, tuple) else np.array(leaf[n]) for leaf in leaves]
                 if stepped:
                     results.append(_EnvResult(row, obs, float(body["reward"][n]), bool(body["terminated"][n]),
                                               bool(body["truncated"][n]), body["info"][n], body["final"][n]))
@@ -725,7 +735,9 @@ class RlayVectorEnv(VectorEnv):
                     rows, relet = [], False
                 unreset = sorted(self._unreset)
                 what = f"the reset of the new envs {_rows_text(unreset)}, replacing lost ones"
-                call = self._send(P.RESET, np.asarray(unreset), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []))
+                # (as frames: the buffer holds the lost envs' last observations, which their truncation reports)
+                call = self._send(P.RESET, np.asarray(unreset), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []),
+                                  shared=False)
                 head, frames = self._await(call.req, self.timeout + REPLY_GRACE, what)
                 if head[P.TYPE] == P.ERROR:
                     raise self._error_from(head, what)
@@ -735,7 +747,7 @@ class RlayVectorEnv(VectorEnv):
                 relet, cause = True, str(exc)
                 continue
             for part_rows, body, part_frames in self._split_reply(head, frames, what):
-                for result in self._row_results(part_rows, body, part_frames):
+                for result in self._row_results(part_rows, body, part_frames, keep=False):
                     row = result.row
                     self._unreset.discard(row)
                     if row in self._autoreset_next:  # its lost episode was reported already: owe only the reset
@@ -864,12 +876,13 @@ class RlayVectorEnv(VectorEnv):
         return set(self._in_flight).union(result.row for result in self._ready)
 
     def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]],
-              gather: bool = True) -> _Call:
+              gather: bool = True, shared: bool = True) -> _Call:
         """Send one batched call: one part per worker that hosts some of ``rows``.
 
         ``gather`` (the synchronous API) waits for every part in one reply; without
         it each part is answered as it completes (first-ready stepping). Under
         "replace" the call is ``partial``: a part whose worker is lost fails alone.
+        ``shared``: offer the shared-memory buffer for the observations of a reset or step.
         """
         call = _Call(kind, rows.tolist(), make_body)
         wanted = set(call.rows)
@@ -879,7 +892,7 @@ class RlayVectorEnv(VectorEnv):
             if not picked:
                 continue
             body, arrays = make_body(group, picked)
-            if self._segment is not None and kind in (P.RESET, P.STEP):
+            if shared and self._segment is not None and kind in (P.RESET, P.STEP):
                 body["shm"] = self._segment.offer(picked)
             parts.append([[self.slots[r] for r in picked], 1 + len(arrays)])
             frames.append(packb(body))

@@ -210,3 +210,21 @@ class ScalarEnv(gym.Env):
         self.x = np.float32(self.x + int(action) - 1)
         done = abs(float(self.x)) >= 3
         return np.array(self.x, np.float32), float(action), done, False, {"x": float(self.x)}
+
+
+class SlowImageEnv(gym.Env):
+    """A 64 KiB image, new every step, from a step slow enough to be interrupted (0.3 s)."""
+
+    observation_space = spaces.Box(0, 255, (128, 128, 4), np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._image(), {}
+
+    def _image(self):
+        return self.np_random.integers(0, 256, (128, 128, 4), dtype=np.uint8)
+
+    def step(self, action):
+        time.sleep(0.3)
+        return self._image(), 0.0, False, False, {}

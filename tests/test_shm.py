@@ -95,6 +95,51 @@ def test_first_ready_results_from_shared_memory_are_each_envs_own(paths):
     assert paths and all(p[0] == "shm" for p in paths)
 
 
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "frames"])
+def test_after_first_ready_stepping_the_buffer_holds_each_envs_last_observation(shared_memory):
+    """A masked reset after recv() returns, for the rows it does not reset, the observation recv()
+    last returned for them: every leaf of it (workers write large leaves into the buffer at once)."""
+    envs = RlayVectorEnv([ImageDictEnv] * 2, envs_per_worker=1, autoreset_mode=AutoresetMode.DISABLED,
+                         shared_memory=shared_memory)
+    try:
+        envs.async_reset(seed=0)
+        envs.recv(2)
+        envs.send(envs.action_space.sample(), [0, 1])
+        obs, *_, infos = envs.recv(2)
+        last = {int(i): {key: obs[key][k].copy() for key in obs} for k, i in enumerate(infos["env_id"])}
+        out, _ = envs.reset(seed=5, options={"reset_mask": np.array([True, False])})
+        for key in ("image", "pos"):
+            np.testing.assert_array_equal(out[key][1], last[1][key], err_msg=key)
+    finally:
+        envs.close()
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
+def test_a_lost_envs_truncation_reports_its_last_observation_not_the_new_envs(mode):
+    """Under "replace" the new envs are reset as frames: the buffer keeps the lost envs' last
+    observations, which their truncation reports. The token changes, so that a lost worker still
+    running cannot write into rows that now belong to other envs."""
+    import signal
+
+    from tests.envs import SlowImageEnv
+
+    envs = RlayVectorEnv([SlowImageEnv] * 4, envs_per_worker=2, autoreset_mode=mode, on_worker_failure="replace",
+                         timeout=30)
+    try:
+        envs.reset(seed=0)
+        seen = envs.step(np.zeros(4, np.int64))[0].copy()
+        victim, lost, token = envs._groups[1].pid, envs._groups[1].rows.tolist(), envs._segment.token
+        envs.step_async(np.zeros(4, np.int64))
+        os.kill(victim, signal.SIGKILL)  # while its envs sleep in their step
+        obs, _, _, truncated, infos = envs.step_wait()
+        assert truncated[lost].all() and infos["worker_lost"][lost].all()
+        reported = np.stack(infos["final_obs"][lost]) if mode == AutoresetMode.SAME_STEP else obs[lost]
+        np.testing.assert_array_equal(reported, seen[lost])
+        assert envs._segment.token != token
+    finally:
+        envs.close()
+
+
 def test_a_worker_that_cannot_see_the_segment_sends_frames(paths):
     """A worker in its own mount namespace, with a /dev/shm of its own: another host, as far as
     shared memory goes. The trainer offers its segment, the worker cannot open it, and frames
