@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import fcntl
 import logging
-import math
 import mmap
 import os
 import re
@@ -40,6 +39,8 @@ from typing import Any, Iterable
 
 import numpy as np
 from gymnasium import spaces
+
+from rlay.wire import row_bytes
 
 __all__ = ["ObsSegment", "SegmentCache", "check_rows", "remove_stale"]
 
@@ -87,9 +88,9 @@ class ObsSegment:
             return None
         layout, size = {}, HEADER_BYTES
         for index, space in leaves:
-            row_bytes = space.dtype.itemsize * math.prod(space.shape)
-            layout[index] = (size, row_bytes)
-            size += -(-num_envs * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+            size_of_row = row_bytes(space)
+            layout[index] = (size, size_of_row)
+            size += -(-num_envs * size_of_row // mmap.PAGESIZE) * mmap.PAGESIZE
         remove_stale()
         path = os.path.join(SHM_DIR, f"rlay-{os.getpid()}-{secrets.token_hex(8)}")
         try:
@@ -185,9 +186,9 @@ class SegmentCache:
             space = leaf_spaces[index]
             if not isinstance(space, spaces.Box):
                 return None
-            row_bytes = space.dtype.itemsize * math.prod(space.shape)
+            size_of_row = row_bytes(space)
             for offset in offsets:
-                if type(offset) is not int or offset < HEADER_BYTES or offset + row_bytes > size:
+                if type(offset) is not int or offset < HEADER_BYTES or offset + size_of_row > size:
                     return None
             placed[index] = [np.ndarray(space.shape, space.dtype, buffer=mapping.memory, offset=o) for o in offsets]
         return placed

@@ -37,9 +37,14 @@ def header(type_: str, **fields: Any) -> bytes:
 ROW_FRAME_BYTES = 65536  # a Box leaf this large per env travels row by row: a frame, or a shared-memory row, per env
 
 
+def row_bytes(space: spaces.Box) -> int:
+    """The bytes of one env's array of a Box leaf."""
+    return space.dtype.itemsize * math.prod(space.shape)
+
+
 def is_large(space: spaces.Space) -> bool:
     """A Box leaf whose per-env array is worth its own frame (or shared-memory row, rlay/shm.py)."""
-    return isinstance(space, spaces.Box) and space.dtype.itemsize * math.prod(space.shape) >= ROW_FRAME_BYTES
+    return isinstance(space, spaces.Box) and row_bytes(space) >= ROW_FRAME_BYTES
 
 
 COPY_THRESHOLD = 65536  # frames smaller than this are cheaper to copy than to send zero-copy
