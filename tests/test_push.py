@@ -209,3 +209,25 @@ def test_game_side_api_refuses_misuse(broker):
         game.close()
         env.close()
     assert {j: c.kind for j, c in game.commands().items()} == {0: "close", 1: "close"}
+
+
+def test_push_game_writes_large_observations_into_shared_memory(games, monkeypatch):
+    """A push game on the trainer's host takes the shared-memory offer as a hosted worker does
+    (the same reply code), SameStep final observations included."""
+    import rlay.vector
+
+    seen: list[list[bool]] = []
+    decode = rlay.vector.decode_leaves
+
+    def spy(descriptors, *args, **kwargs):
+        seen.append([d.get("shm") is True for d in descriptors])
+        return decode(descriptors, *args, **kwargs)
+
+    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
+    games.start("tests.envs:ImageDictEnv", "push-image", "--every", "3", agents=3)
+    envs = RlayVectorEnv.remote("push-image", 3, broker=games.front, autoreset_mode=AutoresetMode.SAME_STEP, timeout=30)
+    try:
+        compare_runs(envs, "ImageDictEnv", AutoresetMode.SAME_STEP, num_envs=3)
+    finally:
+        envs.close()
+    assert seen and all(s == [True, False] for s in seen), seen[:3]  # image in shared memory, pos as a frame
