@@ -1,9 +1,9 @@
 """Shared memory for large observations, between a trainer and the workers on its host.
 
-Over sockets every observation byte is copied by the kernel twice (out of the worker,
-into the trainer) and once more into the trainer's batch buffer. For frames of
-megabytes that is most of the step. So the trainer keeps its batch buffer of each
-large Box leaf (``rlay.wire.ROW_FRAME_BYTES`` or more per env) in one segment under /dev/shm,
+Over sockets every observation byte is copied into a batch or a message, by the kernel
+twice (out of the worker, into the trainer), and once more into the trainer's batch
+buffer. For images that is most of the step. So the trainer keeps its batch buffer of
+each Box leaf of ``SHARED_BYTES`` (8 KiB) or more per env in one segment under /dev/shm,
 and offers it in every reset and step request: the segment's name, a token, and the
 byte offset of each env's row (protocol 3.9). A worker that can open the segment and
 finds the token at its start writes the observations there and replies with
@@ -42,13 +42,17 @@ from gymnasium import spaces
 
 from rlay.wire import row_bytes
 
-__all__ = ["ObsSegment", "SegmentCache", "check_rows", "remove_stale"]
+__all__ = ["ObsSegment", "SegmentCache", "check_rows", "is_shared", "remove_stale"]
 
 log = logging.getLogger("rlay.shm")
 
 SHM_DIR = "/dev/shm"
 TOKEN_BYTES = 16  # the segment starts with its token
 HEADER_BYTES = 4096  # token, then nothing until the first leaf, which starts page-aligned
+# Box leaves of at least this many bytes per env are kept in shared memory. Below it the offer and
+# its checks cost about what the copies they save do (measured: neutral at 4-7 KiB, +20% env-steps/s
+# at 12 KiB and +35% at 21 KiB, 8 envs; docs/performance.md).
+SHARED_BYTES = 8192
 NAME = re.compile(r"rlay-([1-9][0-9]{0,6})-[0-9a-f]{16}\Z")  # rlay-<trainer pid>-<random>
 STALE_AGE = 10.0  # s: an unlocked segment written to more recently may be one being made, not a dead one
 _LIVE: "weakref.WeakSet[ObsSegment]" = weakref.WeakSet()
@@ -62,6 +66,11 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def is_shared(space: spaces.Space) -> bool:
+    """A leaf the trainer keeps in shared memory: a Box of at least SHARED_BYTES per env."""
+    return isinstance(space, spaces.Box) and row_bytes(space) >= SHARED_BYTES
 
 
 class ObsSegment:

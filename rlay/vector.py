@@ -53,8 +53,8 @@ from rlay.errors import (
 )
 from rlay.spaces import decode_space, flatten, leaf_spaces, unflatten
 from rlay.values import WireError, packb
-from rlay.shm import ObsSegment
-from rlay.wire import IN_PLACE, decode_body, decode_leaves, describe_failures, encode_leaves, is_large
+from rlay.shm import ObsSegment, is_shared
+from rlay.wire import IN_PLACE, decode_body, decode_leaves, describe_failures, encode_leaves
 
 __all__ = ["RlayVectorEnv"]
 
@@ -154,7 +154,7 @@ class RlayVectorEnv(VectorEnv):
             (docs/architecture.md, "Worker failures").
         replace_timeout: seconds a replacement may wait for a free slot [default: timeout].
         shared_memory: keep the batch buffer of large observations (Box leaves
-            of 64 KiB or more per env) in shared memory, which the workers on
+            of 8 KiB or more per env) in shared memory, which the workers on
             this host write straight into (default True, as AsyncVectorEnv).
             Workers elsewhere send them as frames. With ``copy=False`` the
             returned arrays are that buffer: the next step overwrites them.
@@ -313,7 +313,7 @@ class RlayVectorEnv(VectorEnv):
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
         self._obs_leaves = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, self._observations)]
         if self.shared_memory:  # large observations: workers on this host write them straight into the buffer
-            self._segment = ObsSegment.create([(i, s) for i, s in enumerate(self._obs_leaf_spaces) if is_large(s)], num_envs)
+            self._segment = ObsSegment.create([(i, s) for i, s in enumerate(self._obs_leaf_spaces) if is_shared(s)], num_envs)
         if self._segment is not None:
             self._segment_finalizer = weakref.finalize(self, self._segment.close)
             for index, array in self._segment.arrays.items():

@@ -445,3 +445,21 @@ def test_a_forked_child_does_not_hold_its_parents_segment():
             os.close(probe)
     finally:
         made.close()
+
+
+def test_images_from_8_kib_per_env_go_through_shared_memory(paths):
+    """Atari-sized frames (84x84x3, 21 KiB) take shared memory; smaller leaves, where the offer
+    would cost what it saves, stay frames."""
+    import functools
+
+    from rlay.bench import FrameEnv
+
+    for shape, shared in [((84, 84, 3), True), ((32, 32, 4), False)]:
+        envs = RlayVectorEnv([functools.partial(FrameEnv, shape)] * 2)
+        try:
+            assert (envs._segment is not None) == shared
+            obs, _ = envs.reset(seed=0)
+            np.testing.assert_array_equal(obs, np.stack([FrameEnv(shape).frame] * 2))
+        finally:
+            envs.close()
+    assert [p[0] for p in paths] == ["shm", "frame"]
