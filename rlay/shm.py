@@ -26,7 +26,6 @@ orphaned embedded worker) removes them.
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import mmap
 import os
@@ -41,6 +40,11 @@ import numpy as np
 from gymnasium import spaces
 
 from rlay.wire import row_bytes
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no shared memory, observations travel as frames
+    fcntl = None
 
 __all__ = ["ObsSegment", "SegmentCache", "check_rows", "is_shared", "remove_stale"]
 
@@ -65,7 +69,8 @@ def _forget_in_child() -> None:
         segment._forget()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def is_shared(space: spaces.Space) -> bool:
@@ -93,7 +98,7 @@ class ObsSegment:
         """A segment for the given (leaf index, space) pairs, or None where shared memory is not
         to be had (no /dev/shm, no room in it): then observations travel as frames."""
         leaves = list(leaves)
-        if not leaves or not os.path.isdir(SHM_DIR):
+        if not leaves or fcntl is None or not os.path.isdir(SHM_DIR):
             return None
         layout, size = {}, HEADER_BYTES
         for index, space in leaves:
@@ -173,7 +178,7 @@ class SegmentCache:
 
     def place(self, offer: Any, leaf_spaces: list[spaces.Space], num_rows: int) -> dict[int, list[np.ndarray]] | None:
         self.prune()
-        if not isinstance(offer, dict):
+        if not isinstance(offer, dict) or fcntl is None:
             return None
         name, token, leaves = offer.get("name"), offer.get("token"), offer.get("leaves")
         if not isinstance(name, str) or type(token) is not bytes or len(token) != TOKEN_BYTES or not isinstance(leaves, list):
