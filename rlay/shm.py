@@ -19,8 +19,9 @@ after checking the token. The token tells the trainer's segment from a same-name
 is not a secret from the peers a request passes through (protocol 14).
 
 A live segment is one its trainer holds an exclusive ``flock`` on, whatever pid namespace
-it runs in; the files nobody holds are left by dead trainers, and any trainer (or an
-orphaned embedded worker) removes them.
+it runs in; the files nobody holds are left by dead trainers. A trainer about to make
+its segment removes those of its user not written to for 10 s; an embedded worker whose
+trainer died removes that trainer's.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class ObsSegment:
         for index, space in leaves:
             size_of_row = row_bytes(space)
             layout[index] = (size, size_of_row)
-            size += -(-num_envs * size_of_row // mmap.PAGESIZE) * mmap.PAGESIZE
+            size += -(-num_envs * size_of_row // HEADER_BYTES) * HEADER_BYTES  # the next leaf starts 4096-aligned
         remove_stale()
         path = os.path.join(SHM_DIR, f"rlay-{os.getpid()}-{secrets.token_hex(8)}")
         try:
@@ -184,11 +185,13 @@ class SegmentCache:
         if not isinstance(name, str) or type(token) is not bytes or len(token) != TOKEN_BYTES or not isinstance(leaves, list):
             return None
         mapping = self._mapping(name)
-        if mapping is None or mapping.memory[:TOKEN_BYTES] != token:
+        if mapping is None:
             return None
         size = len(mapping.memory)
-        if os.fstat(mapping.fd).st_size < size:  # shrunk under us: a write past its end would SIGBUS
+        if os.fstat(mapping.fd).st_size < size:  # shrunk under us: touching what is gone would SIGBUS
             self._drop(name)
+            return None
+        if mapping.memory[:TOKEN_BYTES] != token:
             return None
         placed: dict[int, list[np.ndarray]] = {}
         for item in leaves:

@@ -622,7 +622,13 @@ class RlayVectorEnv(VectorEnv):
 
     def _take_results(self, head: dict, frames: list[Any]) -> None:
         for rows, body, part_frames in self._split_reply(head, frames, "a first-ready answer"):
-            for result in self._row_results(rows, body, part_frames, keep=True):
+            try:
+                results = self._row_results(rows, body, part_frames, keep=True)
+            except BrokerError:  # a malformed reply is still an answer: these envs are not stepping
+                for row in rows:
+                    self._in_flight.pop(row, None)
+                raise
+            for result in results:
                 self._in_flight.pop(result.row, None)
                 self._ready.append(result)
                 if self._replacing:
@@ -648,6 +654,7 @@ class RlayVectorEnv(VectorEnv):
                         for n, row in enumerate(rows):
                             buffer[row] = leaf[n]
             stepped = "reward" in body
+            _check_per_env(body, STEP_KEYS if stepped else RESET_KEYS, len(rows))
             results = []
             for n, row in enumerate(rows):
                 if keep:
@@ -725,6 +732,8 @@ class RlayVectorEnv(VectorEnv):
                         raise WorkerLostError(f"envs {_rows_text(rows)} could not be replaced within "
                                               f"{self.replace_timeout:g} s (replace_timeout): {cause}")
                     first = False
+                    if self._segment is not None:  # a lost worker may still run: it must not write into
+                        self._segment.renew_token()  # the rows that hold its envs' last observations
                     log.warning("replacing envs %s (waiting up to %.0f s for free slots) after: %s",
                                 "0-%d" % (self.num_envs - 1) if relet else _rows_text(rows),
                                 deadline - time.monotonic(), cause)
@@ -783,8 +792,6 @@ class RlayVectorEnv(VectorEnv):
             self._slot_info[info["slot"]] = info
         self._regroup()
         self._unreset.update(rows)
-        if self._segment is not None:
-            self._segment.renew_token()  # the lost worker may still run: it must not write into these rows
 
     def _lease_again(self, deadline: float, cause: str) -> None:
         """Lease every row anew from a broker that no longer knows this trainer (it restarted)."""
@@ -805,8 +812,6 @@ class RlayVectorEnv(VectorEnv):
         self._adopt_slots(head["slots"])
         self._unreset = set(range(self.num_envs))
         self._relets += 1
-        if self._segment is not None:
-            self._segment.renew_token()  # late writes of the old lease's workers are refused
 
     def _replaced_result(self, row: int) -> _EnvResult:
         """The step result of a replaced env, made by the trainer: the truncation of the episode its lost
@@ -987,18 +992,14 @@ class RlayVectorEnv(VectorEnv):
                             buffer[row] = value
                     else:
                         buffer[index] = leaf
+                _check_per_env(body, keys, len(rows))
                 for key, column in columns.items():
                     values = body[key]
-                    if type(values) is not list or len(values) != len(rows):
-                        raise WireError(f"{key!r} must list one value per env")
                     if type(index) is slice:
                         column[index] = values
                     else:
                         for row, value in zip(rows, values):
                             column[row] = value
-                for info in body["info"]:
-                    if type(info) is not dict:
-                        raise WireError(f"an info must be a map, got {type(info).__name__}")
         except (WireError, KeyError, TypeError, ValueError) as exc:
             raise BrokerError(f"malformed reply from a worker: {exc}") from None
         return columns, replaced
@@ -1068,6 +1069,18 @@ def default_envs_per_worker(num_envs: int) -> int:
     """
     per_core = math.ceil(num_envs / (os.cpu_count() or 1))
     return max(1, per_core, min(num_envs, MIN_ENVS_PER_WORKER))
+
+
+def _check_per_env(body: dict, keys: tuple[str, ...], count: int) -> None:
+    """A reset or step reply lists one value per env under each key, and every info is a map
+    (protocol 5.9); raises WireError otherwise."""
+    for key in keys:
+        values = body[key]
+        if type(values) is not list or len(values) != count:
+            raise WireError(f"{key!r} must list one value per env")
+    for info in body["info"]:
+        if type(info) is not dict:
+            raise WireError(f"an info must be a map, got {type(info).__name__}")
 
 
 def _row_index(rows: list[int]) -> slice | np.ndarray:

@@ -34,7 +34,7 @@ def header(type_: str, **fields: Any) -> bytes:
     return packb({P.VERSION: P.PROTOCOL_VERSION, P.TYPE: type_, **fields})
 
 
-ROW_FRAME_BYTES = 65536  # a Box leaf this large per env travels row by row: a frame, or a shared-memory row, per env
+ROW_FRAME_BYTES = 65536  # a Box leaf this large per env travels as frames row by row (when not in shared memory)
 
 
 def row_bytes(space: spaces.Box) -> int:
@@ -43,7 +43,7 @@ def row_bytes(space: spaces.Box) -> int:
 
 
 def is_large(space: spaces.Space) -> bool:
-    """A Box leaf whose per-env array is worth its own frame (or shared-memory row, rlay/shm.py)."""
+    """A Box leaf whose per-env array is worth its own frame (shared memory has its own threshold, rlay/shm.py)."""
     return isinstance(space, spaces.Box) and row_bytes(space) >= ROW_FRAME_BYTES
 
 

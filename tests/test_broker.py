@@ -282,3 +282,26 @@ def test_replace_takes_only_lost_slots_of_the_lease(cartpoles, raw):
         assert reply[P.TYPE] == P.ERROR and reply["code"] == code and text in reply["message"], (fields, reply)
     assert ask(sock, [header(P.RELEASE, req=20)])[P.TYPE] == P.RELEASED
     assert_serves(front)
+
+
+def test_a_malformed_worker_reply_in_first_ready_stepping_is_a_broker_error(cartpoles, raw):
+    """First-ready results are checked as a step's are (protocol 5.9): one value per env under each
+    key, and maps for infos. A worker that breaks this gets its reply refused by name."""
+    front, back = cartpoles
+    worker = raw(back)
+    discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
+    assert ask(worker, [header(P.REGISTER, env_id="Odd", num_envs=1, host="h", pid=1, obs_space=discrete,
+                               act_space=discrete)])[P.TYPE] == P.REGISTERED
+    envs = RlayVectorEnv.remote("Odd", 1, broker=front, timeout=10)
+    try:
+        for info in ([1], [{}, {}]):
+            envs.async_reset(seed=0)
+            assert worker.poll(5000), "the reset never reached the worker"
+            request = decode_header(worker.recv_multipart()[0])
+            descriptors, frames = encode_leaves([np.zeros(1, np.int64)])
+            worker.send_multipart([header(P.REPLY, req=request[P.REQ]), packb({"obs": descriptors, "info": info}),
+                                   *frames])
+            with pytest.raises(BrokerError, match="malformed reply from a worker"):
+                envs.recv()
+    finally:
+        envs.close()

@@ -293,27 +293,29 @@ def test_a_segment_that_could_sigbus_or_is_not_this_users_is_refused(segment, sp
         cache.close()
 
 
-def test_nothing_is_written_unless_every_offered_leaf_fits(segment):
-    """Two large leaves, the second of the wrong shape: the reply fails, and the first leaf's
-    rows in the trainer's buffer are untouched."""
-    from workers.base import _obs_leaves
+def test_nothing_is_written_unless_the_reply_succeeds():
+    """Two large leaves, the second of the wrong shape; or an info that cannot cross the wire:
+    the reply fails, and the rows in the trainer's buffer are untouched."""
+    from workers.base import EnvFailures, Request, WorkerBase
 
     space = spaces.Dict({"a": IMAGE, "b": IMAGE})
     two = ObsSegment.create([(0, IMAGE), (1, IMAGE)], 1)
-    cache = SegmentCache()
+    worker = WorkerBase("tcp://127.0.0.1:1", env_id="x", observation_space=space, action_space=spaces.Discrete(2),
+                        num_envs=1)
     try:
-        placed = cache.place(two.offer([0]), [IMAGE, IMAGE], 1)
-        assert placed is not None and sorted(placed) == [0, 1]
+        request = Request("reset", 1, [0], {"seeds": [None], "shm": two.offer([0])}, [])
         bad = {"a": np.full(IMAGE.shape, 9, np.uint8), "b": np.zeros((2, 2), np.uint8)}
-        with pytest.raises(ValueError, match="does not fit"):
-            _obs_leaves(space, [bad], placed)
-        assert (two.arrays[0] == 0).all() and (two.arrays[1] == 0).all()
         good = {"a": np.full(IMAGE.shape, 9, np.uint8), "b": np.full(IMAGE.shape, 7, np.uint8)}
-        descriptors, frames = _obs_leaves(space, [good], placed)
-        assert frames == [] and all(d["shm"] is True for d in descriptors)
+        for obs, info, why in [(bad, {}, "does not fit"), (good, {"x": object()}, "cannot cross the wire")]:
+            with pytest.raises(EnvFailures) as failed:
+                worker.reply(request, [obs], {"info": [info]})
+            assert why in failed.value.reports[0]["message"]
+            assert (two.arrays[0] == 0).all() and (two.arrays[1] == 0).all()
+        frames = worker.reply(request, [good], {"info": [{}]})
+        assert len(frames) == 2  # header and body: no array frame
         assert (two.arrays[0] == 9).all() and (two.arrays[1] == 7).all()
     finally:
-        cache.close()
+        worker.segments.close()
         two.close()
 
 

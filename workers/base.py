@@ -310,14 +310,17 @@ class WorkerBase:
         envs = request.envs
         offer = request.body.get("shm")
         placed = None if offer is None else self.segments.place(offer, self.obs_leaves, len(envs))
-        descriptors, arrays = self._encode_obs(envs, obs, placed)
-        return [header(P.REPLY, req=request.req), _pack_reply(envs, {"obs": descriptors, **columns}), *arrays]
+        descriptors, arrays, writes = self._encode_obs(envs, obs, placed)
+        body = _pack_reply(envs, {"obs": descriptors, **columns})
+        for array, target in writes:  # only now: a reply that fails writes nothing (protocol 3.9)
+            np.copyto(target, array, casting="same_kind")
+        return [header(P.REPLY, req=request.req), body, *arrays]
 
     def plain_reply(self, request: Request, body: dict) -> list[Any]:
         """The reply to a call or set_attr: a body of per-env values, no array frames."""
         return [header(P.REPLY, req=request.req), _pack_reply(request.envs, body)]
 
-    def _encode_obs(self, envs: list[int], obs: list[Any], placed: dict | None) -> tuple[list[dict], list[np.ndarray]]:
+    def _encode_obs(self, envs: list[int], obs: list[Any], placed: dict | None) -> tuple[list[dict], list[np.ndarray], list]:
         try:
             return _obs_leaves(self.obs_space, obs, placed)
         except Exception:
@@ -331,15 +334,16 @@ class WorkerBase:
                                             "message": "observations cannot be batched", "traceback": ""}])
 
 
-def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) -> tuple[list[dict], list[np.ndarray]]:
-    """Descriptors and frames of a part's observations; ``placed`` (leaf index -> one target
-    array per env) holds the leaves that go into the trainer's shared memory instead."""
+def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) -> tuple[list[dict], list[np.ndarray], list]:
+    """Descriptors and frames of a part's observations, and the writes still to make:
+    ``placed`` (leaf index -> one target array per env) holds the leaves that go into the
+    trainer's shared memory instead, as (array, target) pairs once every leaf fits."""
     leaf_spaces_ = leaf_spaces(space)
     big = [is_large(s) for s in leaf_spaces_]
     if not any(big) and not placed:
         # concatenate() casts exactly as SyncVectorEnv's batching does.
         batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
-        return encode_leaves(flatten(space, batch))
+        return (*encode_leaves(flatten(space, batch)), [])
     per_env = [flatten(space, o) for o in obs]  # each observation's leaves, by reference
     descriptors, frames, writes = [], [], []
     for n, (leaf_space, is_big) in enumerate(zip(leaf_spaces_, big)):
@@ -355,9 +359,7 @@ def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) ->
             (desc,), arrays = encode_leaves(flatten(leaf_space, batch))
         descriptors.append(desc)
         frames.extend(arrays)
-    for array, target in writes:
-        np.copyto(target, array, casting="same_kind")
-    return descriptors, frames
+    return descriptors, frames, writes
 
 
 def _pack_reply(envs: list[int], body: dict) -> bytes:
