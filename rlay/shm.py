@@ -53,7 +53,7 @@ log = logging.getLogger("rlay.shm")
 
 SHM_DIR = "/dev/shm"
 TOKEN_BYTES = 16  # the segment starts with its token
-HEADER_BYTES = 4096  # token, then nothing until the first leaf, which starts page-aligned
+HEADER_BYTES = 4096  # token, then nothing until the first leaf; every leaf starts 4096-aligned
 # Box leaves of at least this many bytes per env are kept in shared memory. Below it the offer and
 # its checks cost about what the copies they save do (measured: neutral at 4-7 KiB, +20% env-steps/s
 # at 12 KiB and +35% at 21 KiB, 8 envs; docs/performance.md).
@@ -130,8 +130,8 @@ class ObsSegment:
         return cls(path, fd, memory, arrays, layout)
 
     def renew_token(self) -> None:
-        """A new token: offers made before this are refused by the workers (a new lease, or envs
-        moved to new slots: a lost worker that is still running must not write into their rows)."""
+        """A new token: offers made before this are refused by the workers (envs lost with their
+        worker are being replaced: a lost worker that still runs must not write into their rows)."""
         self.token = secrets.token_bytes(TOKEN_BYTES)
         self._memory[:TOKEN_BYTES] = self.token
 
