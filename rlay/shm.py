@@ -47,7 +47,7 @@ try:
 except ImportError:  # not POSIX: no shared memory, observations travel as frames
     fcntl = None
 
-__all__ = ["ObsSegment", "SegmentCache", "check_rows", "is_shared", "remove_stale"]
+__all__ = ["ObsSegment", "SegmentCache", "is_shared", "remove_stale"]
 
 log = logging.getLogger("rlay.shm")
 
@@ -258,18 +258,6 @@ class SegmentCache:
     def close(self) -> None:
         for name in list(self._open):
             self._drop(name)
-
-
-def check_rows(rows: list[Any], space: spaces.Box) -> list[np.ndarray]:
-    """The envs' arrays of one leaf, once each is found to fit ``space``: its shape, and a dtype
-    that casts as SyncVectorEnv casts (same_kind). Nothing is written yet."""
-    arrays = [np.asarray(row) for row in rows]
-    for array in arrays:
-        if array.shape != space.shape:
-            raise ValueError(f"an observation of shape {array.shape} does not fit {space}")
-        if not np.can_cast(array.dtype, space.dtype, "same_kind"):
-            raise TypeError(f"Cannot cast array data from {array.dtype!r} to {space.dtype!r} according to the rule 'same_kind'")
-    return arrays
 
 
 def remove_stale(pid: int | None = None) -> None:

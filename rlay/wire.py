@@ -112,15 +112,24 @@ def encode_leaves(leaves: Sequence[Any], rows: Any = None) -> tuple[list[dict], 
     return descriptors, frames
 
 
+def check_rows(rows: Sequence[Any], space: spaces.Box) -> list[np.ndarray]:
+    """The envs' arrays of one Box leaf, once each is found to fit ``space``: its shape, and a
+    dtype that casts as SyncVectorEnv's np.stack(out=...) casts (same_kind). Nothing is cast yet."""
+    arrays = [np.asarray(row) for row in rows]
+    for array in arrays:
+        if array.shape != space.shape:
+            raise ValueError(f"an observation of shape {array.shape} does not fit {space}")
+        if not np.can_cast(array.dtype, space.dtype, "same_kind"):
+            raise TypeError(f"Cannot cast array data from {array.dtype!r} to {space.dtype!r} according to the rule 'same_kind'")
+    return arrays
+
+
 def encode_rows(rows: Sequence[Any], space: spaces.Box) -> tuple[dict, list[np.ndarray]]:
     """A leaf sent as one frame per env: each env's own array, zero-copy when it already
     has the space's dtype and is contiguous. For large observations (frames)."""
     arrays = []
-    for row in rows:
-        array = np.asarray(row)
-        if array.shape != space.shape:
-            raise ValueError(f"an observation of shape {array.shape} does not fit {space}")
-        if array.dtype != space.dtype:  # cast as SyncVectorEnv's np.stack(out=...) does: same_kind
+    for array in check_rows(rows, space):
+        if array.dtype != space.dtype:
             cast = np.empty(space.shape, space.dtype)
             np.copyto(cast, array, casting="same_kind")
             array = cast

@@ -24,8 +24,8 @@ from rlay import protocol as P
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
-from rlay.shm import SegmentCache, check_rows
-from rlay.wire import decode_body, decode_header, encode_leaves, encode_rows, header, is_large, send_frames
+from rlay.shm import SegmentCache
+from rlay.wire import check_rows, decode_body, decode_header, encode_leaves, encode_rows, header, is_large, send_frames
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
 
