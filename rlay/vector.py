@@ -649,10 +649,7 @@ class RlayVectorEnv(VectorEnv):
             leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows),
                                    in_place=self._in_place if keep else ())
             if keep:
-                for buffer, leaf in zip(self._obs_leaves, leaves):
-                    if leaf is not IN_PLACE:
-                        for n, row in enumerate(rows):
-                            buffer[row] = leaf[n]
+                self._store_obs(rows, leaves)
             stepped = "reward" in body
             _check_per_env(body, STEP_KEYS if stepped else RESET_KEYS, len(rows))
             results = []
@@ -983,15 +980,7 @@ class RlayVectorEnv(VectorEnv):
         try:
             for rows, body, frames in replies:
                 leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows), in_place=self._in_place)
-                index = _row_index(rows)
-                for buffer, leaf in zip(self._obs_leaves, leaves):
-                    if leaf is IN_PLACE:  # the worker wrote it into the buffer (shared memory)
-                        continue
-                    if isinstance(buffer, list) or isinstance(leaf, list):  # Text, or one frame per row
-                        for row, value in zip(rows, leaf):
-                            buffer[row] = value
-                    else:
-                        buffer[index] = leaf
+                index = self._store_obs(rows, leaves)
                 _check_per_env(body, keys, len(rows))
                 for key, column in columns.items():
                     values = body[key]
@@ -1003,6 +992,20 @@ class RlayVectorEnv(VectorEnv):
         except (WireError, KeyError, TypeError, ValueError) as exc:
             raise BrokerError(f"malformed reply from a worker: {exc}") from None
         return columns, replaced
+
+    def _store_obs(self, rows: list[int], leaves: list[Any]) -> slice | np.ndarray:
+        """Copy a part's decoded observation leaves into the batch buffer at ``rows`` (the one
+        copy), and return the rows' index."""
+        index = _row_index(rows)
+        for buffer, leaf in zip(self._obs_leaves, leaves):
+            if leaf is IN_PLACE:  # the worker wrote it into the buffer (shared memory)
+                continue
+            if isinstance(buffer, list) or isinstance(leaf, list):  # Text, or one frame per row
+                for row, value in zip(rows, leaf):
+                    buffer[row] = value
+            else:
+                buffer[index] = leaf
+        return index
 
     def _name_rows(self, match: re.Match) -> str:
         """'slots [7, 8]' in a broker message -> 'envs 2, 3 (slots [7, 8])': the trainer's own indices."""
