@@ -409,6 +409,10 @@ class Broker:
                                                 time.monotonic() + timeout, replaces=lost))
         self._try_leases()
 
+    def _limit(self) -> dict[str, int]:
+        """What `registered` and `leased` say of max_message_size: the limit, if there is one."""
+        return {"max_message_size": self.max_message_size} if self.max_message_size >= 0 else {}
+
     def _free_slots(self, env_id: str) -> list[Slot]:
         free = [
             s for s in self.slots.values()
@@ -450,6 +454,7 @@ class Broker:
                         act_space=first.act_space,
                         metadata=first.metadata,
                         render_mode=first.render_mode,
+                        **self._limit(),
                     )
                 ],
             )
@@ -724,8 +729,7 @@ class Broker:
             self.local_pids.add(worker.pid)
         self._watch(ident)
         log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
-        limit = {"max_message_size": self.max_message_size} if self.max_message_size >= 0 else {}
-        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **limit)])
+        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **self._limit())])
         self._try_leases()
 
     def _worker_reply(self, ident: bytes, head: dict, frames: list[Any]) -> None:

@@ -14,7 +14,7 @@ from rlay import protocol as P
 from rlay.errors import BrokerError, BrokerLostError, RlayTimeoutError
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.values import WireError
-from rlay.wire import decode_header, header, send_frames
+from rlay.wire import decode_header, header, oversized, send_frames
 
 __all__ = ["BrokerClient"]
 
@@ -49,12 +49,21 @@ class BrokerClient:
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
         self.answered = False  # whether anything ever came back on the main socket
+        self.max_frame: int | None = None  # the broker's max_message_size, from `leased`
 
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
-        """Send a request; returns its id for :meth:`wait`."""
+        """Send a request; returns its id for :meth:`wait`.
+
+        A request with a frame over the broker's max_message_size is not sent (ZeroMQ would drop it
+        and cut this connection, and its wait would time out): BrokerError says so instead."""
         req = next(self._req_ids)
+        frames = [header(type_, req=req, **fields), *frames]
+        largest = oversized(frames, self.max_frame)
+        if largest is not None:
+            raise BrokerError(f"cannot send a {type_} to {self.where}: a frame of {largest} bytes is over the "
+                              f"broker's max_message_size of {self.max_frame}; nothing was sent")
         try:
-            send_frames(self.sock, [header(type_, req=req, **fields), *frames])
+            send_frames(self.sock, frames)
         except zmq.Again:
             raise BrokerLostError(f"could not send a {type_} to {self.where} within {P.SEND_TIMEOUT:g} s: no "
                                   "connection (with CURVE on: is this trainer's key among the broker's "

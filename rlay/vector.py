@@ -299,6 +299,8 @@ class RlayVectorEnv(VectorEnv):
             error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
         )
         client.leased_at = time.monotonic()
+        limit = lease.get("max_message_size")
+        client.max_frame = limit if type(limit) is int and limit >= 0 else None
         self._lease_spaces = (lease["obs_space"], lease["act_space"])
         self._adopt_slots(lease["slots"])
 

@@ -51,13 +51,26 @@ COPY_THRESHOLD = 65536  # frames smaller than this are cheaper to copy than to s
 _SNDMORE = int(zmq.SNDMORE)
 
 
+def frame_size(frame: Any) -> int:
+    """The bytes of a frame to send: a numpy array or a bytes-like object."""
+    return frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
+
+
+def oversized(frames: Sequence[Any], limit: int | None) -> int | None:
+    """The size of the largest of ``frames`` if it is over a broker's ``max_message_size`` of ``limit``
+    (ZeroMQ would drop it and cut the sender's connection), else None."""
+    if limit is None or not frames:
+        return None
+    largest = max(frame_size(frame) for frame in frames)
+    return largest if largest > limit else None
+
+
 def send_frames(sock: zmq.Socket, frames: list[Any], flags: int = 0) -> None:
     """send_multipart, but each frame zero-copy only when it is large enough to be worth it."""
     flags = int(flags)
     last = len(frames) - 1
     for n, frame in enumerate(frames):
-        size = frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
-        sock.send(frame, flags | _SNDMORE if n < last else flags, copy=size < COPY_THRESHOLD)
+        sock.send(frame, flags | _SNDMORE if n < last else flags, copy=frame_size(frame) < COPY_THRESHOLD)
 
 
 def describe_failures(failures: list[dict]) -> tuple[str, str]:

@@ -160,6 +160,35 @@ def test_a_reply_over_max_message_size_comes_back_as_an_error_not_a_stuck_slot(t
         assert code == 0, err
 
 
+def test_a_request_over_max_message_size_is_refused_before_sending_and_loses_nothing(tmp_path):
+    """ZeroMQ would drop a trainer's frame over the limit and cut its connection; the wait would then
+    time out with no cause. The broker tells the trainer its limit in `leased`, and the trainer refuses
+    to send such a request: a clear error at once, and the lease and its envs go on as before."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "small.toml"
+    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n\n'
+                      '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [16, 16] }\n'
+                      'envs_per_worker = 2\n')
+    up = Proc("up", str(config))
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+        envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 2, broker=front, timeout=10)
+        try:
+            first, _ = envs.reset(seed=0)
+            with pytest.raises(BrokerError, match="cannot send a set_attr to the broker at .*: a frame of 2[0-9]{4} "
+                                                  "bytes is over the broker's max_message_size of 12000; nothing was sent"):
+                envs.set_attr("note", ["x" * 10_000, "y" * 10_000])  # one body of both: over 20,000 bytes
+            envs.set_attr("note", ["x", "y"])
+            assert envs.get_attr("note") == ("x", "y")
+            obs, *_ = envs.step(np.zeros(2, np.int64))
+            np.testing.assert_array_equal(obs, first)  # FrameEnv returns its one frame
+        finally:
+            envs.close()
+    finally:
+        code, _, err = up.stop()
+        assert code == 0, err
+
+
 def test_a_new_replace_supersedes_one_still_pending(cartpoles, raw):
     """A trainer that stopped waiting for a replacement (an error, an interrupt) asks again: the new
     request takes the old one's place, and only it is answered."""

@@ -25,7 +25,8 @@ from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
 from rlay.shm import SegmentCache
-from rlay.wire import check_rows, decode_body, decode_header, encode_leaves, encode_rows, header, is_large, send_frames
+from rlay.wire import (check_rows, decode_body, decode_header, encode_leaves, encode_rows, header, is_large, oversized,
+                       send_frames)
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
 
@@ -183,7 +184,8 @@ class WorkerBase:
             if time.monotonic() > deadline:
                 raise RegistrationError(
                     f"no broker answered the registration of {self.env_id!r} at {self.broker} "
-                    f"within {self.register_timeout:g} s"
+                    f"within {self.register_timeout:g} s (the registration was {len(registration)} bytes: a broker "
+                    "drops one over its max_message_size unseen)"
                 )
             self.check_parent()
             if not self.sock.poll(P.IDLE_POLL_MS):
@@ -224,13 +226,12 @@ class WorkerBase:
 
         A frame over the broker's ``max_message_size`` would cost this worker its connection and the
         reply (ZeroMQ cuts the sender): an error goes instead, saying so."""
-        if self.max_frame is not None:
-            largest = max(frame.nbytes if isinstance(frame, np.ndarray) else len(frame) for frame in frames)
-            if largest > self.max_frame:
-                req = decode_header(frames[0]).get(P.REQ)
-                frames = [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE,
-                                 message=f"worker {self.name} on host {self.host} cannot send its reply: a frame of "
-                                         f"{largest} bytes is over the broker's max_message_size of {self.max_frame}")]
+        largest = oversized(frames, self.max_frame)
+        if largest is not None:
+            req = decode_header(frames[0]).get(P.REQ)
+            frames = [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE,
+                             message=f"worker {self.name} on host {self.host} cannot send its reply: a frame of "
+                                     f"{largest} bytes is over the broker's max_message_size of {self.max_frame}")]
         try:
             send_frames(self.sock, frames)
         except zmq.Again:
