@@ -19,9 +19,10 @@ after checking the token. The token tells the trainer's segment from a same-name
 is not a secret from the peers a request passes through (protocol 14).
 
 A live segment is one its trainer holds an exclusive ``flock`` on, whatever pid namespace
-it runs in; the files nobody holds are left by dead trainers. A trainer about to make
-its segment removes those of its user not written to for 10 s; an embedded worker whose
-trainer died removes that trainer's.
+it runs in; the files nobody holds are left by dead trainers. A worker removes a segment
+it has written to once no one holds it (checked at most once a second, and when idle);
+a trainer about to make its segment removes those of its user not written to for 10 s;
+an embedded worker whose trainer died removes that trainer's.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class ObsSegment:
             # Reserve every page now: a tmpfs that is too small (Docker gives 64 MB) fails here,
             # not with a SIGBUS in a worker's write.
             os.posix_fallocate(fd, 0, size)
-            memory = mmap.mmap(fd, size)
+            memory = _map_apart(fd, path, size)
         except OSError as exc:
             os.close(fd)
             os.unlink(path)
@@ -154,6 +155,20 @@ class ObsSegment:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _map_apart(fd: int, path: str, size: int) -> mmap.mmap:
+    """Map the file open at ``fd`` through an open file of its own. Python's mmap keeps a duplicate
+    of the descriptor it maps, and a lock belongs to every duplicate: mapped through the locked
+    ``fd``, a forked child would hold the segment's lock for as long as it keeps the mapping, and
+    the segment of a trainer that died would look live."""
+    map_fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if os.fstat(map_fd).st_ino != os.fstat(fd).st_ino:
+            raise OSError(f"{path} was replaced while it was being made")
+        return mmap.mmap(map_fd, size)
+    finally:
+        os.close(map_fd)
 
 
 class _Mapping:
@@ -237,13 +252,17 @@ class SegmentCache:
         return mapping
 
     def prune(self) -> None:
-        """Drop the segments their trainer has removed (and forget names that failed)."""
+        """Drop the segments their trainer has removed, remove those whose trainer died (it was
+        killed: no one holds the segment's lock), and forget names that failed."""
         now = time.monotonic()
         if now - self._pruned < self.PRUNE_INTERVAL:
             return
         self._pruned = now
         for name, mapping in list(self._open.items()):
             if mapping is None or os.fstat(mapping.fd).st_nlink == 0:
+                self._drop(name)
+            elif _unlocked(mapping.fd):  # its trainer is gone; the lock is ours until _drop closes the fd
+                _unlink(name)
                 self._drop(name)
 
     def _drop(self, name: str) -> None:
@@ -258,6 +277,23 @@ class SegmentCache:
     def close(self) -> None:
         for name in list(self._open):
             self._drop(name)
+
+
+def _unlocked(fd: int) -> bool:
+    """Whether no trainer holds the segment open at ``fd`` (a segment is locked from before its name
+    is ever offered until it is removed). True leaves the lock with the caller."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except OSError:
+        pass  # (another worker of the same trainer got there first)
 
 
 def remove_stale(pid: int | None = None) -> None:
@@ -281,8 +317,8 @@ def remove_stale(pid: int | None = None) -> None:
             info = os.fstat(fd)
             if info.st_uid != os.geteuid() or (pid is None and time.time() - info.st_mtime < STALE_AGE):
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its trainer lives
-            os.unlink(path)
+            if _unlocked(fd):  # (not while its trainer lives)
+                os.unlink(path)
         except OSError:
             pass
         finally:

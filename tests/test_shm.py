@@ -391,6 +391,56 @@ def test_no_segment_outlives_its_trainer(how):
     wait_for(lambda: not os.path.exists(path), 15, f"{path} to be removed")
 
 
+def test_a_worker_removes_the_segment_of_a_trainer_that_died_not_of_one_that_lives():
+    """No one holds a dead trainer's segment: the worker that wrote into it removes it."""
+    cache = SegmentCache()
+    cache.PRUNE_INTERVAL = 0.0
+    live, dead = ObsSegment.create([(0, IMAGE)], 1), ObsSegment.create([(0, IMAGE)], 1)
+    try:
+        assert cache.place(live.offer([0]), [IMAGE], 1) is not None
+        assert cache.place(dead.offer([0]), [IMAGE], 1) is not None
+        dead._forget()  # what the kernel does for a killed trainer: its lock goes, its file stays
+        cache.prune()
+        assert not os.path.exists(dead.path)
+        assert os.path.exists(live.path) and list(cache._open) == [live.name]
+        assert cache.place(live.offer([0]), [IMAGE], 1) is not None
+    finally:
+        live.close()
+        dead.close()
+        cache.close()
+
+
+REMOTE_KILLED = """
+import os, signal, sys
+from rlay import RlayVectorEnv
+envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 2, broker=sys.argv[1])
+envs.reset(seed=0)
+print(envs._segment.path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_remote_trainer_killed_leaves_no_segment_behind(tmp_path):
+    """A remote trainer has no children to clean up after it: its host's worker removes the segment."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "images.toml"
+    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n\n'
+                      '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64, 4] }\n'
+                      'envs_per_worker = 2\n')  # 16 KiB per env: shared memory
+    up = Proc("up", str(config))
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+        proc = subprocess.run([sys.executable, "-c", REMOTE_KILLED, front], cwd=ROOT, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == -9, proc.stderr
+        path = proc.stdout.strip()
+        assert path.startswith(SHM_DIR + "/rlay-")
+        wait_for(lambda: not os.path.exists(path), 15, f"the worker to remove {path}")
+    finally:
+        code, _, err = up.stop()
+        assert code == 0, err
+
+
 def test_only_segments_no_live_trainer_holds_are_removed_as_stale():
     """A segment is live while its trainer holds a lock on it, whatever its name says (its pid may
     be of another pid namespace); one left unlocked by a dead trainer is removed by the next."""
@@ -422,6 +472,50 @@ def test_only_segments_no_live_trainer_holds_are_removed_as_stale():
         for path in (dead, fresh, held, odd):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_a_forked_child_does_not_keep_a_dead_trainers_segment_alive():
+    """A worker forked by the trainer after its segment was made (a restart under supervision)
+    inherits the segment's mapping: once the trainer is killed, no one may hold its lock, or the
+    segment would never be removed."""
+    import fcntl
+    import signal
+
+    path_r, path_w = os.pipe()
+    go_r, go_w = os.pipe()
+    answer_r, answer_w = os.pipe()
+    trainer = os.fork()
+    if trainer == 0:  # the trainer: makes its segment, forks a worker, waits to be killed
+        try:
+            made = ObsSegment.create([(0, IMAGE)], 1)
+            if os.fork() == 0:  # the worker, with every inherited object, the mapping too
+                try:
+                    os.read(go_r, 1)  # its trainer is dead now
+                    probe = os.open(made.path, os.O_RDONLY)
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        os.write(answer_w, b"free")
+                    except BlockingIOError:
+                        os.write(answer_w, b"held")
+                finally:
+                    os._exit(0)
+            os.write(path_w, made.path.encode())
+            signal.pause()
+        finally:
+            os._exit(1)
+    try:
+        path = os.read(path_r, 4096).decode()
+        assert path.startswith(SHM_DIR + "/rlay-")
+    finally:
+        os.kill(trainer, signal.SIGKILL)
+        os.waitpid(trainer, 0)
+    try:
+        os.write(go_w, b"x")
+        assert os.read(answer_r, 16) == b"free"
+    finally:
+        for fd in (path_r, path_w, go_r, go_w, answer_r, answer_w):
+            os.close(fd)
+        os.unlink(path)
 
 
 def test_a_forked_child_does_not_hold_its_parents_segment():
