@@ -44,6 +44,9 @@ MAX_CALL_TIMEOUT = 24 * 3600.0
 DRAIN_BATCH = 256  # messages taken from one socket before looking at the other
 POLLIN = int(zmq.POLLIN)
 _SNDMORE = int(zmq.SNDMORE)  # (a plain int: '&' on pyzmq's enum flags costs microseconds per frame)
+# What CURVE adds to each frame on the wire (a "\x07MESSAGE" command, an 8-byte nonce, a flags byte and
+# a 16-byte MAC), where ZeroMQ's max_message_size applies: measured, a frame of limit - 33 bytes passes.
+CURVE_FRAME_BYTES = 33
 MAX_PINGING = 65536  # unknown peers remembered as pinging: bounded against a flood
 NO_LEASE = "this connection holds no lease (the broker restarted, or released it when its heartbeats stopped)"
 RECENT_LOSSES = 20  # worker losses `status` lists
@@ -410,8 +413,13 @@ class Broker:
         self._try_leases()
 
     def _limit(self) -> dict[str, int]:
-        """What `registered` and `leased` say of max_message_size: the limit, if there is one."""
-        return {"max_message_size": self.max_message_size} if self.max_message_size >= 0 else {}
+        """What `registered` and `leased` say of max_message_size, if there is a limit: the largest
+        frame a peer may hand ZeroMQ. CURVE adds CURVE_FRAME_BYTES to each frame on the wire, where
+        ZeroMQ applies the limit."""
+        if self.max_message_size < 0:
+            return {}
+        overhead = CURVE_FRAME_BYTES if self.curve is not None else 0
+        return {"max_message_size": max(0, self.max_message_size - overhead)}
 
     def _free_slots(self, env_id: str) -> list[Slot]:
         free = [

@@ -19,8 +19,9 @@ after checking the token. The token tells the trainer's segment from a same-name
 is not a secret from the peers a request passes through (protocol 14).
 
 A live segment is one its trainer holds an exclusive ``flock`` on, whatever pid namespace
-it runs in; the files nobody holds are left by dead trainers. A worker removes a segment
-it has written to once no one holds it (checked at most once a second, and when idle);
+it runs in (it takes the lock before it offers the name); the files nobody holds are left
+by dead trainers. A worker removes a segment it has mapped once no one holds it (checked
+at most once a second, and when idle, for the 8 it keeps);
 a trainer about to make its segment removes those of its user not written to for 10 s;
 an embedded worker whose trainer died removes that trainer's.
 """
@@ -164,7 +165,8 @@ def _map_apart(fd: int, path: str, size: int) -> mmap.mmap:
     the segment of a trainer that died would look live."""
     map_fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        if os.fstat(map_fd).st_ino != os.fstat(fd).st_ino:
+        made, opened = os.fstat(fd), os.fstat(map_fd)
+        if (opened.st_dev, opened.st_ino) != (made.st_dev, made.st_ino):
             raise OSError(f"{path} was replaced while it was being made")
         return mmap.mmap(map_fd, size)
     finally:

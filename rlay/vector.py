@@ -299,8 +299,7 @@ class RlayVectorEnv(VectorEnv):
             error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
         )
         client.leased_at = time.monotonic()
-        limit = lease.get("max_message_size")
-        client.max_frame = limit if type(limit) is int and limit >= 0 else None
+        client.adopt_limit(lease)
         self._lease_spaces = (lease["obs_space"], lease["act_space"])
         self._adopt_slots(lease["slots"])
 
@@ -566,12 +565,15 @@ class RlayVectorEnv(VectorEnv):
             return {"autoreset": mode, "actions": descriptors}, frames
 
         self._settle()
-        if self._truncate_next or self._autoreset_next:  # replaced envs: their results are made here
+        # Replaced envs: their results are made here, once the others' request is sent (a request
+        # that cannot be sent raises, and leaves every env as it was).
+        replaced = []
+        if self._truncate_next or self._autoreset_next:
             replaced = [r for r in ids.tolist() if r in self._truncate_next or r in self._autoreset_next]
-            self._ready.extend(self._replaced_result(r) for r in replaced)
             ids = np.asarray([r for r in ids.tolist() if r not in replaced], dtype=np.int64)
         call = self._send(P.STEP, ids, body, gather=False)
         self._in_flight.update(dict.fromkeys(ids.tolist(), call.req))
+        self._ready.extend(self._replaced_result(r) for r in replaced)
 
     def recv(self, batch_size: int | None = None, timeout: float | None = None):
         """The results of the first ``batch_size`` envs to finish since :meth:`send` / :meth:`async_reset`.
@@ -805,6 +807,7 @@ class RlayVectorEnv(VectorEnv):
         if (head["obs_space"], head["act_space"]) != self._lease_spaces:
             raise BrokerError(f"{what}: the new slots' spaces differ from the old ones")
         self._client.leased_at = time.monotonic()
+        self._client.adopt_limit(head)
         if self._client.heartbeat is not None:
             self._client.heartbeat.reset()
         self._stash.clear()  # answers of the old lease: their envs are gone
@@ -954,7 +957,12 @@ class RlayVectorEnv(VectorEnv):
         if self._relets != relets and call.kind != P.STEP:
             replies, lost = [], call.rows  # a new lease replaced the envs that answered too
         if lost and call.kind != P.STEP:  # reset, call, set_attr: again, on the new envs
-            more, again = self._finish(self._send(call.kind, np.asarray(lost), call.make_body), timeout)
+            try:
+                resent = self._send(call.kind, np.asarray(lost), call.make_body)
+            except BrokerError as exc:  # (the new envs' rows may share one worker, and one larger frame)
+                raise BrokerError(f"{what} reached the other envs but could not be sent to the new envs {_rows_text(lost)}, "
+                                  f"which replaced lost ones: {exc}") from None
+            more, again = self._finish(resent, timeout)
             replies += more
             replaced |= again
         return replies, replaced

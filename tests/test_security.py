@@ -8,7 +8,7 @@ import shutil
 import pytest
 import zmq.auth
 
-from rlay import BrokerLostError, RlayTimeoutError, RlayVectorEnv
+from rlay import BrokerError, BrokerLostError, RlayTimeoutError, RlayVectorEnv
 from rlay import protocol as P
 from rlay.client import BrokerClient
 from rlay.security import Curve, generate_keys
@@ -120,3 +120,31 @@ def test_unusable_key_files_are_refused_at_start_naming_the_file(tmp_path):
     shutil.copy(keydir / "client.key", keydir / "client.key_secret")
     result = run_cli("worker", "CartPole-v1", "--broker", "tcp://127.0.0.1:9", "--curve", str(keydir), timeout=30)
     assert result.returncode == 2 and "has no secret-key line" in result.stderr, result.stderr
+
+
+def test_under_curve_the_limit_a_trainer_is_told_leaves_room_for_curves_33_bytes(keys, tmp_path):
+    """ZeroMQ applies max_message_size to the encrypted frame, 33 bytes larger than the one sent:
+    a request within 33 bytes of the limit is refused at once, not dropped with a cut connection."""
+    keydir, _ = keys
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "limited.toml"
+    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n'
+                      f'curve = "{keydir}"\n')
+    good = Curve.from_dir(str(keydir), "client")
+    procs = [Proc("broker", "--config", str(config))]
+    try:
+        procs.append(Proc("worker", "CartPole-v1", "--broker", back, "--curve", str(keydir)))
+        wait_for(lambda: _answers(front, good) and len(secure_status(front, good, 5)["workers"]) == 1, 60,
+                 "the worker to register")
+        envs = RlayVectorEnv.remote("CartPole-v1", 1, broker=front, timeout=10, curve=good)
+        try:
+            with pytest.raises(BrokerError, match="a frame of 11979 bytes is over the broker's max_message_size of 11967"):
+                envs.set_attr("note", "x" * 11_957)  # a body of 11,979 bytes: 12,012 on the wire
+            envs.set_attr("note", "x" * 11_945)  # 11,967 bytes: 12,000 on the wire, the largest that passes
+            assert envs.get_attr("note") == ("x" * 11_945,)
+        finally:
+            envs.close()
+    finally:
+        for proc in reversed(procs):
+            code, _, err = proc.stop()
+            assert code == 0, err

@@ -408,6 +408,8 @@ def test_a_worker_removes_the_segment_of_a_trainer_that_died_not_of_one_that_liv
         live.close()
         dead.close()
         cache.close()
+        if os.path.exists(dead.path):  # (dead.close() no longer removes it: it forgot its lock)
+            os.unlink(dead.path)
 
 
 REMOTE_KILLED = """
@@ -474,48 +476,54 @@ def test_only_segments_no_live_trainer_holds_are_removed_as_stale():
                 os.unlink(path)
 
 
+FORKED_AFTER = """
+import fcntl, os, signal, sys
+import numpy as np
+from gymnasium import spaces
+from rlay.shm import ObsSegment
+go, answer = int(sys.argv[1]), int(sys.argv[2])
+made = ObsSegment.create([(0, spaces.Box(0, 255, (128, 128, 4), np.uint8))], 1)
+if os.fork() == 0:  # the worker, forked after the segment was made: it inherits the mapping too
+    try:
+        os.read(go, 1)  # its trainer is dead now (or, on EOF, the test gave up)
+        probe = os.open(made.path, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(answer, b"free")
+        except BlockingIOError:
+            os.write(answer, b"held")
+    finally:
+        os._exit(0)
+print(made.path, flush=True)
+signal.pause()
+"""
+
+
 def test_a_forked_child_does_not_keep_a_dead_trainers_segment_alive():
     """A worker forked by the trainer after its segment was made (a restart under supervision)
     inherits the segment's mapping: once the trainer is killed, no one may hold its lock, or the
     segment would never be removed."""
-    import fcntl
-    import signal
-
-    path_r, path_w = os.pipe()
     go_r, go_w = os.pipe()
     answer_r, answer_w = os.pipe()
-    trainer = os.fork()
-    if trainer == 0:  # the trainer: makes its segment, forks a worker, waits to be killed
-        try:
-            made = ObsSegment.create([(0, IMAGE)], 1)
-            if os.fork() == 0:  # the worker, with every inherited object, the mapping too
-                try:
-                    os.read(go_r, 1)  # its trainer is dead now
-                    probe = os.open(made.path, os.O_RDONLY)
-                    try:
-                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        os.write(answer_w, b"free")
-                    except BlockingIOError:
-                        os.write(answer_w, b"held")
-                finally:
-                    os._exit(0)
-            os.write(path_w, made.path.encode())
-            signal.pause()
-        finally:
-            os._exit(1)
+    trainer = subprocess.Popen([sys.executable, "-c", FORKED_AFTER, str(go_r), str(answer_w)], pass_fds=(go_r, answer_w),
+                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(go_r)
+    os.close(answer_w)  # so that the read below ends (EOF) if the worker dies without answering
+    path = ""
     try:
-        path = os.read(path_r, 4096).decode()
-        assert path.startswith(SHM_DIR + "/rlay-")
-    finally:
-        os.kill(trainer, signal.SIGKILL)
-        os.waitpid(trainer, 0)
-    try:
+        path = trainer.stdout.readline().strip()  # ("" if the trainer failed: it exits, closing stdout)
+        assert path.startswith(SHM_DIR + "/rlay-"), path
+        trainer.kill()
+        assert trainer.wait(30) == -9
         os.write(go_w, b"x")
         assert os.read(answer_r, 16) == b"free"
     finally:
-        for fd in (path_r, path_w, go_r, go_w, answer_r, answer_w):
-            os.close(fd)
-        os.unlink(path)
+        trainer.kill()
+        _, err = trainer.communicate(timeout=30)
+        os.close(go_w)  # a worker still waiting reads EOF and exits
+        os.close(answer_r)
+        if path and os.path.exists(path):
+            os.unlink(path)
 
 
 def test_a_forked_child_does_not_hold_its_parents_segment():

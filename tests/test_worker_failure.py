@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-from rlay import RlayVectorEnv, WorkerLostError
+from rlay import BrokerError, RlayVectorEnv, WorkerLostError
 from tests.conftest import Proc, broker_status, deployment, free_port, run_cli, start_deployment, wait_for
 from tests.envs import delayed_cartpole
 
@@ -291,6 +291,32 @@ def test_broker_restarted_mid_run_every_env_is_replaced(addresses):
     assert all(code == 0 for code, _, _ in results), results
 
 
+def test_after_a_broker_restart_the_trainer_takes_the_new_brokers_max_message_size(addresses, tmp_path):
+    """The limit comes with each lease: a broker restarted without one must not be held to the old one."""
+    front, back = addresses
+    limited = tmp_path / "limited.toml"
+    limited.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n')
+    procs = [Proc("broker", "--config", str(limited)), Proc("worker", "CartPole-v1", "-k", "2", "--broker", back)]
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace")
+        try:
+            envs.reset(seed=0)
+            with pytest.raises(BrokerError, match="over the broker's max_message_size of 12000; nothing was sent"):
+                envs.set_attr("note", "x" * 20_000)
+            procs[0].stop(signal.SIGKILL)
+            procs[0] = Proc("broker", "--frontend", front, "--backend", back)  # no limit
+            _, _, _, truncs, _ = envs.step(np.zeros(2, np.int64))
+            assert truncs.all() and envs.envs_replaced == 2
+            envs.set_attr("note", "x" * 20_000)
+            assert envs.get_attr("note") == ("x" * 20_000,) * 2
+        finally:
+            envs.close()
+    finally:
+        results = stop_all(procs)
+    assert all(code == 0 for code, _, _ in results), results
+
+
 def test_embedded_worker_killed_while_the_trainer_computes_raises_naming_it():
     """Found by heartbeat (the idle pumper) before the trainer's next call: the same clear error."""
     envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2, timeout=10)
@@ -335,6 +361,37 @@ def test_first_ready_second_loss_reports_the_last_observation_seen():
         assert sorted(lost) == [2, 3]
         np.testing.assert_array_equal(np.stack([lost[2], lost[3]]), seen[2:])  # not the first lost episode's
         assert envs.envs_replaced == 4
+    finally:
+        envs.close()
+
+
+def test_a_first_ready_send_that_cannot_be_sent_leaves_the_replaced_envs_as_they_were(monkeypatch):
+    """Under NextStep, the step after a loss resets the replaced envs in the trainer. A send that
+    raises before anything went out (here: a request the broker's max_message_size would refuse)
+    must not use that up: the same send afterwards gives the same results as if it had not failed."""
+    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
+                         on_worker_failure="replace", timeout=30)
+    try:
+        envs.async_reset(seed=0)
+        envs.recv()
+        envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        os.kill(envs._groups[1].pid, signal.SIGKILL)
+        _, _, _, truncs, infos = envs.recv()
+        assert sorted(infos["env_id"][truncs].tolist()) == [2, 3]
+
+        def refuse(*args, **kwargs):
+            raise BrokerError("cannot send a step: a frame of 99999 bytes is over the broker's max_message_size")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(envs._client, "send", refuse)
+            with pytest.raises(BrokerError, match="over the broker's max_message_size"):
+                envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
+        envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])  # not AlreadyPendingCallError: nothing was pending
+        obs, rewards, _, truncs, infos = envs.recv()
+        assert sorted(infos["env_id"].tolist()) == [0, 1, 2, 3] and not truncs.any()
+        new = np.isin(infos["env_id"], [2, 3])
+        assert is_reset_obs(obs[new]) and (rewards[new] == 0).all()  # NextStep: the new episodes' reset
+        assert (rewards[~new] == 1).all()
     finally:
         envs.close()
 
