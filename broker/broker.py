@@ -9,7 +9,7 @@ call, set_attr), each ONE message with one *part* per worker. The broker fans
 the parts out, gathers the replies and answers with ONE message. It decodes
 headers only: bodies and array frames are forwarded as received.
 
-Slot states (docs/protocol.md, "Slot state machine")::
+Slot states (docs/protocol.md, 7.1 "Slot states at the broker")::
 
     FREE --lease--> LEASED --batched call--> BUSY --reply--> LEASED
       ^               |                        (a timed-out call answers the trainer, but the

@@ -42,7 +42,9 @@ def make_vec(env_id, num_envs, broker=None, *, vector_kwargs=None, **env_kwargs)
 
     Embedded (a private broker and local workers) when ``broker`` is None;
     otherwise lease slots of ``env_id`` from the broker at that address.
-    ``vector_kwargs`` go to RlayVectorEnv; ``env_kwargs`` to ``gymnasium.make``
+    ``vector_kwargs`` go to ``RlayVectorEnv(...)``, or with a broker to ``RlayVectorEnv.remote(...)``
+    (which has no ``envs_per_worker``, ``env_threads``, ``context`` or ``daemon``: the workers are not
+    the trainer's); ``env_kwargs`` to ``gymnasium.make``
     (embedded only: remote envs are made by their workers, see
     ``rlay worker --env-kwargs``).
     """

@@ -1,4 +1,4 @@
-"""The ``rlay`` command line: broker, worker, up, status, rollout."""
+"""The ``rlay`` command line: broker, worker, up, status, rollout, keys, bench."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ curve_option = click.option(
 @click.option("--frontend", help=f"Address for trainers. [default: {P.DEFAULT_FRONTEND}]")
 @click.option("--backend", help=f"Address for workers. [default: {P.DEFAULT_BACKEND}]")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file whose [broker] section sets the addresses.")
+              help="TOML file whose [broker] section sets the addresses, heartbeats, curve and max_message_size "
+                   "(the only way to set max_message_size here).")
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0.01),
               help="Seconds between the pings the broker expects from each peer; workers and trainers must "
                    f"ping at least this often (rlay worker --heartbeat-interval). [default: {P.HEARTBEAT_INTERVAL}]")
@@ -338,9 +339,12 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
 @click.option("--on-worker-failure", type=click.Choice(["raise", "replace"]), default="raise", show_default=True,
               help="replace: envs of a lost worker move to free slots and end their episode as truncated.")
+@click.option("--heartbeat-interval", default=P.HEARTBEAT_INTERVAL, show_default=True, type=click.FloatRange(min=0.01),
+              help="With --broker: seconds between heartbeats to the broker (give it the broker's value).")
 @curve_option
 def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_per_worker: int,
-            env_kwargs: str | None, seed: int, timeout: float, on_worker_failure: str, curve_dir: str | None) -> None:
+            env_kwargs: str | None, seed: int, timeout: float, on_worker_failure: str, heartbeat_interval: float,
+            curve_dir: str | None) -> None:
     """Random-policy rollout; prints env-steps/s and episode-return statistics."""
     import numpy as np
 
@@ -351,8 +355,10 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
     vector_kwargs: dict[str, Any] = {"timeout": timeout, "on_worker_failure": on_worker_failure}
     if broker_addr is None:
         vector_kwargs["envs_per_worker"] = envs_per_worker
-    elif curve_dir:
-        vector_kwargs["curve"] = load_curve(curve_dir, "client")
+    else:
+        vector_kwargs["heartbeat_interval"] = heartbeat_interval
+        if curve_dir:
+            vector_kwargs["curve"] = load_curve(curve_dir, "client")
     try:
         envs = rlay.make_vec(env, num_envs, broker=broker_addr, vector_kwargs=vector_kwargs, **kwargs)
     except (RlayError, TimeoutError, TypeError) as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,10 @@ EXT_SCALAR = 2
 EXT_TUPLE = 3
 EXT_BIGINT = 4
 _MAX_BIGINT_BYTES = 1024
+# Each tuple (ext 3) is decoded by a nested msgpack call: without a bound, ~200 levels overflow
+# the C stack and kill the process. Arrays and maps nest within one call, which refuses > 1024.
+MAX_TUPLE_DEPTH = 32
+_nesting = threading.local()
 
 # byte order, kind, item size: "<f4", "|u1", "|b1", "<U7", "|S3"
 _DTYPE_RE = re.compile(r"^[<>|][biufcSU][0-9]{1,4}$")
@@ -190,7 +195,14 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise WireError("bad big int extension")
         return int.from_bytes(data, "big", signed=True)
     if code == EXT_TUPLE:
-        items = unpackb(data)
+        depth = getattr(_nesting, "tuples", 0)
+        if depth >= MAX_TUPLE_DEPTH:
+            raise WireError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
+        _nesting.tuples = depth + 1
+        try:
+            items = unpackb(data)
+        finally:
+            _nesting.tuples = depth
         if not isinstance(items, list):
             raise WireError("tuple extension must hold an array")
         return tuple(items)
@@ -245,13 +257,14 @@ def unpackb(data: Any) -> Any:
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
     # msgpack decodes ext -1 (its timestamp) itself, never calling ext_hook; like any ext code
-    # outside the codec it is refused. Only data holding one of its encodings pays for the search.
-    if any(mark in raw for mark in _TIMESTAMP_MARKS) and _holds_timestamp(value):
+    # outside the codec it is refused. Only data that could hold one pays for the search.
+    if _EXT_MINUS_1.search(raw) and _holds_timestamp(value):
         raise WireError("unknown msgpack extension type -1 (a msgpack timestamp)")
     return value
 
 
-_TIMESTAMP_MARKS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")  # fixext 4, fixext 8, ext 8: the encodings of ext -1
+# Every msgpack header of an ext of type -1 (0xff): fixext 1-16, ext 8, ext 16 and ext 32.
+_EXT_MINUS_1 = re.compile(rb"[\xd4-\xd8]\xff|\xc7.\xff|\xc8..\xff|\xc9....\xff", re.DOTALL)
 
 
 def _holds_timestamp(value: Any) -> bool:

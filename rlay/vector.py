@@ -236,7 +236,9 @@ class RlayVectorEnv(VectorEnv):
         restarts is also survived: the trainer leases ``num_envs`` slots from it again
         (waiting up to ``replace_timeout``) and reports every env as truncated.
         ``shared_memory`` is as for the constructor: workers on this host write large
-        observations into the trainer's memory, the others send them as frames."""
+        observations into the trainer's memory, the others send them as frames. So are
+        ``timeout`` (each call's, enforced by the broker), ``lease_timeout`` (here: how long to
+        wait for ``num_envs`` free slots of ``env_id``), ``autoreset_mode`` and ``copy``."""
         self = cls.__new__(cls)
         self.env_fns = None
         self.shared_memory = shared_memory
@@ -580,7 +582,8 @@ class RlayVectorEnv(VectorEnv):
 
         Returns ``(obs, rewards, terminations, truncations, infos)`` batched over
         those envs in the order they finished; ``infos["env_id"]`` says which.
-        ``batch_size`` defaults to every env in flight.
+        ``batch_size`` defaults to every env in flight. ``timeout`` bounds the whole wait
+        [default: the constructor's ``timeout`` + 5 s].
         """
         self._assert_is_running()
         available = len(self._ready) + len(self._in_flight)

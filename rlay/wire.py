@@ -96,7 +96,7 @@ def decode_header(frame: Any) -> dict[str, Any]:
     if b"nd" in head:
         raise WireError(MSGPACK_NUMPY_REFUSAL)
     version = head.get(P.VERSION)
-    if version not in P.SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in P.SUPPORTED_VERSIONS:  # (true and 1.0 equal 1 in Python)
         raise VersionError(
             f"protocol version {version!r} is not supported (supported: {list(P.SUPPORTED_VERSIONS)})"
         )

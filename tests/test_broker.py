@@ -65,6 +65,8 @@ def test_malformed_trainer_messages_get_error_replies(cartpoles, raw, tmp_path):
         (sock, [b"\xc1garbage"], P.E_BAD_MESSAGE),
         (sock, [msgpack.packb([1, 2, 3])], P.E_BAD_MESSAGE),
         (sock, [msgpack.packb({"v": 99, "type": "status"})], P.E_VERSION),
+        (sock, [msgpack.packb({"v": True, "type": "status"})], P.E_VERSION),  # (equal to 1 in Python)
+        (sock, [msgpack.packb({"v": 1.0, "type": "status"})], P.E_VERSION),
         (sock, [header("frobnicate", req=1)], P.E_UNKNOWN_TYPE),
         (sock, [pickle_payload(marker)], P.E_BAD_MESSAGE),
         (sock, [header(P.STEP, req=2, parts=[[[0, 1], 1]]), b"body"], P.E_NO_LEASE),

@@ -94,6 +94,10 @@ def ext_array(dtype, shape, data) -> bytes:
         (msgpack.packb({"t": msgpack.Timestamp(5)}), "extension type -1"),
         (msgpack.packb([1, msgpack.Timestamp(5, 7)]), "extension type -1"),
         (msgpack.packb(msgpack.ExtType(3, msgpack.packb([msgpack.Timestamp(2**40, 1)]))), "extension type -1"),
+        # the same payloads in the other ext formats, which other encoders may pick
+        (b"\xc7\x04\xff" + b"\x00\x00\x00\x05", "extension type -1"),  # ext 8
+        (b"\xc8\x00\x08\xff" + b"\x00" * 8, "extension type -1"),  # ext 16
+        (b"\x91\xc9\x00\x00\x00\x0c\xff" + b"\x00" * 12, "extension type -1"),  # ext 32, in an array
     ],
 )
 def test_malformed_values_get_a_clear_error(payload, reason):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import msgpack
 import pytest
 import zmq
@@ -10,8 +11,8 @@ from hypothesis import strategies as st
 
 from rlay import protocol as P
 from rlay.spaces import decode_space
-from rlay.values import WireError, unpackb
-from rlay.wire import decode_body, decode_header, decode_leaves
+from rlay.values import WireError, packb, unpackb
+from rlay.wire import decode_body, decode_header, decode_leaves, header
 from tests.conftest import Proc, assert_remote_cartpole_equals_sync, broker_status, deployment, free_port, wait_for
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -131,3 +132,67 @@ def test_messages_over_the_size_limit_are_dropped_and_the_broker_serves_on(tmp_p
         ctx.term()
         code, _, err = broker.stop()
         assert code == 0, err
+
+
+@pytest.mark.parametrize("answer, registers", [
+    ([b"\xc1 not msgpack"], True),
+    ([packed({"v": 2, "type": P.REGISTERED, "worker": "w1", "slots": [0]})], False),
+], ids=["unreadable", "other-version"])
+def test_a_worker_awaiting_registration_skips_unreadable_messages(answer, registers):
+    """Before `registered`, an unreadable message is logged and skipped, and the worker registers and
+    serves; a header of another protocol version ends the registration with an error saying so."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    broker = ctx.socket(zmq.ROUTER)  # a stand-in broker, which answers pings
+    broker.setsockopt(zmq.LINGER, 0)
+    broker.bind(addr)
+
+    def next_message() -> tuple[bytes, dict, list]:
+        while True:
+            assert broker.poll(30_000), "the worker sent nothing for 30 s"
+            ident, *frames = broker.recv_multipart()
+            head = decode_header(frames[0])
+            if head[P.TYPE] == P.HEARTBEAT:
+                broker.send_multipart([ident, header(P.HEARTBEAT, known=True)])
+                continue
+            return ident, head, frames
+
+    worker = Proc("worker", "CartPole-v1", "--broker", addr, "--register-timeout", "30", "--no-restart")
+    try:
+        ident, head, _ = next_message()
+        assert head[P.TYPE] == P.REGISTER
+        broker.send_multipart([ident, *answer])
+        if registers:
+            broker.send_multipart([ident, header(P.REGISTERED, worker="w1", slots=[0])])
+            broker.send_multipart([ident, header(P.RESET, req=7, envs=[0]), packb({"seeds": [0]})])
+            _, head, _ = next_message()
+            assert (head[P.TYPE], head[P.REQ]) == (P.REPLY, 7)
+        else:
+            assert worker.popen.wait(30) == 1
+    finally:
+        code, _, err = worker.stop()
+        broker.close()
+        ctx.term()
+    if registers:
+        assert code == 0 and "ignoring an unreadable message before registration" in err, err
+    else:
+        assert code == 1 and "answered the registration in another protocol version" in err, err
+
+
+def test_tuples_nested_too_deep_are_refused_and_the_worker_serves_on():
+    """Each tuple is decoded by a nested msgpack call: unbounded, ~200 levels overflowed the worker's
+    C stack and killed it. Deeper than MAX_TUPLE_DEPTH is a bad message; the worker answers on."""
+    from rlay import BrokerError, RlayVectorEnv
+    from rlay.values import MAX_TUPLE_DEPTH
+
+    deep = ()
+    for _ in range(300):
+        deep = (deep,)
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")], timeout=20)
+    try:
+        with pytest.raises(BrokerError, match=f"tuples nested more than {MAX_TUPLE_DEPTH} deep"):
+            envs.reset(seed=0, options={"deep": deep})
+        obs, _ = envs.reset(seed=0)
+        assert obs.shape == (1, 4)
+    finally:
+        envs.close()

@@ -190,7 +190,14 @@ class WorkerBase:
             self.check_parent()
             if not self.sock.poll(P.IDLE_POLL_MS):
                 continue
-            head = decode_header(self.sock.recv_multipart()[0])
+            try:
+                head = decode_header(self.sock.recv_multipart()[0])
+            except VersionError as exc:  # a broker that speaks another version: no use waiting
+                raise RegistrationError(f"the broker at {self.broker} answered the registration in another "
+                                        f"protocol version: {exc}") from None
+            except WireError as exc:
+                log.warning("ignoring an unreadable message before registration: %s", exc)
+                continue
             if head[P.TYPE] == P.REGISTERED:
                 self.name = head.get("worker", "?")
                 limit = head.get("max_message_size")
