@@ -331,21 +331,30 @@ def test_a_new_token_refuses_offers_of_the_old_lease(segment):
         cache.close()
 
 
-def test_the_worker_lets_go_of_removed_segments_even_while_busy():
-    """Serving another trainer's offers (no idle tick) still lets go of a removed segment."""
+@pytest.fixture
+def two_in_use():
+    """A worker's cache that checks its segments at every call, and two trainers' segments it has mapped."""
     cache = SegmentCache()
     cache.PRUNE_INTERVAL = 0.0
-    made, other = ObsSegment.create([(0, IMAGE)], 1), ObsSegment.create([(0, IMAGE)], 1)
+    segments = ObsSegment.create([(0, IMAGE)], 1), ObsSegment.create([(0, IMAGE)], 1)
     try:
-        assert cache.place(made.offer([0]), [IMAGE], 1) is not None
-        assert cache.place(other.offer([0]), [IMAGE], 1) is not None
-        made.close()
-        assert cache.place(other.offer([0]), [IMAGE], 1) is not None
-        assert list(cache._open) == [other.name]
+        for segment in segments:
+            assert cache.place(segment.offer([0]), [IMAGE], 1) is not None
+        yield cache, *segments
     finally:
-        made.close()
-        other.close()
+        for segment in segments:
+            segment.close()
+            if os.path.exists(segment.path):  # (close() leaves a segment that forgot its lock)
+                os.unlink(segment.path)
         cache.close()
+
+
+def test_the_worker_lets_go_of_removed_segments_even_while_busy(two_in_use):
+    """Serving another trainer's offers (no idle tick) still lets go of a removed segment."""
+    cache, made, other = two_in_use
+    made.close()
+    assert cache.place(other.offer([0]), [IMAGE], 1) is not None
+    assert list(cache._open) == [other.name]
 
 
 # -- the trainer's side: it takes a leaf as written only where it offered it ------------
@@ -391,25 +400,14 @@ def test_no_segment_outlives_its_trainer(how):
     wait_for(lambda: not os.path.exists(path), 15, f"{path} to be removed")
 
 
-def test_a_worker_removes_the_segment_of_a_trainer_that_died_not_of_one_that_lives():
+def test_a_worker_removes_the_segment_of_a_trainer_that_died_not_of_one_that_lives(two_in_use):
     """No one holds a dead trainer's segment: the worker that wrote into it removes it."""
-    cache = SegmentCache()
-    cache.PRUNE_INTERVAL = 0.0
-    live, dead = ObsSegment.create([(0, IMAGE)], 1), ObsSegment.create([(0, IMAGE)], 1)
-    try:
-        assert cache.place(live.offer([0]), [IMAGE], 1) is not None
-        assert cache.place(dead.offer([0]), [IMAGE], 1) is not None
-        dead._forget()  # what the kernel does for a killed trainer: its lock goes, its file stays
-        cache.prune()
-        assert not os.path.exists(dead.path)
-        assert os.path.exists(live.path) and list(cache._open) == [live.name]
-        assert cache.place(live.offer([0]), [IMAGE], 1) is not None
-    finally:
-        live.close()
-        dead.close()
-        cache.close()
-        if os.path.exists(dead.path):  # (dead.close() no longer removes it: it forgot its lock)
-            os.unlink(dead.path)
+    cache, live, dead = two_in_use
+    dead._forget()  # what the kernel does for a killed trainer: its lock goes, its file stays
+    cache.prune()
+    assert not os.path.exists(dead.path)
+    assert os.path.exists(live.path) and list(cache._open) == [live.name]
+    assert cache.place(live.offer([0]), [IMAGE], 1) is not None
 
 
 REMOTE_KILLED = """
