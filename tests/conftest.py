@@ -196,6 +196,23 @@ def start_deployment(front: str, back: str, worker_commands: list[list[str]], wo
 
 
 @contextlib.contextmanager
+def up_deployment(tmp_path, broker_toml: str, workers_toml: str, workers: int = 1):
+    """`rlay up` of a deployment file on fresh ports: its [broker] section the addresses and
+    ``broker_toml`` lines, then ``workers_toml``. Yields (front, back) once ``workers`` worker
+    processes have registered; afterwards `rlay up` must exit 0."""
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "deployment.toml"
+    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n{broker_toml}\n\n{workers_toml}\n')
+    up = Proc("up", str(config))
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == workers, 60, f"{workers} worker(s) to register")
+        yield front, back
+    finally:
+        code, _, err = up.stop()
+        assert code == 0, err
+
+
+@contextlib.contextmanager
 def deployment(worker_commands: list[list[str]], workers: int, check_log=None):
     """start_deployment() on fresh ports; yields (front, back). Afterwards every process must exit 0
     (and pass ``check_log(stderr)`` when given)."""

@@ -11,7 +11,7 @@ from rlay import BrokerError, RlayVectorEnv
 from rlay import protocol as P
 from rlay.values import packb
 from rlay.wire import decode_header, encode_leaves, header
-from tests.conftest import Proc, broker_status, deployment, free_port, wait_for
+from tests.conftest import broker_status, deployment, up_deployment, wait_for
 from tests.test_codec import pickle_payload
 
 
@@ -142,14 +142,8 @@ def test_a_worker_error_with_odd_reports_still_reaches_the_trainer(cartpoles, ra
 def test_a_reply_over_max_message_size_comes_back_as_an_error_not_a_stuck_slot(tmp_path):
     """ZeroMQ would cut a worker that sends a frame over the limit, and its reply would be lost for good
     (its slots busy forever): the broker tells each worker its limit, and the worker answers with an error."""
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = tmp_path / "small.toml"
-    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n\n'
-                      '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64] }\n'
-                      'envs_per_worker = 4\n')  # 4 x 4 KiB observations: one 16 KiB frame
-    up = Proc("up", str(config))
-    try:
-        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+    workers = '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64] }\nenvs_per_worker = 4'
+    with up_deployment(tmp_path, "max_message_size = 12000", workers) as (front, _):  # 4 x 4 KiB: one 16 KiB frame
         envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 4, broker=front, timeout=10)
         try:
             for _ in range(2):  # the second time too: the error freed the slots
@@ -157,23 +151,14 @@ def test_a_reply_over_max_message_size_comes_back_as_an_error_not_a_stuck_slot(t
                     envs.reset(seed=0)
         finally:
             envs.close()
-    finally:
-        code, _, err = up.stop()
-        assert code == 0, err
 
 
 def test_a_request_over_max_message_size_is_refused_before_sending_and_loses_nothing(tmp_path):
     """ZeroMQ would drop a trainer's frame over the limit and cut its connection; the wait would then
     time out with no cause. The broker tells the trainer its limit in `leased`, and the trainer refuses
     to send such a request: a clear error at once, and the lease and its envs go on as before."""
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = tmp_path / "small.toml"
-    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n\n'
-                      '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [16, 16] }\n'
-                      'envs_per_worker = 2\n')
-    up = Proc("up", str(config))
-    try:
-        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+    workers = '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [16, 16] }\nenvs_per_worker = 2'
+    with up_deployment(tmp_path, "max_message_size = 12000", workers) as (front, _):
         envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 2, broker=front, timeout=10)
         try:
             first, _ = envs.reset(seed=0)
@@ -186,9 +171,6 @@ def test_a_request_over_max_message_size_is_refused_before_sending_and_loses_not
             np.testing.assert_array_equal(obs, first)  # FrameEnv returns its one frame
         finally:
             envs.close()
-    finally:
-        code, _, err = up.stop()
-        assert code == 0, err
 
 
 def test_a_new_replace_supersedes_one_still_pending(cartpoles, raw):

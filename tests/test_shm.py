@@ -19,7 +19,7 @@ from rlay import RlayVectorEnv
 from rlay.shm import SHM_DIR, ObsSegment, SegmentCache
 from rlay.values import WireError
 from rlay.wire import IN_PLACE, decode_leaves
-from tests.conftest import RLAY, ROOT, Proc, broker_status, free_port, subprocess_env, wait_for
+from tests.conftest import RLAY, ROOT, Proc, broker_status, free_port, subprocess_env, up_deployment, wait_for
 from tests.envs import ImageDictEnv
 from tests.test_equivalence import compare_runs
 
@@ -422,23 +422,14 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_a_remote_trainer_killed_leaves_no_segment_behind(tmp_path):
     """A remote trainer has no children to clean up after it: its host's worker removes the segment."""
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = tmp_path / "images.toml"
-    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n\n'
-                      '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64, 4] }\n'
-                      'envs_per_worker = 2\n')  # 16 KiB per env: shared memory
-    up = Proc("up", str(config))
-    try:
-        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
+    workers = '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64, 4] }\nenvs_per_worker = 2'
+    with up_deployment(tmp_path, "", workers) as (front, _):  # 16 KiB per env: shared memory
         proc = subprocess.run([sys.executable, "-c", REMOTE_KILLED, front], cwd=ROOT, env=subprocess_env(),
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == -9, proc.stderr
         path = proc.stdout.strip()
         assert path.startswith(SHM_DIR + "/rlay-")
         wait_for(lambda: not os.path.exists(path), 15, f"the worker to remove {path}")
-    finally:
-        code, _, err = up.stop()
-        assert code == 0, err
 
 
 def test_only_segments_no_live_trainer_holds_are_removed_as_stale():
