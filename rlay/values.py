@@ -257,14 +257,16 @@ def unpackb(data: Any) -> Any:
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
     # msgpack decodes ext -1 (its timestamp) itself, never calling ext_hook; like any ext code
-    # outside the codec it is refused. Only data that could hold one pays for the search.
-    if _EXT_MINUS_1.search(raw) and _holds_timestamp(value):
+    # outside the codec it is refused. Only data that could hold one pays for the walk.
+    if b"\xff" in raw and any(tail in raw for tail in _TIMESTAMP_TAILS) and _holds_timestamp(value):
         raise WireError("unknown msgpack extension type -1 (a msgpack timestamp)")
     return value
 
 
-# Every msgpack header of an ext of type -1 (0xff): fixext 1-16, ext 8, ext 16 and ext 32.
-_EXT_MINUS_1 = re.compile(rb"[\xd4-\xd8]\xff|\xc7.\xff|\xc8..\xff|\xc9....\xff", re.DOTALL)
+# msgpack makes a timestamp of ext -1 (0xff) with 4, 8 or 12 bytes of payload, and refuses other
+# lengths. Every such header ends with one of these: fixext 4 and 8 (d6 ff, d7 ff); ext 8, 16 and 32
+# (c7 / c8 00 / c9 00 00 00, then the length 04, 08 or 0c, then ff).
+_TIMESTAMP_TAILS = (b"\xd6\xff", b"\xd7\xff", b"\x04\xff", b"\x08\xff", b"\x0c\xff")
 
 
 def _holds_timestamp(value: Any) -> bool:
