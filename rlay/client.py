@@ -51,10 +51,12 @@ class BrokerClient:
         self.answered = False  # whether anything ever came back on the main socket
         self.max_frame: int | None = None  # the broker's max_message_size, from `leased`
 
-    def adopt_limit(self, leased: dict) -> None:
-        """Take the broker's max_message_size from its `leased` answer (each lease: a new broker may
-        have another limit, or none)."""
-        limit = leased.get("max_message_size")
+    def leased(self, answer: dict) -> None:
+        """A lease was granted (``answer`` is its `leased`): from now on a broker that forgets this
+        trainer is an error, and the broker's max_message_size applies (each lease: a restarted
+        broker may have another limit, or none)."""
+        self.leased_at = time.monotonic()
+        limit = answer.get("max_message_size")
         self.max_frame = limit if type(limit) is int and limit >= 0 else None
 
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:

@@ -21,9 +21,9 @@ is not a secret from the peers a request passes through (protocol 14).
 A live segment is one its trainer holds an exclusive ``flock`` on, whatever pid namespace
 it runs in (it takes the lock before it offers the name); the files nobody holds are left
 by dead trainers. A worker removes a segment it has mapped once no one holds it (checked
-at most once a second, and when idle, for the 8 it keeps);
-a trainer about to make its segment removes those of its user not written to for 10 s;
-an embedded worker whose trainer died removes that trainer's.
+at most once a second, and when idle, for the 8 it keeps); a trainer about to make its
+segment removes those of its user not written to for 10 s; an embedded worker whose
+trainer died removes that trainer's.
 """
 
 from __future__ import annotations

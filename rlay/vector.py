@@ -300,8 +300,7 @@ class RlayVectorEnv(VectorEnv):
             P.LEASE, lease_timeout + REPLY_GRACE, f"a lease of {num_envs} slots of {env_id!r}",
             error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
         )
-        client.leased_at = time.monotonic()
-        client.adopt_limit(lease)
+        client.leased(lease)
         self._lease_spaces = (lease["obs_space"], lease["act_space"])
         self._adopt_slots(lease["slots"])
 
@@ -809,8 +808,7 @@ class RlayVectorEnv(VectorEnv):
             raise LeaseError(f"{cause}; and the broker refused {what}: {head.get('message')}")
         if (head["obs_space"], head["act_space"]) != self._lease_spaces:
             raise BrokerError(f"{what}: the new slots' spaces differ from the old ones")
-        self._client.leased_at = time.monotonic()
-        self._client.adopt_limit(head)
+        self._client.leased(head)
         if self._client.heartbeat is not None:
             self._client.heartbeat.reset()
         self._stash.clear()  # answers of the old lease: their envs are gone
