@@ -179,6 +179,8 @@ class InlineBrokerClient(BrokerClient):
         self.outbox = broker.front.outbox[self.IDENT]
         self.heartbeat = None  # in the same process: nothing to ping
         self.answered = True  # (no address to get wrong: no hint in its errors)
+        self.leased_at: float | None = None
+        self.max_frame: int | None = None  # (an embedded broker has no limit)
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
         # The broker is turned by whoever holds the lock: the trainer's thread in send/wait,

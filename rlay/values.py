@@ -24,6 +24,7 @@ its array maps are refused with an error instead of being decoded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -51,10 +52,23 @@ EXT_SCALAR = 2
 EXT_TUPLE = 3
 EXT_BIGINT = 4
 _MAX_BIGINT_BYTES = 1024
-# Each tuple (ext 3) is decoded by a nested msgpack call: without a bound, ~200 levels overflow
-# the C stack and kill the process. Arrays and maps nest within one call, which refuses > 1024.
-MAX_TUPLE_DEPTH = 32
+# Each tuple (ext 3) is encoded and decoded by a nested msgpack call, ~43 KB of C stack each:
+# without a bound, ~200 levels overflow the stack and kill the process. 16 levels fit a thread
+# of 1 MB. Arrays and maps nest within one call, which refuses more than 1024 levels.
+MAX_TUPLE_DEPTH = 16
 _nesting = threading.local()
+
+
+@contextlib.contextmanager
+def _one_tuple_deeper():
+    depth = getattr(_nesting, "tuples", 0)
+    if depth >= MAX_TUPLE_DEPTH:
+        raise WireError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
+    try:
+        _nesting.tuples = depth + 1
+        yield
+    finally:
+        _nesting.tuples = depth
 
 # byte order, kind, item size: "<f4", "|u1", "|b1", "<U7", "|S3"
 _DTYPE_RE = re.compile(r"^[<>|][biufcSU][0-9]{1,4}$")
@@ -66,7 +80,11 @@ class WireError(ValueError):
 
 
 class VersionError(WireError):
-    """A header names a protocol version this side does not speak."""
+    """A header names a protocol version this side does not speak (``version``: what it named)."""
+
+    def __init__(self, message: str, version: Any = None):
+        super().__init__(message)
+        self.version = version
 
 
 def parse_dtype(text: Any) -> np.dtype:
@@ -120,6 +138,10 @@ def array_from_buffer(dtype: Any, shape: Any, buffer: Any) -> np.ndarray:
         raise WireError(
             f"array frame holds {size} bytes but dtype {dtype} and shape {list(shp)} need {expected}"
         )
+    if dt.kind == "U":  # numpy would keep code points past U+10FFFF, and fail on reading them
+        codes = np.frombuffer(buffer, dtype=np.dtype("u4").newbyteorder(dt.byteorder))
+        if codes.size and int(codes.max()) > 0x10FFFF:
+            raise WireError(f"a {dtype} array holds a code point beyond U+10FFFF")
     return np.frombuffer(buffer, dtype=dt).reshape(shp)
 
 
@@ -143,7 +165,8 @@ def _default(obj: Any) -> Any:
         dtype = array_dtype_str(np.asarray(obj))
         return msgpack.ExtType(EXT_SCALAR, msgpack.packb([dtype, obj.tobytes()]))
     if isinstance(obj, tuple):
-        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+        with _one_tuple_deeper():
+            return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
     if isinstance(obj, int):
         if type(obj) is not int:  # IntEnum and other int subclasses travel as plain ints
             return int(obj)
@@ -175,7 +198,7 @@ def packb(value: Any) -> bytes:
         return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
     except WireError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise WireError(f"cannot encode value for the wire: {exc}") from None
 
 
@@ -195,14 +218,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise WireError("bad big int extension")
         return int.from_bytes(data, "big", signed=True)
     if code == EXT_TUPLE:
-        depth = getattr(_nesting, "tuples", 0)
-        if depth >= MAX_TUPLE_DEPTH:
-            raise WireError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
-        _nesting.tuples = depth + 1
-        try:
+        with _one_tuple_deeper():
             items = unpackb(data)
-        finally:
-            _nesting.tuples = depth
         if not isinstance(items, list):
             raise WireError("tuple extension must hold an array")
         return tuple(items)
@@ -257,8 +274,10 @@ def unpackb(data: Any) -> Any:
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
     # msgpack decodes ext -1 (its timestamp) itself, never calling ext_hook; like any ext code
-    # outside the codec it is refused. Only data that could hold one pays for the walk.
-    if b"\xff" in raw and any(tail in raw for tail in _TIMESTAMP_TAILS) and _holds_timestamp(value):
+    # outside the codec it is refused. Only data that could hold one pays for the walk, once: the
+    # outermost call walks into the tuples too, which nested calls decoded.
+    if (getattr(_nesting, "tuples", 0) == 0 and b"\xff" in raw and any(tail in raw for tail in _TIMESTAMP_TAILS)
+            and _holds_timestamp(value)):
         raise WireError("unknown msgpack extension type -1 (a msgpack timestamp)")
     return value
 

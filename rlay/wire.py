@@ -98,7 +98,7 @@ def decode_header(frame: Any) -> dict[str, Any]:
     version = head.get(P.VERSION)
     if type(version) is not int or version not in P.SUPPORTED_VERSIONS:  # (true and 1.0 equal 1 in Python)
         raise VersionError(
-            f"protocol version {version!r} is not supported (supported: {list(P.SUPPORTED_VERSIONS)})"
+            f"protocol version {version!r} is not supported (supported: {list(P.SUPPORTED_VERSIONS)})", version
         )
     if not isinstance(head.get(P.TYPE), str):
         raise WireError("header has no string 'type'")

@@ -98,6 +98,11 @@ def ext_array(dtype, shape, data) -> bytes:
         (b"\xc7\x04\xff" + b"\x00\x00\x00\x05", "extension type -1"),  # ext 8
         (b"\xc8\x00\x08\xff" + b"\x00" * 8, "extension type -1"),  # ext 16
         (b"\x91\xc9\x00\x00\x00\x0c\xff" + b"\x00" * 12, "extension type -1"),  # ext 32, in an array
+        # a timestamp inside tuples nested 3 deep (the outermost decode looks into them)
+        (msgpack.packb(msgpack.ExtType(3, msgpack.packb([msgpack.ExtType(3, msgpack.packb([msgpack.ExtType(
+            3, msgpack.packb([msgpack.Timestamp(5)]))]))]))), "extension type -1"),
+        (ext_array("<U1", [1], b"\xff\xff\xff\xff"), "beyond U\\+10FFFF"),  # numpy would keep it, and fail on reading it
+        (msgpack.packb(msgpack.ExtType(2, msgpack.packb([">U1", b"\x00\x11\x00\x00"]))), "beyond U\\+10FFFF"),
     ],
 )
 def test_malformed_values_get_a_clear_error(payload, reason):
@@ -171,3 +176,22 @@ def test_msgpack_numpy_maps_are_refused_whatever_the_key_encoding(key_type, tmp_
     with pytest.raises(WireError, match="msgpack-numpy"):
         unpackb(payload)
     assert not marker.exists()
+
+
+def test_tuples_nest_at_most_max_tuple_depth_deep_on_both_sides():
+    """Each tuple level is a nested msgpack call on either side: the sender refuses what every
+    receiver would, with the same reason, and the receiver takes what the sender may send."""
+    from rlay.values import MAX_TUPLE_DEPTH
+
+    deepest = 1
+    for _ in range(MAX_TUPLE_DEPTH):
+        deepest = (deepest,)
+    assert unpackb(packb({"t": deepest})) == {"t": deepest}
+    with pytest.raises(WireError, match=f"tuples nested more than {MAX_TUPLE_DEPTH} deep"):
+        packb({"t": (deepest,)})
+    too_deep = msgpack.packb([1])
+    for _ in range(MAX_TUPLE_DEPTH + 1):
+        too_deep = msgpack.packb([msgpack.ExtType(3, too_deep)])
+    with pytest.raises(WireError, match=f"tuples nested more than {MAX_TUPLE_DEPTH} deep"):
+        unpackb(too_deep)
+    assert unpackb(packb((1, 2))) == (1, 2)  # (the depth is back to 0 after each refusal)

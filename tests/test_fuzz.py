@@ -136,8 +136,9 @@ def test_messages_over_the_size_limit_are_dropped_and_the_broker_serves_on(tmp_p
 
 @pytest.mark.parametrize("answer, registers", [
     ([b"\xc1 not msgpack"], True),
+    ([packed({"type": P.REGISTERED, "worker": "w1", "slots": [0]})], True),  # no version at all
     ([packed({"v": 2, "type": P.REGISTERED, "worker": "w1", "slots": [0]})], False),
-], ids=["unreadable", "other-version"])
+], ids=["unreadable", "no-version", "other-version"])
 def test_a_worker_awaiting_registration_skips_unreadable_messages(answer, registers):
     """Before `registered`, an unreadable message is logged and skipped, and the worker registers and
     serves; a header of another protocol version ends the registration with an error saying so."""
@@ -185,13 +186,13 @@ def test_tuples_nested_too_deep_are_refused_and_the_worker_serves_on():
     from rlay import BrokerError, RlayVectorEnv
     from rlay.values import MAX_TUPLE_DEPTH
 
-    deep = ()
-    for _ in range(300):
-        deep = (deep,)
+    deep = msgpack.packb([])
+    for _ in range(300):  # (the trainer's own encoder would refuse this: it is made by hand)
+        deep = msgpack.packb([msgpack.ExtType(3, deep)])
     envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")], timeout=20)
     try:
         with pytest.raises(BrokerError, match=f"tuples nested more than {MAX_TUPLE_DEPTH} deep"):
-            envs.reset(seed=0, options={"deep": deep})
+            envs.reset(seed=0, options={"deep": msgpack.ExtType(3, deep)})
         obs, _ = envs.reset(seed=0)
         assert obs.shape == (1, 4)
     finally:

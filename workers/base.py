@@ -192,10 +192,10 @@ class WorkerBase:
                 continue
             try:
                 head = decode_header(self.sock.recv_multipart()[0])
-            except VersionError as exc:  # a broker that speaks another version: no use waiting
-                raise RegistrationError(f"the broker at {self.broker} answered the registration in another "
-                                        f"protocol version: {exc}") from None
             except WireError as exc:
+                if isinstance(exc, VersionError) and type(exc.version) is int:  # another version: no use waiting
+                    raise RegistrationError(f"the broker at {self.broker} answered the registration in another "
+                                            f"protocol version: {exc}") from None
                 log.warning("ignoring an unreadable message before registration: %s", exc)
                 continue
             if head[P.TYPE] == P.REGISTERED:
