@@ -14,7 +14,7 @@ from rlay import protocol as P
 from rlay.errors import BrokerError, BrokerLostError, RlayTimeoutError
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.values import WireError
-from rlay.wire import decode_header, header, oversized, send_frames
+from rlay.wire import announced_limit, decode_header, header, oversized, send_frames
 
 __all__ = ["BrokerClient"]
 
@@ -56,8 +56,7 @@ class BrokerClient:
         trainer is an error, and the broker's max_message_size applies (each lease: a restarted
         broker may have another limit, or none)."""
         self.leased_at = time.monotonic()
-        limit = answer.get("max_message_size")
-        self.max_frame = limit if type(limit) is int and limit >= 0 else None
+        self.max_frame = announced_limit(answer)
 
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         """Send a request; returns its id for :meth:`wait`.

@@ -56,6 +56,12 @@ def frame_size(frame: Any) -> int:
     return frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
 
 
+def announced_limit(answer: dict) -> int | None:
+    """The largest frame a broker takes, from its `registered` or `leased` answer; None: no limit."""
+    limit = answer.get("max_message_size")
+    return limit if type(limit) is int and limit >= 0 else None
+
+
 def oversized(frames: Sequence[Any], limit: int | None) -> int | None:
     """The size of the largest of ``frames`` if it is over a broker's ``max_message_size`` of ``limit``
     (ZeroMQ would drop it and cut the sender's connection), else None."""

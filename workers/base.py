@@ -25,7 +25,7 @@ from rlay.heartbeat import Heartbeat, new_identity
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
 from rlay.shm import SegmentCache
-from rlay.wire import (check_rows, decode_body, decode_header, encode_leaves, encode_rows, header, is_large, oversized,
+from rlay.wire import (announced_limit, check_rows, decode_body, decode_header, encode_leaves, encode_rows, header, is_large, oversized,
                        send_frames)
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
@@ -200,8 +200,7 @@ class WorkerBase:
                 continue
             if head[P.TYPE] == P.REGISTERED:
                 self.name = head.get("worker", "?")
-                limit = head.get("max_message_size")
-                self.max_frame = limit if type(limit) is int and limit >= 0 else None
+                self.max_frame = announced_limit(head)
                 log.info("registered as %s with slots %s", self.name, head.get("slots"))
                 return
             if head[P.TYPE] == P.ERROR:

@@ -87,8 +87,9 @@ class PushWorker(WorkerBase):
     """A game process serving ``num_agents`` env slots from its own main loop.
 
     It registers when made, waiting up to ``register_timeout`` seconds, and pings the broker
-    every ``heartbeat_interval`` seconds from a thread (the broker's value, if it was started
-    with another; None: never). ``curve`` is as for ``rlay.RlayVectorEnv.remote``.
+    every ``heartbeat_interval`` seconds from a thread (None: never); give it the broker's
+    ``heartbeat_interval`` if the broker was started with another. ``curve`` is as for
+    ``rlay.RlayVectorEnv.remote``.
     """
 
     mode = P.PUSH_MODE
