@@ -196,7 +196,8 @@ class Broker:
     ):
         self.frontend_addr = frontend
         self.curve = curve  # rlay.security.Curve: both sockets encrypt, and let in only authorized keys
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.heartbeat_liveness = heartbeat_liveness
         self.heartbeat_expiry = heartbeat_interval * heartbeat_liveness
         self.last_seen: dict[bytes, float] = {}  # peers that send heartbeats: main ident -> last sign of life
         self.pinging: dict[bytes, float] = {}  # peers that ping before we know them (before a lease or registration)
@@ -412,14 +413,16 @@ class Broker:
                                                 time.monotonic() + timeout, replaces=lost))
         self._try_leases()
 
-    def _limit(self) -> dict[str, int]:
-        """What `registered` and `leased` say of max_message_size, if there is a limit: the largest
+    def _announced(self) -> dict[str, Any]:
+        """What `registered` and `leased` tell a peer of this broker's settings: the heartbeat interval
+        and liveness it expects (protocol 8.5), and, if there is a limit, max_message_size: the largest
         frame a peer may hand ZeroMQ. CURVE adds CURVE_FRAME_BYTES to each frame on the wire, where
         ZeroMQ applies the limit."""
-        if self.max_message_size < 0:
-            return {}
-        overhead = CURVE_FRAME_BYTES if self.curve is not None else 0
-        return {"max_message_size": max(0, self.max_message_size - overhead)}
+        settings = {"heartbeat_interval": self.heartbeat_interval, "heartbeat_liveness": self.heartbeat_liveness}
+        if self.max_message_size >= 0:
+            overhead = CURVE_FRAME_BYTES if self.curve is not None else 0
+            settings["max_message_size"] = max(0, self.max_message_size - overhead)
+        return settings
 
     def _free_slots(self, env_id: str) -> list[Slot]:
         free = [
@@ -462,7 +465,7 @@ class Broker:
                         act_space=first.act_space,
                         metadata=first.metadata,
                         render_mode=first.render_mode,
-                        **self._limit(),
+                        **self._announced(),
                     )
                 ],
             )
@@ -664,10 +667,11 @@ class Broker:
             self.pinging[main] = time.monotonic()
         self._send(sock, ident, [header(P.HEARTBEAT, known=known)])
 
-    def _watch(self, ident: bytes) -> None:
-        """A peer just became known (registered, or granted a lease): if it pings, watch it from now,
-        not from its next ping, so that one dying in between is not missed."""
-        if self.pinging.pop(ident, None) is not None:
+    def _watch(self, ident: bytes, always: bool = False) -> None:
+        """A peer just became known (registered, or granted a lease): if it pings (a worker: always,
+        heartbeats are mandatory for workers), watch it from now, not from its next ping, so that one
+        dying in between is not missed, and one that never pings is expired."""
+        if self.pinging.pop(ident, None) is not None or always:
             self.last_seen[ident] = time.monotonic()
 
     def _check_liveness(self, now: float) -> None:
@@ -735,9 +739,9 @@ class Broker:
         self.workers[ident] = worker
         if self.frontend_addr == "inline":  # (its workers are the trainer's own children: a bounded set)
             self.local_pids.add(worker.pid)
-        self._watch(ident)
+        self._watch(ident, always=True)
         log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
-        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **self._limit())])
+        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **self._announced())])
         self._try_leases()
 
     def _worker_reply(self, ident: bytes, head: dict, frames: list[Any]) -> None:

@@ -6,6 +6,7 @@
     >>> envs.close()
 """
 
+import gymnasium
 from gymnasium.vector import AutoresetMode
 
 from rlay.env import RlayEnv
@@ -21,6 +22,11 @@ from rlay.errors import (
 from rlay.vector import RlayVectorEnv
 
 __version__ = "0.1.0"
+
+# The conformance env (docs/protocol.md, Appendix B) by its gymnasium id, so that any process that
+# imports rlay can make it: `rlay worker rlay/Conformance-v0`. Its module loads only when made.
+if "rlay/Conformance-v0" not in gymnasium.registry:
+    gymnasium.register("rlay/Conformance-v0", entry_point="rlay.conformance.env:ConformanceEnv")
 
 __all__ = [
     "AutoresetMode",

@@ -31,9 +31,10 @@ CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "backend": ("an address string", lambda v: isinstance(v, str)),
     "curve": ("a key directory (a string)", lambda v: isinstance(v, str)),
     "max_message_size": ("a number of bytes >= 1, or -1 for no limit", lambda v: _is_int(v) and (v == -1 or v >= 1)),
-    "heartbeat_interval": ("a number of seconds >= 0.01",
-                           lambda v: type(v) in (int, float) and v >= 0.01),
-    "heartbeat_liveness": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "heartbeat_interval": (f"a number of seconds from {P.MIN_HEARTBEAT_INTERVAL} to {P.MAX_HEARTBEAT_INTERVAL:g}",
+                           lambda v: type(v) in (int, float) and P.MIN_HEARTBEAT_INTERVAL <= v <= P.MAX_HEARTBEAT_INTERVAL),
+    "heartbeat_liveness": (f"an integer from 1 to {P.MAX_HEARTBEAT_LIVENESS}",
+                           lambda v: _is_int(v) and 1 <= v <= P.MAX_HEARTBEAT_LIVENESS),
     "env": ("a gymnasium id or package.module:factory (a string)", lambda v: isinstance(v, str)),
     "num_workers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -154,6 +155,17 @@ def load_curve(keydir: str | None, role: str):
         raise click.BadParameter(str(exc), param_hint="--curve") from None
 
 
+def _heartbeat_interval_ignored(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        click.echo(f"Note: {param.opts[0]} is ignored: workers and trainers ping as often as the broker says "
+                   "(it announces its interval when they register or lease; set it with rlay broker "
+                   "--heartbeat-interval).", err=True)
+
+
+# Before protocol 5.3/5.5 announced the broker's interval, workers and trainers were told it by hand.
+deprecated_heartbeat_option = click.option(
+    "--heartbeat-interval", type=float, hidden=True, expose_value=False, callback=_heartbeat_interval_ignored)
+
 curve_option = click.option(
     "--curve", "curve_dir", type=click.Path(file_okay=False),
     help="Encrypt and authenticate with the CURVE keys in this directory (made by `rlay keys generate`).")
@@ -167,10 +179,10 @@ curve_option = click.option(
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML file whose [broker] section sets the addresses, heartbeats, curve and max_message_size "
                    "(the only way to set max_message_size here).")
-@click.option("--heartbeat-interval", type=click.FloatRange(min=0.01),
-              help="Seconds between the pings the broker expects from each peer; workers and trainers must "
-                   f"ping at least this often (rlay worker --heartbeat-interval). [default: {P.HEARTBEAT_INTERVAL}]")
-@click.option("--heartbeat-liveness", type=click.IntRange(min=1),
+@click.option("--heartbeat-interval", type=click.FloatRange(P.MIN_HEARTBEAT_INTERVAL, P.MAX_HEARTBEAT_INTERVAL),
+              help="Seconds between the pings the broker expects from each peer; it announces them to every "
+                   f"worker and trainer, which ping that often. [default: {P.HEARTBEAT_INTERVAL}]")
+@click.option("--heartbeat-liveness", type=click.IntRange(1, P.MAX_HEARTBEAT_LIVENESS),
               help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]")
 @curve_option
 def broker(frontend: str | None, backend: str | None, config_path: str | None,
@@ -214,20 +226,19 @@ def broker_settings(section: dict, heartbeat_interval: float | None = None, hear
 @click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads per worker stepping its envs concurrently (for envs that block).")
 @click.option("--register-timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
-@click.option("--heartbeat-interval", default=P.HEARTBEAT_INTERVAL, show_default=True, type=click.FloatRange(min=0.01),
-              help="Seconds between heartbeats to the broker.")
+@deprecated_heartbeat_option
 @with_options(restart_options)
 @curve_option
 def worker(env: str, broker_addr: str, num_workers: int, envs_per_worker: int, env_kwargs: str | None,
-           name: str | None, threads: int, register_timeout: float, heartbeat_interval: float,
-           restart: bool, max_restarts: int, curve_dir: str | None) -> None:
+           name: str | None, threads: int, register_timeout: float, restart: bool, max_restarts: int,
+           curve_dir: str | None) -> None:
     """Host envs for a broker. ENV is a gymnasium id or package.module:factory."""
     from rlay.cluster import Cluster
 
     kwargs = parse_env_kwargs(env_kwargs)
     cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name, threads)],
                       register_timeout=register_timeout, supervision=supervision(restart, max_restarts),
-                      heartbeat_interval=heartbeat_interval, curve=load_curve(curve_dir, "client"))
+                      curve=load_curve(curve_dir, "client"))
     click.echo(f"rlay worker: {num_workers} process(es) x {envs_per_worker} env(s) of {name or env} -> {broker_addr}")
     run_cluster(cluster)
 
@@ -264,7 +275,6 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
     try:
         cluster = Cluster(backend, groups, frontend=frontend, supervision=supervision(restart, max_restarts),
                           broker_kwargs=broker_settings(section),
-                          heartbeat_interval=section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
                           curve=load_curve(section.get("curve"), "client"))
     except BrokerError as exc:  # (its addresses are taken: no worker was started)
         raise click.ClickException(str(exc)) from None
@@ -339,12 +349,10 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
 @click.option("--on-worker-failure", type=click.Choice(["raise", "replace"]), default="raise", show_default=True,
               help="replace: envs of a lost worker move to free slots and end their episode as truncated.")
-@click.option("--heartbeat-interval", default=P.HEARTBEAT_INTERVAL, show_default=True, type=click.FloatRange(min=0.01),
-              help="With --broker: seconds between heartbeats to the broker (give it the broker's value).")
+@deprecated_heartbeat_option
 @curve_option
 def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_per_worker: int,
-            env_kwargs: str | None, seed: int, timeout: float, on_worker_failure: str, heartbeat_interval: float,
-            curve_dir: str | None) -> None:
+            env_kwargs: str | None, seed: int, timeout: float, on_worker_failure: str, curve_dir: str | None) -> None:
     """Random-policy rollout; prints env-steps/s and episode-return statistics."""
     import numpy as np
 
@@ -355,10 +363,8 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
     vector_kwargs: dict[str, Any] = {"timeout": timeout, "on_worker_failure": on_worker_failure}
     if broker_addr is None:
         vector_kwargs["envs_per_worker"] = envs_per_worker
-    else:
-        vector_kwargs["heartbeat_interval"] = heartbeat_interval
-        if curve_dir:
-            vector_kwargs["curve"] = load_curve(curve_dir, "client")
+    elif curve_dir:
+        vector_kwargs["curve"] = load_curve(curve_dir, "client")
     try:
         envs = rlay.make_vec(env, num_envs, broker=broker_addr, vector_kwargs=vector_kwargs, **kwargs)
     except (RlayError, TimeoutError, TypeError) as exc:

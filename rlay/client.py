@@ -53,10 +53,12 @@ class BrokerClient:
 
     def leased(self, answer: dict) -> None:
         """A lease was granted (``answer`` is its `leased`): from now on a broker that forgets this
-        trainer is an error, and the broker's max_message_size applies (each lease: a restarted
-        broker may have another limit, or none)."""
+        trainer is an error, and the broker's max_message_size and heartbeat settings apply (each
+        lease: a restarted broker may have others)."""
         self.leased_at = time.monotonic()
         self.max_frame = announced_limit(answer)
+        if self.heartbeat is not None:
+            self.heartbeat.adopt(answer)
 
     def send(self, type_: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         """Send a request; returns its id for :meth:`wait`.

@@ -70,7 +70,6 @@ class Cluster:
         tmpdir: str | None = None,
         supervision: "Supervision | None" = None,
         broker_kwargs: dict | None = None,
-        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
         curve: Any = None,
     ):
         # Imported here: rlay (the trainer's package) only launches broker and workers.
@@ -102,7 +101,7 @@ class Cluster:
                 fns = CloudpickleWrapper(list(group.env_fns[start : start + group.envs_per_worker]))
                 label = f"{group.env_id}#{rank}"
                 self._worker_args[label] = (fns, backend, group.env_id, rank, parent, self.errors, register_timeout,
-                                            group.threads, heartbeat_interval, curve, tmpdir)
+                                            group.threads, curve, tmpdir)
                 self.workers.append((label, self._new_worker(label)))
         self.inline_broker = None  # embedded: a broker object the trainer's thread runs (rlay.client)
         try:

@@ -21,12 +21,22 @@ import zmq
 from rlay import protocol as P
 from rlay.wire import decode_header, header
 
-__all__ = ["Heartbeat", "new_identity", "HEARTBEAT_SUFFIX"]
+__all__ = ["Heartbeat", "new_identity", "announced_heartbeat", "HEARTBEAT_SUFFIX"]
 
 log = logging.getLogger("rlay.heartbeat")
 
 HEARTBEAT_SUFFIX = b"|hb"
 STOP_SLICE = 0.05  # s: how long stop() may wait for the thread to notice
+
+
+def announced_heartbeat(answer: dict) -> tuple[float | None, int | None]:
+    """The heartbeat interval (s) and liveness a broker announces in `registered` or `leased`;
+    None for a value it does not announce, or announces out of range (which must not make a peer
+    ping in a busy loop, or never)."""
+    interval, liveness = answer.get("heartbeat_interval"), answer.get("heartbeat_liveness")
+    interval_ok = type(interval) in (int, float) and P.MIN_HEARTBEAT_INTERVAL <= interval <= P.MAX_HEARTBEAT_INTERVAL
+    liveness_ok = type(liveness) is int and 1 <= liveness <= P.MAX_HEARTBEAT_LIVENESS
+    return (float(interval) if interval_ok else None), (liveness if liveness_ok else None)
 
 
 def new_identity() -> bytes:
@@ -48,6 +58,7 @@ class Heartbeat:
         self.last_answer = time.monotonic()
         self.last_unknown: float | None = None  # when the broker last said it does not know this peer
         self.answered = False  # whether any answer ever came (none at all: wrong address, or refused by CURVE)
+        self._next_ping = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
         self._thread.start()
@@ -66,6 +77,17 @@ class Heartbeat:
         self.last_answer = time.monotonic()
         self.last_unknown = None
 
+    def adopt(self, answer: dict) -> None:
+        """Take the broker's heartbeat settings from its `registered` or `leased` ``answer`` (protocol 5.3,
+        5.5): ping every interval it expects, and count it lost after as long a silence as it allows.
+        Settings it does not announce (or announces malformed) are kept."""
+        interval, liveness = announced_heartbeat(answer)
+        if liveness is not None:
+            self.liveness = liveness
+        if interval is not None and interval != self.interval:
+            self.interval = interval
+            self._next_ping = min(self._next_ping, time.monotonic() + interval)  # (the thread reads it)
+
     def forgotten_since(self, since: float) -> bool:
         """Whether the broker said it does not know this peer in an answer received more than an
         interval after ``since`` (when the peer registered or leased): older answers may predate it."""
@@ -81,17 +103,16 @@ class Heartbeat:
         sock.connect(self.address)
         ping = header(P.HEARTBEAT)
         try:
-            next_ping = time.monotonic()
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_ping:
+                if now >= self._next_ping:
                     try:
                         sock.send(ping, zmq.NOBLOCK)
                     except zmq.Again:
                         pass  # the broker is not there: silence grows, the owner finds out
-                    next_ping = now + self.interval
-                # short slices: stop() must not wait for a whole interval
-                if sock.poll(min(max(0.0, next_ping - time.monotonic()), STOP_SLICE) * 1000):
+                    self._next_ping = now + self.interval
+                # short slices: stop() must not wait for a whole interval, nor a new interval be missed
+                if sock.poll(min(max(0.0, self._next_ping - time.monotonic()), STOP_SLICE) * 1000):
                     frames = sock.recv_multipart()
                     try:
                         answer = decode_header(frames[0])

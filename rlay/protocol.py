@@ -22,6 +22,10 @@ REQ = "req"
 HEARTBEAT = "heartbeat"
 HEARTBEAT_INTERVAL = 0.5  # s between pings
 HEARTBEAT_LIVENESS = 4  # pings missed before the other side counts as lost: 2 s by default
+# The settings a broker may have, which it announces in `registered` and `leased` (its peers adopt
+# them, and ignore a value outside these bounds).
+MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL = 0.01, 3600.0
+MAX_HEARTBEAT_LIVENESS = 1000
 
 # Worker -> broker.
 REGISTER = "register"

@@ -227,9 +227,11 @@ class RlayVectorEnv(VectorEnv):
     ) -> "RlayVectorEnv":
         """Lease ``num_envs`` slots of ``env_id`` from a running broker.
 
-        The trainer pings the broker every ``heartbeat_interval`` seconds from a thread
-        (None: never): the broker frees the slots of a trainer that stops, and a call
-        fails with BrokerLostError soon after the broker stops answering. ``curve``
+        The trainer pings the broker from a thread (``heartbeat_interval=None``: never):
+        every ``heartbeat_interval`` seconds while it waits for its lease, then as often as
+        the broker says in the lease (protocol 5.5). The broker frees the slots of a trainer
+        that stops pinging, and a call fails with BrokerLostError soon after the broker stops
+        answering. ``curve``
         (``rlay.security.Curve.from_dir(KEYDIR, "client")``) encrypts and authenticates
         the connection to a broker started with ``--curve``. ``on_worker_failure`` and
         ``replace_timeout`` are as for the constructor; under ``"replace"`` a broker that

@@ -101,7 +101,7 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
         ('[[workers]]\nenv = "CartPole-v1"\nenvs_per_worker = "4"\n', "envs_per_worker must be an integer >= 1, got '4'"),
         ('[[workers]]\nenv = "CartPole-v1"\nenv_kwargs = "{}"\n', "env_kwargs must be a table of keyword arguments"),
         ('[[workers]]\nenv = "CartPole-v1"\nnum_workers = true\n', "num_workers must be an integer >= 1, got True"),
-        ('[broker]\nheartbeat_interval = 0\n', "[broker] heartbeat_interval must be a number of seconds >= 0.01"),
+        ('[broker]\nheartbeat_interval = 0\n', "[broker] heartbeat_interval must be a number of seconds from 0.01 to 3600"),
     ]:
         config.write_text(body)
         result = run_cli("up", str(config))

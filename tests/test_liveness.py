@@ -232,8 +232,7 @@ class _Context(zmq.Context):
 
 def test_a_registration_send_that_finds_no_connection_is_tried_again():
     with deployment([], 0) as (front, back):
-        worker = Worker([lambda: gym.make("CartPole-v1")], back, env_id="CartPole-v1", heartbeat_interval=None,
-                        register_timeout=10)
+        worker = Worker([lambda: gym.make("CartPole-v1")], back, env_id="CartPole-v1", register_timeout=10)
         worker.ctx = _Context()
         try:
             worker.connect()
@@ -241,3 +240,59 @@ def test_a_registration_send_that_finds_no_connection_is_tried_again():
             assert [w["name"] for w in broker_status(front)["workers"]] == [worker.name]
         finally:
             worker.disconnect()
+
+
+def test_workers_and_trainers_ping_as_often_as_the_broker_says(addresses):
+    """A broker announces its heartbeat settings in `registered` and `leased` (protocol 5.3, 5.5): its
+    peers adopt them, so a broker that expects a ping every 0.1 s (expiry 0.4 s) keeps peers that
+    start out at the default 0.5 s. Before, they were lost and registered again, over and over."""
+    front, back = addresses
+    broker = Proc("broker", "--frontend", front, "--backend", back, "--heartbeat-interval", "0.1",
+                  "--heartbeat-liveness", "4")
+    worker = Proc("worker", "CartPole-v1", "--broker", back, "-k", "2")
+    envs = None
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 30, "the worker to register")
+        name = broker_status(front)["workers"][0]["name"]
+        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
+        assert envs._client.heartbeat.interval == 0.1 and envs._client.heartbeat.liveness == 4
+        envs.reset(seed=0)
+        time.sleep(3.0)  # idle for 7 expiries: what is being tested is that nothing happens meanwhile
+        envs.step(np.zeros(2, dtype=np.int64))
+        status = broker_status(front)
+        assert status["failures"]["workers_lost"] == 0, status["recent_losses"]
+        assert [w["name"] for w in status["workers"]] == [name]
+        assert len(status["trainers"]) == 1
+    finally:
+        if envs is not None:
+            envs.close()
+        stop(worker, broker)
+
+
+def test_a_registered_worker_that_never_pings_is_expired(addresses):
+    """Heartbeats are mandatory for workers: a registration that never pings is lost after the
+    expiry, as a dead worker is (it used to be kept for good, holding its env id's spaces)."""
+    front, back = addresses
+    broker = Proc("broker", "--frontend", front, "--backend", back, "--heartbeat-interval", "0.1",
+                  "--heartbeat-liveness", "4")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(back)
+    try:
+        from rlay.spaces import encode_space
+        from rlay.wire import decode_header, header
+
+        space = encode_space(gym.spaces.Discrete(2))
+        sock.send(header(P.REGISTER, env_id="Silent-v0", num_envs=1, host="h", pid=1, obs_space=space,
+                         act_space=space))
+        assert sock.poll(10_000)
+        registered = decode_header(sock.recv_multipart()[0])
+        assert registered[P.TYPE] == P.REGISTERED
+        assert registered["heartbeat_interval"] == 0.1 and registered["heartbeat_liveness"] == 4
+        wait_for(lambda: broker_status(front)["workers"] == [], 5, "the silent worker to be expired")
+        assert "no heartbeat" in broker_status(front)["recent_losses"][-1]["why"]
+    finally:
+        sock.close()
+        ctx.term()
+        stop(broker)

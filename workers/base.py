@@ -77,14 +77,11 @@ class WorkerBase:
         render_mode: str | None = None,
         register_timeout: float = 60.0,
         parent_pid: int | None = None,
-        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
-        heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
         curve: Any = None,
     ):
         self.broker = broker
         self.curve = curve  # rlay.security.Curve, or None for plain sockets
         self.identity = new_identity()
-        self.heartbeat_interval, self.heartbeat_liveness = heartbeat_interval, heartbeat_liveness
         self.heartbeat: Heartbeat | None = None
         self.env_id = env_id
         self.obs_space = observation_space
@@ -117,11 +114,11 @@ class WorkerBase:
         if self.curve is not None:
             self.curve.secure_client(self.sock)
         self.sock.connect(self.broker)
-        # Ping from before registering: the broker then watches this worker from the moment it
-        # registers, and one that dies right after is not missed.
-        if self.heartbeat_interval is not None and self.heartbeat is None:
-            self.heartbeat = Heartbeat(self.broker, self.identity, self.heartbeat_interval,
-                                       self.heartbeat_liveness, self.ctx, self.curve)
+        # Ping from before registering (the broker expires a worker that does not ping, and expects
+        # the first ping within its expiry of the registration).
+        if self.heartbeat is None:
+            # (at the default interval until `registered` says the broker's: Heartbeat.adopt)
+            self.heartbeat = Heartbeat(self.broker, self.identity, context=self.ctx, curve=self.curve)
         registration = header(
                 P.REGISTER,
                 mode=self.mode,
@@ -201,6 +198,7 @@ class WorkerBase:
             if head[P.TYPE] == P.REGISTERED:
                 self.name = head.get("worker", "?")
                 self.max_frame = announced_limit(head)
+                self.heartbeat.adopt(head)
                 log.info("registered as %s with slots %s", self.name, head.get("slots"))
                 return
             if head[P.TYPE] == P.ERROR:

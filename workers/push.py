@@ -87,9 +87,8 @@ class PushWorker(WorkerBase):
     """A game process serving ``num_agents`` env slots from its own main loop.
 
     It registers when made, waiting up to ``register_timeout`` seconds, and pings the broker
-    every ``heartbeat_interval`` seconds from a thread (None: never); give it the broker's
-    ``heartbeat_interval`` if the broker was started with another. ``curve`` is as for
-    ``rlay.RlayVectorEnv.remote``.
+    from a thread as often as the broker says when it registers (protocol 8.5). ``curve`` is
+    as for ``rlay.RlayVectorEnv.remote``.
     """
 
     mode = P.PUSH_MODE
@@ -106,13 +105,12 @@ class PushWorker(WorkerBase):
         render_mode: str | None = None,
         host: str | None = None,
         register_timeout: float = 60.0,
-        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
         curve: Any = None,
     ):
         super().__init__(
             broker, env_id=env_id, observation_space=observation_space, action_space=action_space,
             num_envs=num_agents, metadata=metadata, render_mode=render_mode, host=host,
-            register_timeout=register_timeout, heartbeat_interval=heartbeat_interval, curve=curve,
+            register_timeout=register_timeout, curve=curve,
         )
         self.agents = [_Agent() for _ in range(num_agents)]
         self.connect()

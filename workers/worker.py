@@ -279,7 +279,6 @@ def worker_process(
     error_queue: Any = None,
     register_timeout: float = 60.0,
     threads: int = 1,
-    heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
     curve: Any = None,
     parent_tmpdir: str | None = None,
 ) -> None:
@@ -293,8 +292,7 @@ def worker_process(
     fns = getattr(env_fns, "fn", env_fns)
     try:
         worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid,
-                        register_timeout=register_timeout, threads=threads, heartbeat_interval=heartbeat_interval,
-                        curve=curve)
+                        register_timeout=register_timeout, threads=threads, curve=curve)
         worker.install_signal_handlers()
         worker.run()
         if parent_tmpdir is not None and parent_pid is not None and os.getppid() != parent_pid:
