@@ -1,4 +1,4 @@
-"""The ``rlay`` command line: broker, worker, up, status, rollout, keys, bench."""
+"""The ``rlay`` command line: broker, worker, up, status, rollout, conformance, keys, bench."""
 
 from __future__ import annotations
 
@@ -215,8 +215,8 @@ def broker_settings(section: dict, heartbeat_interval: float | None = None, hear
 
 @main.command(context_settings=CONTEXT)
 @click.argument("env")
-@click.option("--broker", "broker_addr", default=P.DEFAULT_BACKEND, show_default=True,
-              help="The broker's worker (back-end) address.")
+@click.option("--broker", "broker_addr", default=P.DEFAULT_BACKEND, show_default=True, envvar="RLAY_BROKER",
+              help="The broker's worker (back-end) address [env: RLAY_BROKER].")
 @click.option("--num-workers", "-p", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes to start.")
 @click.option("--envs-per-worker", "-k", default=1, show_default=True, type=click.IntRange(min=1),
@@ -395,6 +395,28 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
         click.echo(f"{len(r)} episodes: return mean {r.mean():.2f} +- {r.std():.2f}, min {r.min():.2f}, max {r.max():.2f}")
     else:
         click.echo("no episode finished")
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--mode", type=click.Choice([P.COMMAND_MODE, P.PUSH_MODE]), default=P.COMMAND_MODE, show_default=True,
+              help="The kind of worker under test.")
+@click.option("--keep-logs", is_flag=True, help="Keep the worker's and broker's logs when every check passes.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def conformance(mode: str, keep_logs: bool, command: tuple[str, ...]) -> None:
+    """Certify a worker implementation: rlay conformance -- CMD [ARGS...].
+
+    \b
+    CMD runs a worker (any language) hosting the conformance env, rlay/Conformance-v0
+    (docs/protocol.md, Appendix B). It gets the broker's address in RLAY_BROKER, and in
+    place of {broker} in ARGS. The suite checks registration, heartbeats, the answers to
+    malformed requests, every result against SyncVectorEnv bit for bit (every autoreset
+    mode, masked resets, first-ready stepping), env errors, stopping, broker restarts and
+    disconnects, and prints a table. Exit status 1 if any check fails.
+    """
+    from rlay.conformance.suite import Suite
+
+    if not Suite(list(command), mode, log=click.echo, keep_logs=keep_logs).run():
+        sys.exit(1)
 
 
 @main.group(context_settings=CONTEXT)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlay.conformance.compare import assert_same  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 RLAY = [sys.executable, "-m", "rlay.cli"]
 GAME = [sys.executable, "-m", "workers.examples.tick_game"]
@@ -135,30 +137,6 @@ def broker_status(frontend: str, timeout: float = 5.0) -> dict:
         return client.request(P.STATUS, timeout, "status")
     finally:
         client.close()
-
-
-def assert_same(a, b, path: str = "value") -> None:
-    """Equal values of the same types, recursively; arrays equal in dtype, shape and content."""
-    if isinstance(b, np.ndarray):
-        assert isinstance(a, np.ndarray), f"{path}: {type(a)} is not an ndarray"
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
-        if b.dtype == object:
-            for i, (x, y) in enumerate(zip(a.flat, b.flat)):
-                assert_same(x, y, f"{path}[{i}]")
-        else:
-            assert np.array_equal(a, b, equal_nan=b.dtype.kind in "fc"), f"{path}: {a} != {b}"
-        return
-    assert type(a) is type(b), f"{path}: type {type(a)} != {type(b)}"
-    if isinstance(b, dict):
-        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for key in b:
-            assert_same(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(b, (tuple, list)):
-        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def assert_remote_cartpole_equals_sync(front: str, steps: int, seed: int = 0, curve=None) -> None:

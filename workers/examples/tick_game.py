@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import time
 
@@ -32,7 +33,8 @@ from workers.push import Command, PushWorker
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.examples.tick_game", description=__doc__.split("\n\n")[0])
     parser.add_argument("env", help="gymnasium id or package.module:factory of the env each agent wraps")
-    parser.add_argument("--broker", default=P.DEFAULT_BACKEND, help="the broker's worker (back-end) address")
+    parser.add_argument("--broker", default=os.environ.get("RLAY_BROKER", P.DEFAULT_BACKEND),
+                        help="the broker's worker (back-end) address [default: $RLAY_BROKER, or %(default)s]")
     parser.add_argument("--agents", type=int, default=2, help="agents (env slots) in this game")
     parser.add_argument("--every", type=int, default=4, help="ticks between an agent's decision points")
     parser.add_argument("--tick-hz", type=float, default=240.0, help="tick rate of the game loop")
