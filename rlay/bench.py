@@ -245,6 +245,53 @@ def rlay_round_trips(count: int) -> list[float]:
         envs.close()
 
 
+NOOP_ENV_ID = "rlay/Noop-v0"  # what the C++ example worker registers with --env noop
+
+
+def remote_round_trips(worker: list[str], count: int) -> list[float]:
+    """Round-trip seconds of one env's step through a broker process (ipc) and the worker process
+    ``worker`` hosting NOOP_ENV_ID: the deployed path, two hops, for a worker of any language."""
+    import subprocess
+    import sys
+
+    from rlay import RlayVectorEnv
+
+    with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
+        front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
+        procs = [subprocess.Popen([sys.executable, "-m", "rlay.cli", "--log-level", "ERROR", "broker",
+                                   "--frontend", front, "--backend", back], stdin=subprocess.DEVNULL)]
+        try:
+            procs.append(subprocess.Popen(worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          env={**os.environ, "RLAY_BROKER": back}))
+            envs = RlayVectorEnv.remote(NOOP_ENV_ID, 1, broker=front, copy=False, timeout=30)
+            try:
+                envs.reset(seed=0)
+                action = np.zeros(1, np.int64)
+                times = []
+                for _ in range(count):
+                    t = time.perf_counter()
+                    envs.step(action)
+                    times.append(time.perf_counter() - t)
+                return times
+            finally:
+                envs.close()
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+
+def python_noop_worker() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "rlay.cli", "--log-level", "ERROR", "worker", "rlay.bench:NoopEnv", "--name",
+            NOOP_ENV_ID, "--no-restart"]
+
+
 def percentiles(times: list[float]) -> dict[str, float]:
     us = np.asarray(times[len(times) // 10 :]) * 1e6  # drop the first tenth: warm-up
     return {"median_us": float(np.median(us)), "p99_us": float(np.percentile(us, 99))}
@@ -254,8 +301,11 @@ IMPLEMENTATIONS = ("rlay", "sync", "async")
 
 
 def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every workload and the latency test; returns the report ``rlay bench --json`` prints."""
+        log: Callable[[str], None] = print, cpp_worker: str | None = None) -> dict[str, Any]:
+    """Run every workload and the latency test; returns the report ``rlay bench --json`` prints.
+
+    ``cpp_worker``: the C++ example worker (build/cpp/rlay_example_command), whose round trip
+    through a broker process is measured beside the Python worker's."""
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": os.uname().sysname + " " + os.uname().release,
                     "python": ".".join(map(str, __import__("sys").version_info[:3])),
@@ -291,7 +341,11 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
         report["workloads"].append(entry)
         log(format_row(entry))
     report["latency"] = {"bare_pyzmq": percentiles(bare_round_trips(latency_count)),
-                         "rlay": percentiles(rlay_round_trips(latency_count))}
+                         "rlay": percentiles(rlay_round_trips(latency_count)),
+                         "broker_python_worker": percentiles(remote_round_trips(python_noop_worker(), latency_count))}
+    if cpp_worker is not None:
+        report["latency"]["broker_cpp_worker"] = percentiles(
+            remote_round_trips([cpp_worker, "--env", "noop", "--envs", "1"], latency_count))
     return report
 
 
@@ -367,8 +421,20 @@ HEADER = (f"{'workload (env-steps/s)':<24} {'rlay':>12} {'sync':>12} {'async':>1
           f"{'vs sync':>10} {'vs async':>10}")
 
 
+LATENCY_ROWS = {  # report key -> what it measured
+    "bare_pyzmq": "bare pyzmq echo (ipc)",
+    "rlay": "rlay embedded (trainer+broker, Python worker)",
+    "broker_python_worker": "rlay via a broker process, Python worker",
+    "broker_cpp_worker": "rlay via a broker process, C++ worker",
+}
+
+
 def format_latency(lat: dict[str, dict[str, float]]) -> str:
-    bare, mine = lat["bare_pyzmq"], lat["rlay"]
-    return (f"round trip, 1 env: rlay median {mine['median_us']:.0f} us, p99 {mine['p99_us']:.0f} us; "
-            f"bare pyzmq median {bare['median_us']:.0f} us, p99 {bare['p99_us']:.0f} us; "
-            f"ratio {mine['median_us'] / bare['median_us']:.2f}x")
+    bare = lat["bare_pyzmq"]["median_us"]
+    lines = ["round trip of one env (ipc)                     median      p99   vs bare"]
+    for key, what in LATENCY_ROWS.items():
+        if key in lat:
+            row = lat[key]
+            lines.append(f"  {what:<46} {row['median_us']:>6.0f} us {row['p99_us']:>6.0f} us "
+                         f"{row['median_us'] / bare:>7.2f}x")
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ import click
 
 from rlay import protocol as P
 
+DEFAULT_CPP_WORKER = "build/cpp/rlay_example_command"  # where the C++ SDK's CMake build puts it (README)
 RECENT_LOSSES_SHOWN = 5  # worker losses `rlay status` lists (the JSON has all the broker keeps)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -455,14 +457,19 @@ def keys_generate(keydir: str, force: bool) -> None:
               help="Interleaved rounds per workload; the median is reported.")
 @click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds per implementation per round.")
-def bench(as_json: bool, quick: bool, rounds: int, seconds: float) -> None:
+@click.option("--cpp-worker", type=click.Path(exists=True, dir_okay=False),
+              default=lambda: DEFAULT_CPP_WORKER if os.path.exists(DEFAULT_CPP_WORKER) else None,
+              help=f"The C++ example worker, for its round trip beside the Python worker's. [default: "
+                   f"{DEFAULT_CPP_WORKER}, if built]")
+def bench(as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: str | None) -> None:
     """RlayVectorEnv against gymnasium's SyncVectorEnv and AsyncVectorEnv, interleaved in one run.
 
     \b
     Workloads: CartPole-v1 x8 and x64; an env sleeping 1 ms per step x64;
     uint8[84,84,3] and uint8[1080,1920,4] observations x8 (also in GB/s, beside
     a bare pyzmq transfer and memcpy measured in the same run); and the round
-    trip of one env through the broker against a bare pyzmq round trip.
+    trip of one env: embedded, and through a broker process to a Python worker
+    and to the C++ example worker, against a bare pyzmq round trip.
     Ratios within one run are what to compare: absolute speeds drift.
     """
     from rlay import bench as b
@@ -471,7 +478,8 @@ def bench(as_json: bool, quick: bool, rounds: int, seconds: float) -> None:
         rounds, seconds = 1, 0.05
     out = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     out(b.HEADER)
-    report = b.run(scale=seconds, rounds=rounds, latency_count=300 if quick else 3000, log=out)
+    report = b.run(scale=seconds, rounds=rounds, latency_count=300 if quick else 3000, log=out,
+                   cpp_worker=cpp_worker)
     for entry in report["workloads"]:
         if "floor" in entry:
             out(b.format_floor(entry))
