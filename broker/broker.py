@@ -50,8 +50,15 @@ CURVE_FRAME_BYTES = 33
 MAX_PINGING = 65536  # unknown peers remembered as pinging: bounded against a flood
 NO_LEASE = "this connection holds no lease (the broker restarted, or released it when its heartbeats stopped)"
 RECENT_LOSSES = 20  # worker losses `status` lists
-FAILURE_COUNTS = ("workers_lost", "slots_lost", "slots_replaced",
-                  f"calls_{P.E_WORKER_LOST}", f"calls_{P.E_TIMEOUT}", f"calls_{P.E_ENV}", "calls_other")  # what `status` counts
+FAILURE_COUNTS = (
+    "workers_lost",
+    "slots_lost",
+    "slots_replaced",
+    f"calls_{P.E_WORKER_LOST}",
+    f"calls_{P.E_TIMEOUT}",
+    f"calls_{P.E_ENV}",
+    "calls_other",
+)  # what `status` counts
 
 
 @dataclass(eq=False)
@@ -80,7 +87,7 @@ class Slot:
     worker: WorkerRecord
     index: int  # env index within the worker
     lease: bytes | None = None  # trainer ident
-    busy: "Part | None" = None
+    busy: Part | None = None
     lost: str | None = None  # why the slot's worker is gone
 
 
@@ -107,14 +114,14 @@ class PartRefused(Exception):
 class PartLost(PartRefused):
     """A part names LOST slots: refused, or failed at once in a ``partial`` call."""
 
-    def __init__(self, worker: "WorkerRecord", slots: list["Slot"], nframes: int):
+    def __init__(self, worker: WorkerRecord, slots: list[Slot], nframes: int):
         super().__init__(P.E_WORKER_LOST, f"slots [{', '.join(str(s.id) for s in slots)}] are lost: {slots[0].lost}")
         self.worker, self.slots, self.nframes = worker, slots, nframes
 
 
 @dataclass(eq=False)
 class Part:
-    batch: "Batch"
+    batch: Batch
     worker: WorkerRecord
     slots: list[int]
     frames: list[Any]
@@ -257,8 +264,9 @@ class Broker:
             sock.bind(addr)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise BindError(f"the broker cannot bind {addr}: {exc.strerror} (is another broker, or another program, "
-                            "using it?)") from None
+            raise BindError(
+                f"the broker cannot bind {addr}: {exc.strerror} (is another broker, or another program, using it?)"
+            ) from None
         return sock
 
     # -- life cycle ---------------------------------------------------------------
@@ -380,7 +388,9 @@ class Broker:
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad lease timeout {timeout!r}")
             return
         if ident in self.trainers or any(p.ident == ident for p in self.pending_leases):
-            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "this connection already holds a lease; release it first")
+            self._error(
+                self.front, ident, req, P.E_BAD_MESSAGE, "this connection already holds a lease; release it first"
+            )
             return
         self.pending_leases.append(PendingLease(ident, req, env_id, num_envs, timeout, time.monotonic() + timeout))
         self._try_leases()
@@ -392,8 +402,15 @@ class Broker:
         if trainer is None:
             self._error(self.front, ident, req, P.E_NO_LEASE, NO_LEASE)
             return
-        if not isinstance(lost, list) or not lost or not all(type(s) is int for s in lost) or len(set(lost)) != len(lost):
-            self._error(self.front, ident, req, P.E_BAD_MESSAGE, "replace needs 'slots': a non-empty list of distinct ints")
+        if (
+            not isinstance(lost, list)
+            or not lost
+            or not all(type(s) is int for s in lost)
+            or len(set(lost)) != len(lost)
+        ):
+            self._error(
+                self.front, ident, req, P.E_BAD_MESSAGE, "replace needs 'slots': a non-empty list of distinct ints"
+            )
             return
         if not _is_timeout(timeout, zero_ok=True):
             self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"bad replace timeout {timeout!r}")
@@ -404,13 +421,16 @@ class Broker:
                 self._error(self.front, ident, req, P.E_SLOT, f"slot {slot_id} is not leased to this trainer")
                 return
             if slot.lost is None:
-                self._error(self.front, ident, req, P.E_SLOT, f"slot {slot_id} is not lost: only LOST slots are replaced")
+                self._error(
+                    self.front, ident, req, P.E_SLOT, f"slot {slot_id} is not lost: only LOST slots are replaced"
+                )
                 return
         # A new replace supersedes one still pending: its trainer stopped waiting for it (an error or
         # an interrupt ended the wait), and asks again for what is lost now. The old one gets no answer.
         self.pending_leases = [p for p in self.pending_leases if p.ident != ident]
-        self.pending_leases.append(PendingLease(ident, req, trainer.env_id, len(lost), timeout,
-                                                time.monotonic() + timeout, replaces=lost))
+        self.pending_leases.append(
+            PendingLease(ident, req, trainer.env_id, len(lost), timeout, time.monotonic() + timeout, replaces=lost)
+        )
         self._try_leases()
 
     def _announced(self) -> dict[str, Any]:
@@ -426,7 +446,8 @@ class Broker:
 
     def _free_slots(self, env_id: str) -> list[Slot]:
         free = [
-            s for s in self.slots.values()
+            s
+            for s in self.slots.values()
             if s.worker.env_id == env_id and s.lease is None and s.busy is None and s.lost is None
         ]
         free.sort(key=lambda s: (s.worker.rank, s.worker.seq, s.index))
@@ -483,8 +504,11 @@ class Broker:
         trainer.replaced += len(granted)
         self.failures["slots_replaced"] += len(granted)
         log.info("trainer %s: LOST slots %s replaced by %s", trainer.name, pending.replaces, [s.id for s in granted])
-        self._send(self.front, pending.ident,
-                   [header(P.REPLACED, req=pending.req, replaces=pending.replaces, slots=[_slot_info(s) for s in granted])])
+        self._send(
+            self.front,
+            pending.ident,
+            [header(P.REPLACED, req=pending.req, replaces=pending.replaces, slots=[_slot_info(s) for s in granted])],
+        )
 
     def _lease_shortfall(self, pending: PendingLease) -> str:
         mine = [s for s in self.slots.values() if s.worker.env_id == pending.env_id and s.lost is None]
@@ -546,8 +570,9 @@ class Broker:
         try:
             for spec in parts_spec:
                 try:
-                    worker, envs, slots, nframes = self._resolve_part(trainer, ident, spec, len(frames) - offset,
-                                                                      seen_workers)
+                    worker, envs, slots, nframes = self._resolve_part(
+                        trainer, ident, spec, len(frames) - offset, seen_workers
+                    )
                 except PartLost as lost:
                     if not partial:
                         raise
@@ -563,7 +588,9 @@ class Broker:
             self._error(self.front, ident, req, refused.code, refused.message)
             return
         if offset != len(frames):
-            self._error(self.front, ident, req, P.E_BAD_MESSAGE, f"parts announce {offset} frames but {len(frames)} came")
+            self._error(
+                self.front, ident, req, P.E_BAD_MESSAGE, f"parts announce {offset} frames but {len(frames)} came"
+            )
             return
         self.batches[batch.id] = batch
         for part in batch.parts:
@@ -573,7 +600,9 @@ class Broker:
             for slot in part.slot_objects:
                 slot.busy = part
             self.inflight[(part.worker.ident, batch.id)] = part
-            failed = self._send(self.back, part.worker.ident, [header(kind, req=batch.id, envs=part.envs), *part.frames])
+            failed = self._send(
+                self.back, part.worker.ident, [header(kind, req=batch.id, envs=part.envs), *part.frames]
+            )
             part.frames = []
             if failed is None:
                 continue
@@ -582,8 +611,9 @@ class Broker:
             else:  # its queue is full (EAGAIN): it has stopped reading, and is as good as gone
                 self._worker_lost(part.worker, f"a send to it failed: {failed}")
 
-    def _resolve_part(self, trainer: Trainer, ident: bytes, spec: Any, frames_left: int,
-                      seen_workers: set[bytes]) -> tuple[WorkerRecord, list[int], list[Slot], int]:
+    def _resolve_part(
+        self, trainer: Trainer, ident: bytes, spec: Any, frames_left: int, seen_workers: set[bytes]
+    ) -> tuple[WorkerRecord, list[int], list[Slot], int]:
         """The worker, env indices, slots and frame count of one part of a batched call; raises PartRefused.
 
         What does not change between calls (lease, one worker, distinct slots) is
@@ -593,8 +623,10 @@ class Broker:
             raise PartRefused(P.E_BAD_MESSAGE, "each part must be [slot ids, frame count]")
         slot_ids, nframes = spec
         if not slot_ids or not 1 <= nframes <= frames_left:
-            raise PartRefused(P.E_BAD_MESSAGE, f"part {spec!r} announces {nframes} frames; {frames_left} are left "
-                                               "(a part needs its body frame)")
+            raise PartRefused(
+                P.E_BAD_MESSAGE,
+                f"part {spec!r} announces {nframes} frames; {frames_left} are left (a part needs its body frame)",
+            )
         try:
             key = tuple(slot_ids)
             resolved = trainer.parts.get(key)
@@ -609,13 +641,18 @@ class Broker:
             raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}")
         for slot in slots:
             if slot.busy is not None:
-                raise PartRefused(P.E_SLOT, f"slot {slot.id} is still busy with an earlier call on {worker.describe()} "
-                                            "(a call that timed out runs on until its worker replies)")
+                raise PartRefused(
+                    P.E_SLOT,
+                    f"slot {slot.id} is still busy with an earlier call on {worker.describe()} "
+                    "(a call that timed out runs on until its worker replies)",
+                )
         if worker.ident in seen_workers:
             raise PartRefused(P.E_BAD_MESSAGE, f"two parts address {worker.describe()}; put all its slots in one part")
         return worker, envs, slots, nframes
 
-    def _validate_slots(self, ident: bytes, slot_ids: list[int], nframes: int) -> tuple[WorkerRecord, list[int], list[Slot]]:
+    def _validate_slots(
+        self, ident: bytes, slot_ids: list[int], nframes: int
+    ) -> tuple[WorkerRecord, list[int], list[Slot]]:
         if not all(type(s) is int for s in slot_ids):
             raise PartRefused(P.E_SLOT, f"slot ids must be ints, got {slot_ids!r}")
         if len(set(slot_ids)) != len(slot_ids):
@@ -706,7 +743,10 @@ class Broker:
             and isinstance(fields["act_space"], dict)
         ):
             self._error(
-                self.back, ident, None, P.E_REGISTRATION,
+                self.back,
+                ident,
+                None,
+                P.E_REGISTRATION,
                 "register needs env_id (str), num_envs (int), host (str), pid (int), obs_space and act_space (maps)",
             )
             return
@@ -719,7 +759,10 @@ class Broker:
                 other.obs_space != fields["obs_space"] or other.act_space != fields["act_space"]
             ):
                 self._error(
-                    self.back, ident, None, P.E_REGISTRATION,
+                    self.back,
+                    ident,
+                    None,
+                    P.E_REGISTRATION,
                     f"spaces differ from those of {other.describe()} for env id {other.env_id!r}",
                 )
                 return
@@ -727,10 +770,18 @@ class Broker:
         rank = head.get("rank", 0)
         metadata = head.get("metadata")
         worker = WorkerRecord(
-            ident=ident, name=f"w{seq}", seq=seq, host=fields["host"], pid=fields["pid"],
-            env_id=fields["env_id"], mode=mode, rank=rank if type(rank) is int else 0,
-            obs_space=fields["obs_space"], act_space=fields["act_space"],
-            metadata=metadata if isinstance(metadata, dict) else {}, render_mode=head.get("render_mode"),
+            ident=ident,
+            name=f"w{seq}",
+            seq=seq,
+            host=fields["host"],
+            pid=fields["pid"],
+            env_id=fields["env_id"],
+            mode=mode,
+            rank=rank if type(rank) is int else 0,
+            obs_space=fields["obs_space"],
+            act_space=fields["act_space"],
+            metadata=metadata if isinstance(metadata, dict) else {},
+            render_mode=head.get("render_mode"),
         )
         for index in range(fields["num_envs"]):
             slot = Slot(next(self._slot_ids), worker, index)
@@ -741,7 +792,9 @@ class Broker:
             self.local_pids.add(worker.pid)
         self._watch(ident, always=True)
         log.info("registered %s: %d envs of %r", worker.describe(), len(worker.slots), worker.env_id)
-        self._send(self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **self._announced())])
+        self._send(
+            self.back, ident, [header(P.REGISTERED, worker=worker.name, slots=worker.slots, **self._announced())]
+        )
         self._try_leases()
 
     def _worker_reply(self, ident: bytes, head: dict, frames: list[Any]) -> None:
@@ -757,7 +810,9 @@ class Broker:
             errors = head.get("errors") if isinstance(head.get("errors"), list) else []
             slot_of = {self.slots[s].index: s for s in part.slots if s in self.slots}
             for err in errors:
-                if isinstance(err, dict) and type(err.get("env")) is int and err["env"] in slot_of:  # (a list would raise)
+                if (
+                    isinstance(err, dict) and type(err.get("env")) is int and err["env"] in slot_of
+                ):  # (a list would raise)
                     err["slot"] = slot_of[err["env"]]
             self._part_failed(part, str(head.get("code", P.E_ENV)), str(head.get("message", "")), errors)
         elif not part.done:
@@ -772,8 +827,13 @@ class Broker:
         counter = f"calls_{code}"
         self.failures[counter if counter in FAILURE_COUNTS else "calls_other"] += 1  # (codes from workers: bounded)
         part.error = {
-            "slots": part.slots, "worker": part.worker.name, "host": part.worker.host, "pid": part.worker.pid,
-            "code": code, "message": message, "errors": errors or [],
+            "slots": part.slots,
+            "worker": part.worker.name,
+            "host": part.worker.host,
+            "pid": part.worker.pid,
+            "code": code,
+            "message": message,
+            "errors": errors or [],
         }
         self._part_done(part)
 
@@ -815,8 +875,10 @@ class Broker:
             for part in batch.parts:
                 if not part.done:
                     self._part_failed(
-                        part, P.E_TIMEOUT,
-                        f"no {batch.kind} reply within {batch.timeout:g} s from {part.worker.describe()} for slots {part.slots}",
+                        part,
+                        P.E_TIMEOUT,
+                        f"no {batch.kind} reply within {batch.timeout:g} s from {part.worker.describe()} "
+                        f"for slots {part.slots}",
                     )
         for pending in [p for p in self.pending_leases if p.deadline <= now]:
             self.pending_leases.remove(pending)
@@ -830,8 +892,17 @@ class Broker:
         leased = sum(self.slots[s].lease is not None for s in worker.slots)
         self.failures["workers_lost"] += 1
         self.failures["slots_lost"] += leased
-        self.recent_losses.append({"time": round(time.time(), 3), "worker": worker.name, "host": worker.host,
-                                   "pid": worker.pid, "env_id": worker.env_id, "leased": leased, "why": why})
+        self.recent_losses.append(
+            {
+                "time": round(time.time(), 3),
+                "worker": worker.name,
+                "host": worker.host,
+                "pid": worker.pid,
+                "env_id": worker.env_id,
+                "leased": leased,
+                "why": why,
+            }
+        )
         for trainer in self.trainers.values():
             trainer.parts.clear()  # validated parts may name its slots
         self.workers.pop(worker.ident, None)
@@ -859,19 +930,36 @@ class Broker:
         workers = []
         for w in self.workers.values():
             slots = [self.slots[s] for s in w.slots]
-            workers.append({
-                "name": w.name, "host": w.host, "pid": w.pid, "env_id": w.env_id, "mode": w.mode,
-                "slots": len(slots), "leased": sum(s.lease is not None for s in slots),
-                "busy": sum(s.busy is not None for s in slots),
-            })
+            workers.append(
+                {
+                    "name": w.name,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "env_id": w.env_id,
+                    "mode": w.mode,
+                    "slots": len(slots),
+                    "leased": sum(s.lease is not None for s in slots),
+                    "busy": sum(s.busy is not None for s in slots),
+                }
+            )
         trainers = [
-            {"name": t.name, "env_id": t.env_id, "slots": len(t.slots),
-             "lost": sum(1 for s in t.slots if s in self.slots and self.slots[s].lost), "replaced": t.replaced}
+            {
+                "name": t.name,
+                "env_id": t.env_id,
+                "slots": len(t.slots),
+                "lost": sum(1 for s in t.slots if s in self.slots and self.slots[s].lost),
+                "replaced": t.replaced,
+            }
             for t in self.trainers.values()
         ]
         return {
-            "broker": {"pid": os.getpid(), "frontend": self.frontend_addr, "backend": self.backend_addr,
-                       "uptime": round(time.time() - self.started, 1), "version": P.PROTOCOL_VERSION},
+            "broker": {
+                "pid": os.getpid(),
+                "frontend": self.frontend_addr,
+                "backend": self.backend_addr,
+                "uptime": round(time.time() - self.started, 1),
+                "version": P.PROTOCOL_VERSION,
+            },
             "workers": workers,
             "trainers": trainers,
             "pending_leases": len(self.pending_leases),
@@ -892,15 +980,30 @@ def _slot_info(slot: Slot) -> dict[str, Any]:
     return {"slot": slot.id, "worker": w.name, "host": w.host, "pid": w.pid, "index": slot.index, "mode": w.mode}
 
 
-def serve(frontend: str, backend: str, *, parent_pid: int | None = None, max_message_size: int = -1,
-          heartbeat_interval: float = P.HEARTBEAT_INTERVAL, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
-          curve: Any = None, bound: Any = None) -> None:
+def serve(
+    frontend: str,
+    backend: str,
+    *,
+    parent_pid: int | None = None,
+    max_message_size: int = -1,
+    heartbeat_interval: float = P.HEARTBEAT_INTERVAL,
+    heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
+    curve: Any = None,
+    bound: Any = None,
+) -> None:
     """Process entry point: run a broker until SIGTERM/SIGINT (or until ``parent_pid`` exits).
 
     ``bound`` (an Event) is set once both addresses are bound; BindError if one cannot be.
     """
-    broker = Broker(frontend, backend, parent_pid=parent_pid, max_message_size=max_message_size,
-                    heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness, curve=curve)
+    broker = Broker(
+        frontend,
+        backend,
+        parent_pid=parent_pid,
+        max_message_size=max_message_size,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_liveness=heartbeat_liveness,
+        curve=curve,
+    )
     if bound is not None:
         bound.set()
     broker.install_signal_handlers()

@@ -1,9 +1,9 @@
 """rlay: one gymnasium VectorEnv over envs that live in other processes and hosts.
 
-    >>> import rlay
-    >>> envs = rlay.make_vec("CartPole-v1", num_envs=8)  # embedded: private broker + local workers
-    >>> obs, infos = envs.reset(seed=0)
-    >>> envs.close()
+>>> import rlay
+>>> envs = rlay.make_vec("CartPole-v1", num_envs=8)  # embedded: private broker + local workers
+>>> obs, infos = envs.reset(seed=0)
+>>> envs.close()
 """
 
 import gymnasium

@@ -14,8 +14,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -91,8 +92,14 @@ def workloads(scale: float) -> list[Workload]:
         Workload("CartPole-v1 x8", cartpole, 8, 1.0 * scale),
         Workload("CartPole-v1 x64", cartpole, 64, 1.0 * scale),
         # Envs that block: several per worker, stepped by as many threads (README, RlayVectorEnv docs).
-        Workload("sleep 1 ms x64", functools.partial(SleepEnv, 0.001), 64, 1.0 * scale,
-                 rlay_kwargs={"envs_per_worker": 16, "env_threads": 16}, sleep_floor=0.001),
+        Workload(
+            "sleep 1 ms x64",
+            functools.partial(SleepEnv, 0.001),
+            64,
+            1.0 * scale,
+            rlay_kwargs={"envs_per_worker": 16, "env_threads": 16},
+            sleep_floor=0.001,
+        ),
         Workload("uint8[84,84,3] x8", functools.partial(FrameEnv, (84, 84, 3)), 8, 1.0 * scale, 84 * 84 * 3),
         Workload("uint8[1080,1920,4] x8", functools.partial(FrameEnv, big), 8, 1.5 * scale, int(np.prod(big))),
     ]
@@ -258,11 +265,29 @@ def remote_round_trips(worker: list[str], count: int) -> list[float]:
 
     with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
         front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
-        procs = [subprocess.Popen([sys.executable, "-m", "rlay.cli", "--log-level", "ERROR", "broker",
-                                   "--frontend", front, "--backend", back], stdin=subprocess.DEVNULL)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rlay.cli",
+                    "--log-level",
+                    "ERROR",
+                    "broker",
+                    "--frontend",
+                    front,
+                    "--backend",
+                    back,
+                ],
+                stdin=subprocess.DEVNULL,
+            )
+        ]
         try:
-            procs.append(subprocess.Popen(worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          env={**os.environ, "RLAY_BROKER": back}))
+            procs.append(
+                subprocess.Popen(
+                    worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "RLAY_BROKER": back}
+                )
+            )
             envs = RlayVectorEnv.remote(NOOP_ENV_ID, 1, broker=front, copy=False, timeout=30)
             try:
                 envs.reset(seed=0)
@@ -288,8 +313,18 @@ def remote_round_trips(worker: list[str], count: int) -> list[float]:
 def python_noop_worker() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "rlay.cli", "--log-level", "ERROR", "worker", "rlay.bench:NoopEnv", "--name",
-            NOOP_ENV_ID, "--no-restart"]
+    return [
+        sys.executable,
+        "-m",
+        "rlay.cli",
+        "--log-level",
+        "ERROR",
+        "worker",
+        "rlay.bench:NoopEnv",
+        "--name",
+        NOOP_ENV_ID,
+        "--no-restart",
+    ]
 
 
 def percentiles(times: list[float]) -> dict[str, float]:
@@ -300,16 +335,26 @@ def percentiles(times: list[float]) -> dict[str, float]:
 IMPLEMENTATIONS = ("rlay", "sync", "async")
 
 
-def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
-        log: Callable[[str], None] = print, cpp_worker: str | None = None) -> dict[str, Any]:
+def run(
+    scale: float = 1.0,
+    rounds: int = 3,
+    latency_count: int = 3000,
+    log: Callable[[str], None] = print,
+    cpp_worker: str | None = None,
+) -> dict[str, Any]:
     """Run every workload and the latency test; returns the report ``rlay bench --json`` prints.
 
     ``cpp_worker``: the C++ example worker (build/cpp/rlay_example_command), whose round trip
     through a broker process is measured beside the Python worker's."""
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "platform": os.uname().sysname + " " + os.uname().release,
-                    "python": ".".join(map(str, __import__("sys").version_info[:3])),
-                    "gymnasium": gym.__version__, "numpy": np.__version__, "pyzmq": __import__("zmq").__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": os.uname().sysname + " " + os.uname().release,
+            "python": ".".join(map(str, __import__("sys").version_info[:3])),
+            "gymnasium": gym.__version__,
+            "numpy": np.__version__,
+            "pyzmq": __import__("zmq").__version__,
+        },
         "rounds": rounds,
         "workloads": [],
     }
@@ -325,8 +370,12 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
                     rates[kind].append(steps_per_second(envs, w.seconds))
                 finally:
                     envs.close()
-        entry = {"name": w.name, "num_envs": w.num_envs, "rlay_kwargs": w.rlay_kwargs,
-                 **{kind: statistics.median(r) for kind, r in rates.items()}}
+        entry = {
+            "name": w.name,
+            "num_envs": w.num_envs,
+            "rlay_kwargs": w.rlay_kwargs,
+            **{kind: statistics.median(r) for kind, r in rates.items()},
+        }
         if w.obs_bytes:
             entry["rlay_shared_memory"] = shared
             entry["rlay_gbps"] = entry["rlay"] * w.obs_bytes / 1e9
@@ -340,18 +389,23 @@ def run(scale: float = 1.0, rounds: int = 3, latency_count: int = 3000,
             entry["ideal"] = w.num_envs / w.sleep_floor
         report["workloads"].append(entry)
         log(format_row(entry))
-    report["latency"] = {"bare_pyzmq": percentiles(bare_round_trips(latency_count)),
-                         "rlay": percentiles(rlay_round_trips(latency_count)),
-                         "broker_python_worker": percentiles(remote_round_trips(python_noop_worker(), latency_count))}
+    report["latency"] = {
+        "bare_pyzmq": percentiles(bare_round_trips(latency_count)),
+        "rlay": percentiles(rlay_round_trips(latency_count)),
+        "broker_python_worker": percentiles(remote_round_trips(python_noop_worker(), latency_count)),
+    }
     if cpp_worker is not None:
         report["latency"]["broker_cpp_worker"] = percentiles(
-            remote_round_trips([cpp_worker, "--env", "noop", "--envs", "1"], latency_count))
+            remote_round_trips([cpp_worker, "--env", "noop", "--envs", "1"], latency_count)
+        )
     return report
 
 
 def format_row(e: dict[str, Any]) -> str:
-    row = (f"{e['name']:<24} {e['rlay']:>12,.0f} {e['sync']:>12,.0f} {e['async']:>12,.0f} "
-           f"{e['rlay'] / e['sync']:>9.2f}x {e['rlay'] / e['async']:>9.2f}x")
+    row = (
+        f"{e['name']:<24} {e['rlay']:>12,.0f} {e['sync']:>12,.0f} {e['async']:>12,.0f} "
+        f"{e['rlay'] / e['sync']:>9.2f}x {e['rlay'] / e['async']:>9.2f}x"
+    )
     if e.get("rlay_kwargs"):
         row += "   (" + ", ".join(f"{k}={v}" for k, v in e["rlay_kwargs"].items()) + ")"
     return row
@@ -378,8 +432,9 @@ def sleep_floor(processes: int, threads: int, delay: float, seconds: float) -> f
     ``delay`` per round, driven over pipes. What thread wake-ups and GIL hand-offs leave of
     the ideal on this machine; the rest of the gap to rlay is rlay's messages and Python."""
     pipes = [multiprocessing.Pipe() for _ in range(processes)]
-    procs = [multiprocessing.Process(target=_sleep_rounds, args=(child, threads, delay), daemon=True)
-             for _, child in pipes]
+    procs = [
+        multiprocessing.Process(target=_sleep_rounds, args=(child, threads, delay), daemon=True) for _, child in pipes
+    ]
     for proc in procs:
         proc.start()
     try:
@@ -405,20 +460,24 @@ def sleep_floor(processes: int, threads: int, delay: float, seconds: float) -> f
 
 
 def format_floor(e: dict[str, Any]) -> str:
-    return (f"{e['name']:<24} rlay {e['rlay']:,.0f} = {e['rlay'] / e['ideal']:.0%} of the ideal {e['ideal']:,.0f}; "
-            f"floor without rlay ({e['floor_layout']}, pipes, no env) {e['floor']:,.0f} = "
-            f"{e['floor'] / e['ideal']:.0%}, {e['floor'] / e['async']:.2f}x async; rlay = {e['rlay'] / e['floor']:.0%} of it")
+    return (
+        f"{e['name']:<24} rlay {e['rlay']:,.0f} = {e['rlay'] / e['ideal']:.0%} of the ideal {e['ideal']:,.0f}; "
+        f"floor without rlay ({e['floor_layout']}, pipes, no env) {e['floor']:,.0f} = "
+        f"{e['floor'] / e['ideal']:.0%}, {e['floor'] / e['async']:.2f}x async; "
+        f"rlay = {e['rlay'] / e['floor']:.0%} of it"
+    )
 
 
 def format_bandwidth(e: dict[str, Any]) -> str:
     path = "through shared memory" if e.get("rlay_shared_memory") else "as frames"
-    return (f"{e['name']:<24} rlay {e['rlay_gbps']:.2f} GB/s of observations ({path}) = "
-            f"{e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy ({e['memcpy_gbps']:.2f} GB/s), "
-            f"{e['rlay_gbps'] / e['bare_pyzmq_gbps']:.2f}x a bare pyzmq ipc transfer ({e['bare_pyzmq_gbps']:.2f} GB/s)")
+    return (
+        f"{e['name']:<24} rlay {e['rlay_gbps']:.2f} GB/s of observations ({path}) = "
+        f"{e['rlay_gbps'] / e['memcpy_gbps']:.0%} of memcpy ({e['memcpy_gbps']:.2f} GB/s), "
+        f"{e['rlay_gbps'] / e['bare_pyzmq_gbps']:.2f}x a bare pyzmq ipc transfer ({e['bare_pyzmq_gbps']:.2f} GB/s)"
+    )
 
 
-HEADER = (f"{'workload (env-steps/s)':<24} {'rlay':>12} {'sync':>12} {'async':>12} "
-          f"{'vs sync':>10} {'vs async':>10}")
+HEADER = f"{'workload (env-steps/s)':<24} {'rlay':>12} {'sync':>12} {'async':>12} {'vs sync':>10} {'vs async':>10}"
 
 
 LATENCY_ROWS = {  # report key -> what it measured
@@ -435,6 +494,7 @@ def format_latency(lat: dict[str, dict[str, float]]) -> str:
     for key, what in LATENCY_ROWS.items():
         if key in lat:
             row = lat[key]
-            lines.append(f"  {what:<46} {row['median_us']:>6.0f} us {row['p99_us']:>6.0f} us "
-                         f"{row['median_us'] / bare:>7.2f}x")
+            lines.append(
+                f"  {what:<46} {row['median_us']:>6.0f} us {row['p99_us']:>6.0f} us {row['median_us'] / bare:>7.2f}x"
+            )
     return "\n".join(lines)

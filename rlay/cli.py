@@ -9,7 +9,8 @@ import signal
 import sys
 import time
 import tomllib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -33,10 +34,14 @@ CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "backend": ("an address string", lambda v: isinstance(v, str)),
     "curve": ("a key directory (a string)", lambda v: isinstance(v, str)),
     "max_message_size": ("a number of bytes >= 1, or -1 for no limit", lambda v: _is_int(v) and (v == -1 or v >= 1)),
-    "heartbeat_interval": (f"a number of seconds from {P.MIN_HEARTBEAT_INTERVAL} to {P.MAX_HEARTBEAT_INTERVAL:g}",
-                           lambda v: type(v) in (int, float) and P.MIN_HEARTBEAT_INTERVAL <= v <= P.MAX_HEARTBEAT_INTERVAL),
-    "heartbeat_liveness": (f"an integer from 1 to {P.MAX_HEARTBEAT_LIVENESS}",
-                           lambda v: _is_int(v) and 1 <= v <= P.MAX_HEARTBEAT_LIVENESS),
+    "heartbeat_interval": (
+        f"a number of seconds from {P.MIN_HEARTBEAT_INTERVAL} to {P.MAX_HEARTBEAT_INTERVAL:g}",
+        lambda v: type(v) in (int, float) and P.MIN_HEARTBEAT_INTERVAL <= v <= P.MAX_HEARTBEAT_INTERVAL,
+    ),
+    "heartbeat_liveness": (
+        f"an integer from 1 to {P.MAX_HEARTBEAT_LIVENESS}",
+        lambda v: _is_int(v) and 1 <= v <= P.MAX_HEARTBEAT_LIVENESS,
+    ),
     "env": ("a gymnasium id or package.module:factory (a string)", lambda v: isinstance(v, str)),
     "num_workers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -47,8 +52,12 @@ CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 
 @click.group(context_settings=CONTEXT)
-@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="[default: INFO for broker, worker and up; WARNING for rollout, status and bench]")
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="[default: INFO for broker, worker and up; WARNING for rollout, status and bench]",
+)
 @click.pass_context
 def main(ctx: click.Context, log_level: str | None) -> None:
     """rlay: a ZeroMQ broker between one RL trainer and many environment workers.
@@ -62,6 +71,7 @@ def main(ctx: click.Context, log_level: str | None) -> None:
 
 
 # -- config -------------------------------------------------------------------------
+
 
 def load_config(path: str) -> dict[str, Any]:
     """Read and check a deployment TOML file (see configs/)."""
@@ -98,8 +108,9 @@ def _check_values(path: str, where: str, section: dict) -> None:
             raise click.BadParameter(f"{path}: {where} {key} must be {what}, got {value!r}")
 
 
-def worker_group(env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None,
-                 threads: int = 1):
+def worker_group(
+    env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None, threads: int = 1
+):
     from rlay.cluster import WorkerGroup
     from workers.loader import env_factory
 
@@ -114,10 +125,19 @@ def supervision(restart: bool, max_restarts: int):
 
 
 restart_options = [
-    click.option("--restart/--no-restart", default=True, show_default=True,
-                 help="Restart worker processes that die (after 0.5 s, doubling up to 30 s)."),
-    click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(min=0),
-                 help="Restarts of one worker per minute before giving up on it."),
+    click.option(
+        "--restart/--no-restart",
+        default=True,
+        show_default=True,
+        help="Restart worker processes that die (after 0.5 s, doubling up to 30 s).",
+    ),
+    click.option(
+        "--max-restarts",
+        default=5,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Restarts of one worker per minute before giving up on it.",
+    ),
 ]
 
 
@@ -126,6 +146,7 @@ def with_options(options):
         for option in reversed(options):
             fn = option(fn)
         return fn
+
     return decorate
 
 
@@ -159,36 +180,60 @@ def load_curve(keydir: str | None, role: str):
 
 def _heartbeat_interval_ignored(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
     if value is not None:
-        click.echo(f"Note: {param.opts[0]} is ignored: workers and trainers ping as often as the broker says "
-                   "(it announces its interval when they register or lease; set it with rlay broker "
-                   "--heartbeat-interval).", err=True)
+        click.echo(
+            f"Note: {param.opts[0]} is ignored: workers and trainers ping as often as the broker says "
+            "(it announces its interval when they register or lease; set it with rlay broker "
+            "--heartbeat-interval).",
+            err=True,
+        )
 
 
 # Before protocol 5.3/5.5 announced the broker's interval, workers and trainers were told it by hand.
 deprecated_heartbeat_option = click.option(
-    "--heartbeat-interval", type=float, hidden=True, expose_value=False, callback=_heartbeat_interval_ignored)
+    "--heartbeat-interval", type=float, hidden=True, expose_value=False, callback=_heartbeat_interval_ignored
+)
 
 curve_option = click.option(
-    "--curve", "curve_dir", type=click.Path(file_okay=False),
-    help="Encrypt and authenticate with the CURVE keys in this directory (made by `rlay keys generate`).")
+    "--curve",
+    "curve_dir",
+    type=click.Path(file_okay=False),
+    help="Encrypt and authenticate with the CURVE keys in this directory (made by `rlay keys generate`).",
+)
 
 
 # -- commands -------------------------------------------------------------------------
 
+
 @main.command(context_settings=CONTEXT)
 @click.option("--frontend", help=f"Address for trainers. [default: {P.DEFAULT_FRONTEND}]")
 @click.option("--backend", help=f"Address for workers. [default: {P.DEFAULT_BACKEND}]")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file whose [broker] section sets the addresses, heartbeats, curve and max_message_size "
-                   "(the only way to set max_message_size here).")
-@click.option("--heartbeat-interval", type=click.FloatRange(P.MIN_HEARTBEAT_INTERVAL, P.MAX_HEARTBEAT_INTERVAL),
-              help="Seconds between the pings the broker expects from each peer; it announces them to every "
-                   f"worker and trainer, which ping that often. [default: {P.HEARTBEAT_INTERVAL}]")
-@click.option("--heartbeat-liveness", type=click.IntRange(1, P.MAX_HEARTBEAT_LIVENESS),
-              help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML file whose [broker] section sets the addresses, heartbeats, curve and max_message_size "
+    "(the only way to set max_message_size here).",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(P.MIN_HEARTBEAT_INTERVAL, P.MAX_HEARTBEAT_INTERVAL),
+    help="Seconds between the pings the broker expects from each peer; it announces them to every "
+    f"worker and trainer, which ping that often. [default: {P.HEARTBEAT_INTERVAL}]",
+)
+@click.option(
+    "--heartbeat-liveness",
+    type=click.IntRange(1, P.MAX_HEARTBEAT_LIVENESS),
+    help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]",
+)
 @curve_option
-def broker(frontend: str | None, backend: str | None, config_path: str | None,
-           heartbeat_interval: float | None, heartbeat_liveness: int | None, curve_dir: str | None) -> None:
+def broker(
+    frontend: str | None,
+    backend: str | None,
+    config_path: str | None,
+    heartbeat_interval: float | None,
+    heartbeat_liveness: int | None,
+    curve_dir: str | None,
+) -> None:
     """Run a broker in the foreground until Ctrl-C or SIGTERM."""
     from broker.broker import BindError, serve
 
@@ -203,8 +248,12 @@ def broker(frontend: str | None, backend: str | None, config_path: str | None,
         raise click.ClickException(str(exc)) from None
 
 
-def broker_settings(section: dict, heartbeat_interval: float | None = None, heartbeat_liveness: int | None = None,
-                    curve_dir: str | None = None) -> dict:
+def broker_settings(
+    section: dict,
+    heartbeat_interval: float | None = None,
+    heartbeat_liveness: int | None = None,
+    curve_dir: str | None = None,
+) -> dict:
     """serve() keyword arguments from a [broker] section, command-line values first."""
     return {
         "max_message_size": section.get("max_message_size", -1),
@@ -214,33 +263,65 @@ def broker_settings(section: dict, heartbeat_interval: float | None = None, hear
     }
 
 
-
 @main.command(context_settings=CONTEXT)
 @click.argument("env")
-@click.option("--broker", "broker_addr", default=P.DEFAULT_BACKEND, show_default=True, envvar="RLAY_BROKER",
-              help="The broker's worker (back-end) address [env: RLAY_BROKER].")
-@click.option("--num-workers", "-p", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Worker processes to start.")
-@click.option("--envs-per-worker", "-k", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Envs hosted by each worker process.")
-@click.option("--env-kwargs", default=None, help='JSON object of keyword arguments for the env, e.g. \'{"g": 9.81}\'.')
+@click.option(
+    "--broker",
+    "broker_addr",
+    default=P.DEFAULT_BACKEND,
+    show_default=True,
+    envvar="RLAY_BROKER",
+    help="The broker's worker (back-end) address [env: RLAY_BROKER].",
+)
+@click.option(
+    "--num-workers", "-p", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes to start."
+)
+@click.option(
+    "--envs-per-worker",
+    "-k",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Envs hosted by each worker process.",
+)
+@click.option("--env-kwargs", default=None, help="JSON object of keyword arguments for the env, e.g. '{\"g\": 9.81}'.")
 @click.option("--name", default=None, help="Env id to register under. [default: ENV]")
-@click.option("--threads", "-t", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Threads per worker stepping its envs concurrently (for envs that block).")
+@click.option(
+    "--threads",
+    "-t",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads per worker stepping its envs concurrently (for envs that block).",
+)
 @click.option("--register-timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
 @deprecated_heartbeat_option
 @with_options(restart_options)
 @curve_option
-def worker(env: str, broker_addr: str, num_workers: int, envs_per_worker: int, env_kwargs: str | None,
-           name: str | None, threads: int, register_timeout: float, restart: bool, max_restarts: int,
-           curve_dir: str | None) -> None:
+def worker(
+    env: str,
+    broker_addr: str,
+    num_workers: int,
+    envs_per_worker: int,
+    env_kwargs: str | None,
+    name: str | None,
+    threads: int,
+    register_timeout: float,
+    restart: bool,
+    max_restarts: int,
+    curve_dir: str | None,
+) -> None:
     """Host envs for a broker. ENV is a gymnasium id or package.module:factory."""
     from rlay.cluster import Cluster
 
     kwargs = parse_env_kwargs(env_kwargs)
-    cluster = Cluster(broker_addr, [worker_group(env, num_workers, envs_per_worker, kwargs, name, threads)],
-                      register_timeout=register_timeout, supervision=supervision(restart, max_restarts),
-                      curve=load_curve(curve_dir, "client"))
+    cluster = Cluster(
+        broker_addr,
+        [worker_group(env, num_workers, envs_per_worker, kwargs, name, threads)],
+        register_timeout=register_timeout,
+        supervision=supervision(restart, max_restarts),
+        curve=load_curve(curve_dir, "client"),
+    )
     click.echo(f"rlay worker: {num_workers} process(es) x {envs_per_worker} env(s) of {name or env} -> {broker_addr}")
     run_cluster(cluster)
 
@@ -270,25 +351,43 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
     frontend = section.get("frontend", P.DEFAULT_FRONTEND)
     backend = section.get("backend", P.DEFAULT_BACKEND)
     groups = [
-        worker_group(g["env"], g.get("num_workers", 1), g.get("envs_per_worker", 1), g.get("env_kwargs"), g.get("name"),
-                     g.get("threads", 1))
+        worker_group(
+            g["env"],
+            g.get("num_workers", 1),
+            g.get("envs_per_worker", 1),
+            g.get("env_kwargs"),
+            g.get("name"),
+            g.get("threads", 1),
+        )
         for g in config.get("workers", [])
     ]
     try:
-        cluster = Cluster(backend, groups, frontend=frontend, supervision=supervision(restart, max_restarts),
-                          broker_kwargs=broker_settings(section),
-                          curve=load_curve(section.get("curve"), "client"))
+        cluster = Cluster(
+            backend,
+            groups,
+            frontend=frontend,
+            supervision=supervision(restart, max_restarts),
+            broker_kwargs=broker_settings(section),
+            curve=load_curve(section.get("curve"), "client"),
+        )
     except BrokerError as exc:  # (its addresses are taken: no worker was started)
         raise click.ClickException(str(exc)) from None
     total = sum(len(g.env_fns) for g in groups)
-    click.echo(f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
-               f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything.")
+    click.echo(
+        f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
+        f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything."
+    )
     run_cluster(cluster)
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--broker", "broker_addr", default=P.DEFAULT_FRONTEND, show_default=True,
-              help="The broker's trainer (front-end) address.")
+@click.option(
+    "--broker",
+    "broker_addr",
+    default=P.DEFAULT_FRONTEND,
+    show_default=True,
+    help="The broker's trainer (front-end) address.",
+)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @curve_option
@@ -304,31 +403,50 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
         raise click.ClickException(str(exc)) from None
     finally:
         client.close()
-    report = {k: head[k] for k in ("broker", "workers", "trainers", "pending_leases", "failures", "recent_losses")
-              if k in head}
+    report = {
+        k: head[k]
+        for k in ("broker", "workers", "trainers", "pending_leases", "failures", "recent_losses")
+        if k in head
+    }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     b = report["broker"]
-    click.echo(f"broker pid {b['pid']}, protocol v{b['version']}, up {b['uptime']} s; "
-               f"trainers on {b['frontend']}, workers on {b['backend']}")
-    click.echo(table(["WORKER", "HOST", "PID", "ENV ID", "MODE", "SLOTS", "LEASED", "BUSY"],
-                     [[w["name"], w["host"], w["pid"], w["env_id"], w["mode"], w["slots"], w["leased"], w["busy"]]
-                      for w in report["workers"]]))
+    click.echo(
+        f"broker pid {b['pid']}, protocol v{b['version']}, up {b['uptime']} s; "
+        f"trainers on {b['frontend']}, workers on {b['backend']}"
+    )
+    click.echo(
+        table(
+            ["WORKER", "HOST", "PID", "ENV ID", "MODE", "SLOTS", "LEASED", "BUSY"],
+            [
+                [w["name"], w["host"], w["pid"], w["env_id"], w["mode"], w["slots"], w["leased"], w["busy"]]
+                for w in report["workers"]
+            ],
+        )
+    )
     slots = sum(w["slots"] for w in report["workers"])
     leased = sum(w["leased"] for w in report["workers"])
     click.echo(f"{len(report['workers'])} worker(s), {slots} slot(s): {slots - leased} free, {leased} leased")
-    click.echo(table(["TRAINER", "ENV ID", "SLOTS", "LOST", "REPLACED"],
-                     [[t["name"], t["env_id"], t["slots"], t["lost"], t["replaced"]] for t in report["trainers"]]))
+    click.echo(
+        table(
+            ["TRAINER", "ENV ID", "SLOTS", "LOST", "REPLACED"],
+            [[t["name"], t["env_id"], t["slots"], t["lost"], t["replaced"]] for t in report["trainers"]],
+        )
+    )
     click.echo(f"{len(report['trainers'])} trainer(s), {report['pending_leases']} lease request(s) waiting")
     f = report["failures"]
-    click.echo(f"failures since start: {f['workers_lost']} worker(s) lost ({f['slots_lost']} leased slots), "
-               f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
-               f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other")
+    click.echo(
+        f"failures since start: {f['workers_lost']} worker(s) lost ({f['slots_lost']} leased slots), "
+        f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
+        f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other"
+    )
     for loss in report["recent_losses"][-RECENT_LOSSES_SHOWN:]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loss["time"]))
-        click.echo(f"  {when}  lost worker {loss['worker']} (pid {loss['pid']} on host {loss['host']}, "
-                   f"{loss['env_id']!r}, {loss['leased']} leased): {loss['why']}")
+        click.echo(
+            f"  {when}  lost worker {loss['worker']} (pid {loss['pid']} on host {loss['host']}, "
+            f"{loss['env_id']!r}, {loss['leased']} leased): {loss['why']}"
+        )
 
 
 def table(columns: list[str], rows: list[list[Any]]) -> str:
@@ -340,21 +458,49 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 @main.command(context_settings=CONTEXT)
 @click.argument("env")
 @click.option("--num-envs", "-n", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--steps", "-s", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Vector steps (each steps every env).")
-@click.option("--broker", "broker_addr", default=None,
-              help="Lease from the broker at this front-end address. [default: embedded]")
-@click.option("--envs-per-worker", "-k", default=None, type=click.IntRange(min=1),
-              help="Embedded only: envs per local worker process. [default: one worker per core, but at least 16 envs per worker (all of them, if fewer)]")
+@click.option(
+    "--steps",
+    "-s",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Vector steps (each steps every env).",
+)
+@click.option(
+    "--broker", "broker_addr", default=None, help="Lease from the broker at this front-end address. [default: embedded]"
+)
+@click.option(
+    "--envs-per-worker",
+    "-k",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Embedded only: envs per local worker process. [default: one worker per core, but at least 16 envs per "
+    "worker (all of them, if fewer)]",
+)
 @click.option("--env-kwargs", default=None, help="Embedded only: JSON object of env keyword arguments.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds any call may take.")
-@click.option("--on-worker-failure", type=click.Choice(["raise", "replace"]), default="raise", show_default=True,
-              help="replace: envs of a lost worker move to free slots and end their episode as truncated.")
+@click.option(
+    "--on-worker-failure",
+    type=click.Choice(["raise", "replace"]),
+    default="raise",
+    show_default=True,
+    help="replace: envs of a lost worker move to free slots and end their episode as truncated.",
+)
 @deprecated_heartbeat_option
 @curve_option
-def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_per_worker: int,
-            env_kwargs: str | None, seed: int, timeout: float, on_worker_failure: str, curve_dir: str | None) -> None:
+def rollout(
+    env: str,
+    num_envs: int,
+    steps: int,
+    broker_addr: str | None,
+    envs_per_worker: int,
+    env_kwargs: str | None,
+    seed: int,
+    timeout: float,
+    on_worker_failure: str,
+    curve_dir: str | None,
+) -> None:
     """Random-policy rollout; prints env-steps/s and episode-return statistics."""
     import numpy as np
 
@@ -394,14 +540,21 @@ def rollout(env: str, num_envs: int, steps: int, broker_addr: str | None, envs_p
         click.echo(f"{envs.envs_replaced} env(s) replaced after their worker was lost")
     if returns:
         r = np.asarray(returns)
-        click.echo(f"{len(r)} episodes: return mean {r.mean():.2f} +- {r.std():.2f}, min {r.min():.2f}, max {r.max():.2f}")
+        click.echo(
+            f"{len(r)} episodes: return mean {r.mean():.2f} +- {r.std():.2f}, min {r.min():.2f}, max {r.max():.2f}"
+        )
     else:
         click.echo("no episode finished")
 
 
 @main.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--mode", type=click.Choice([P.COMMAND_MODE, P.PUSH_MODE]), default=P.COMMAND_MODE, show_default=True,
-              help="The kind of worker under test.")
+@click.option(
+    "--mode",
+    type=click.Choice([P.COMMAND_MODE, P.PUSH_MODE]),
+    default=P.COMMAND_MODE,
+    show_default=True,
+    help="The kind of worker under test.",
+)
 @click.option("--keep-logs", is_flag=True, help="Keep the worker's and broker's logs when every check passes.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def conformance(mode: str, keep_logs: bool, command: tuple[str, ...]) -> None:
@@ -453,14 +606,27 @@ def keys_generate(keydir: str, force: bool) -> None:
 @main.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (the table goes to stderr).")
 @click.option("--quick", is_flag=True, help="A short smoke run (CI): tiny durations, one round.")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Interleaved rounds per workload; the median is reported.")
-@click.option("--seconds", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="Seconds per implementation per round.")
-@click.option("--cpp-worker", type=click.Path(exists=True, dir_okay=False),
-              default=lambda: DEFAULT_CPP_WORKER if os.path.exists(DEFAULT_CPP_WORKER) else None,
-              help=f"The C++ example worker, for its round trip beside the Python worker's. [default: "
-                   f"{DEFAULT_CPP_WORKER}, if built]")
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Interleaved rounds per workload; the median is reported.",
+)
+@click.option(
+    "--seconds",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds per implementation per round.",
+)
+@click.option(
+    "--cpp-worker",
+    type=click.Path(exists=True, dir_okay=False),
+    default=lambda: DEFAULT_CPP_WORKER if os.path.exists(DEFAULT_CPP_WORKER) else None,
+    help=f"The C++ example worker, for its round trip beside the Python worker's. [default: "
+    f"{DEFAULT_CPP_WORKER}, if built]",
+)
 def bench(as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: str | None) -> None:
     """RlayVectorEnv against gymnasium's SyncVectorEnv and AsyncVectorEnv, interleaved in one run.
 
@@ -478,8 +644,7 @@ def bench(as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: s
         rounds, seconds = 1, 0.05
     out = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     out(b.HEADER)
-    report = b.run(scale=seconds, rounds=rounds, latency_count=300 if quick else 3000, log=out,
-                   cpp_worker=cpp_worker)
+    report = b.run(scale=seconds, rounds=rounds, latency_count=300 if quick else 3000, log=out, cpp_worker=cpp_worker)
     for entry in report["workloads"]:
         if "floor" in entry:
             out(b.format_floor(entry))

@@ -6,7 +6,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Container, Sequence
+from collections.abc import Callable, Container, Sequence
+from typing import Any
 
 import zmq
 
@@ -28,9 +29,15 @@ class BrokerClient:
     embedded trainer notices a local child process that died.
     """
 
-    def __init__(self, address: str, *, health_check: Callable[[], None] | None = None,
-                 heartbeat_interval: float | None = None, heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
-                 curve: Any = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        health_check: Callable[[], None] | None = None,
+        heartbeat_interval: float | None = None,
+        heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
+        curve: Any = None,
+    ):
         self.address = address
         self.health_check = health_check
         self.leased_at: float | None = None  # once a lease is granted, a broker that forgets us is an error
@@ -69,18 +76,23 @@ class BrokerClient:
         frames = [header(type_, req=req, **fields), *frames]
         largest = oversized(frames, self.max_frame)
         if largest is not None:
-            raise BrokerError(f"cannot send a {type_} to {self.where}: a frame of {largest} bytes is over the "
-                              f"broker's max_message_size of {self.max_frame}; nothing was sent")
+            raise BrokerError(
+                f"cannot send a {type_} to {self.where}: a frame of {largest} bytes is over the "
+                f"broker's max_message_size of {self.max_frame}; nothing was sent"
+            )
         try:
             send_frames(self.sock, frames)
         except zmq.Again:
-            raise BrokerLostError(f"could not send a {type_} to {self.where} within {P.SEND_TIMEOUT:g} s: no "
-                                  "connection (with CURVE on: is this trainer's key among the broker's "
-                                  "authorized keys?)") from None
+            raise BrokerLostError(
+                f"could not send a {type_} to {self.where} within {P.SEND_TIMEOUT:g} s: no "
+                "connection (with CURVE on: is this trainer's key among the broker's "
+                "authorized keys?)"
+            ) from None
         return req
 
-    def wait(self, req: int | Container[int], wait_s: float, what: str, *,
-             check_broker: bool = True) -> tuple[dict, list[Any]]:
+    def wait(
+        self, req: int | Container[int], wait_s: float, what: str, *, check_broker: bool = True
+    ) -> tuple[dict, list[Any]]:
         """Wait up to ``wait_s`` s for a reply to ``req`` (or to any of several); stale replies are dropped.
 
         Returns (header, frames after the header). An ``error`` reply is
@@ -92,8 +104,9 @@ class BrokerClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RlayTimeoutError(f"no reply from {self.where} within {wait_s:g} s while waiting for "
-                                       f"{what}{self._never_answered()}")
+                raise RlayTimeoutError(
+                    f"no reply from {self.where} within {wait_s:g} s while waiting for {what}{self._never_answered()}"
+                )
             if self.health_check is not None and time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
                 self.health_check()
@@ -126,21 +139,29 @@ class BrokerClient:
         if hb is None:
             return
         if hb.lost:
-            raise BrokerLostError(f"the broker at {self.address} has not answered heartbeats for "
-                                  f"{hb.silence:.1f} s, while waiting for {what}{self._never_answered()}")
+            raise BrokerLostError(
+                f"the broker at {self.address} has not answered heartbeats for "
+                f"{hb.silence:.1f} s, while waiting for {what}{self._never_answered()}"
+            )
         if self.leased_at is not None and hb.forgotten_since(self.leased_at):
-            raise BrokerLostError(f"the broker at {self.address} no longer knows this trainer (it restarted, or "
-                                  f"counted this trainer lost): its lease is gone; while waiting for {what}")
+            raise BrokerLostError(
+                f"the broker at {self.address} no longer knows this trainer (it restarted, or "
+                f"counted this trainer lost): its lease is gone; while waiting for {what}"
+            )
 
     def _never_answered(self) -> str:
         """A hint for an error, when nothing at all ever came from the broker's address."""
         if self.answered or (self.heartbeat is not None and self.heartbeat.answered):
             return ""
-        return ("; nothing at all has come from that address since connecting: is a broker running there? If it "
-                "uses CURVE, this client needs the keys (--curve DIR, or curve=Curve.from_dir(DIR, \"client\")), "
-                "and its public key must be among the broker's authorized keys")
+        return (
+            "; nothing at all has come from that address since connecting: is a broker running there? If it "
+            'uses CURVE, this client needs the keys (--curve DIR, or curve=Curve.from_dir(DIR, "client")), '
+            "and its public key must be among the broker's authorized keys"
+        )
 
-    def request(self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any) -> dict:
+    def request(
+        self, type_: str, wait_s: float, what: str, error: type[Exception] = BrokerError, **fields: Any
+    ) -> dict:
         """Send a header-only request and return the reply header; raise ``error`` on an error reply."""
         head, _ = self.wait(self.send(type_, **fields), wait_s, what)
         if head[P.TYPE] == P.ERROR:
@@ -208,8 +229,9 @@ class InlineBrokerClient(BrokerClient):
             self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
         return req
 
-    def wait(self, req: int | Container[int], wait_s: float, what: str, *,
-             check_broker: bool = True) -> tuple[dict, list[Any]]:
+    def wait(
+        self, req: int | Container[int], wait_s: float, what: str, *, check_broker: bool = True
+    ) -> tuple[dict, list[Any]]:
         with self.lock:  # the idle pumper stays out while this thread turns the broker
             return super().wait(req, wait_s, what, check_broker=check_broker)
 

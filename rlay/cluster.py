@@ -16,12 +16,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from gymnasium.vector.utils import CloudpickleWrapper
 
-from rlay import protocol as P
 from rlay.errors import BrokerError, RlayError, RlayTimeoutError, WorkerLostError
 
 __all__ = ["Cluster", "WorkerGroup", "Supervision", "EMBEDDED_ENV_ID"]
@@ -68,7 +68,7 @@ class Cluster:
         daemon: bool = True,
         register_timeout: float = 60.0,
         tmpdir: str | None = None,
-        supervision: "Supervision | None" = None,
+        supervision: Supervision | None = None,
         broker_kwargs: dict | None = None,
         curve: Any = None,
     ):
@@ -92,16 +92,29 @@ class Cluster:
         self._broker_bound = self.ctx.Event() if frontend is not None else None
         if frontend is not None:
             self.broker = self.ctx.Process(
-                target=_broker_process, args=(frontend, backend, self._broker_bound, self.errors),
-                kwargs={"parent_pid": parent, **(broker_kwargs or {})}, name="rlay-broker", daemon=daemon,
+                target=_broker_process,
+                args=(frontend, backend, self._broker_bound, self.errors),
+                kwargs={"parent_pid": parent, **(broker_kwargs or {})},
+                name="rlay-broker",
+                daemon=daemon,
             )
         self.workers: list[tuple[str, multiprocessing.Process]] = []
         for group in groups:
             for rank, start in enumerate(range(0, len(group.env_fns), group.envs_per_worker)):
                 fns = CloudpickleWrapper(list(group.env_fns[start : start + group.envs_per_worker]))
                 label = f"{group.env_id}#{rank}"
-                self._worker_args[label] = (fns, backend, group.env_id, rank, parent, self.errors, register_timeout,
-                                            group.threads, curve, tmpdir)
+                self._worker_args[label] = (
+                    fns,
+                    backend,
+                    group.env_id,
+                    rank,
+                    parent,
+                    self.errors,
+                    register_timeout,
+                    group.threads,
+                    curve,
+                    tmpdir,
+                )
                 self.workers.append((label, self._new_worker(label)))
         self.inline_broker = None  # embedded: a broker object the trainer's thread runs (rlay.client)
         try:
@@ -128,22 +141,27 @@ class Cluster:
                     why = f"it exited with code {self.broker.exitcode}"
                 raise BrokerError(f"the broker did not start: {why}")
             if time.monotonic() > deadline:
-                raise RlayTimeoutError(f"the broker did not bind {frontend} and {backend} within "
-                                       f"{BROKER_START_TIMEOUT:g} s")
+                raise RlayTimeoutError(
+                    f"the broker did not bind {frontend} and {backend} within {BROKER_START_TIMEOUT:g} s"
+                )
 
     def _new_worker(self, label: str) -> multiprocessing.Process:
-        return self.ctx.Process(target=self._worker_target, args=self._worker_args[label],
-                                name=f"rlay-worker-{label}", daemon=self.daemon)
+        return self.ctx.Process(
+            target=self._worker_target, args=self._worker_args[label], name=f"rlay-worker-{label}", daemon=self.daemon
+        )
 
     @classmethod
-    def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int = 1, **kwargs) -> "Cluster":
+    def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int = 1, **kwargs) -> Cluster:
         """A private broker run by the trainer's own thread (no hop between them), and local
         worker processes over ipc sockets in a fresh temporary directory."""
         tmpdir = tempfile.mkdtemp(prefix="rlay-")
         try:
             return cls(
-                f"ipc://{tmpdir}/workers", [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker, threads)],
-                inline_broker=True, tmpdir=tmpdir, **kwargs,
+                f"ipc://{tmpdir}/workers",
+                [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker, threads)],
+                inline_broker=True,
+                tmpdir=tmpdir,
+                **kwargs,
             )
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -174,12 +192,15 @@ class Cluster:
             if self.inline_broker is not None and self.inline_broker.worker_exited(proc.pid, why):
                 self._reported.add(proc)
             elif self.supervision is None or proc.exitcode >= 0 or label in self.gave_up:
-                raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}")
+                raise RlayError(
+                    f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}"
+                )
         if self.supervision is not None:
             self._supervise(time.monotonic())
             if self.gave_up:
-                raise WorkerLostError(f"local worker(s) {', '.join(sorted(self.gave_up))} died too often; not "
-                                      "restarted again")
+                raise WorkerLostError(
+                    f"local worker(s) {', '.join(sorted(self.gave_up))} died too often; not restarted again"
+                )
         if self.broker is not None and self.broker.exitcode is not None:
             raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
 
@@ -190,8 +211,11 @@ class Cluster:
         registered = {worker.pid for worker in self.inline_broker.workers.values()}
         for label, proc in self.workers:
             if proc.exitcode is None and proc.pid in self.inline_broker.local_pids and proc.pid not in registered:
-                log.warning("local worker %s (pid %s) was lost but its process lives on; killing it, to restart it",
-                            label, proc.pid)
+                log.warning(
+                    "local worker %s (pid %s) was lost but its process lives on; killing it, to restart it",
+                    label,
+                    proc.pid,
+                )
                 proc.kill()
 
     def _reason(self, label: str) -> str:
@@ -224,9 +248,13 @@ class Cluster:
             if self.supervision is not None:
                 self._supervise(time.monotonic())
             # Done when every worker is dead for good (unsupervised, or given up on under supervision).
-            if self.workers and not self._due and all(
-                p.exitcode is not None and (self.supervision is None or label in self.gave_up)
-                for label, p in self.workers
+            if (
+                self.workers
+                and not self._due
+                and all(
+                    p.exitcode is not None and (self.supervision is None or label in self.gave_up)
+                    for label, p in self.workers
+                )
             ):
                 break
             live = [p.sentinel for p in self.processes if p.exitcode is None]
@@ -249,12 +277,21 @@ class Cluster:
                 self._restarts[label] = recent
                 if len(recent) >= policy.max_restarts:
                     self.gave_up.add(label)
-                    log.error("worker %s died %d times in %g s; not restarting it again",
-                              label, len(recent) + 1, policy.window)
+                    log.error(
+                        "worker %s died %d times in %g s; not restarting it again",
+                        label,
+                        len(recent) + 1,
+                        policy.window,
+                    )
                     continue
                 delay = min(policy.max_delay, policy.delay * 2 ** len(recent))
-                log.warning("worker %s (pid %s) exited with code %s; restarting it in %.1f s",
-                            label, proc.pid, proc.exitcode, delay)
+                log.warning(
+                    "worker %s (pid %s) exited with code %s; restarting it in %.1f s",
+                    label,
+                    proc.pid,
+                    proc.exitcode,
+                    delay,
+                )
                 self._due[label] = now + delay
             elif now >= self._due[label]:
                 del self._due[label]

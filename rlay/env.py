@@ -1,16 +1,17 @@
 """RlayEnv: a plain gymnasium.Env over one rlay slot.
 
-    >>> from rlay import RlayEnv
-    >>> env = RlayEnv("CartPole-v1")  # embedded; RlayEnv("CartPole-v1", broker="tcp://...") leases remotely
-    >>> obs, info = env.reset(seed=0)
-    >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-    >>> env.close()
+>>> from rlay import RlayEnv
+>>> env = RlayEnv("CartPole-v1")  # embedded; RlayEnv("CartPole-v1", broker="tcp://...") leases remotely
+>>> obs, info = env.reset(seed=0)
+>>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+>>> env.close()
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -35,8 +36,14 @@ class RlayEnv(gym.Env):
     behind your back.
     """
 
-    def __init__(self, env: str | Callable[[], gym.Env], *, broker: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, **env_kwargs: Any):
+    def __init__(
+        self,
+        env: str | Callable[[], gym.Env],
+        *,
+        broker: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        **env_kwargs: Any,
+    ):
         mode = AutoresetMode.DISABLED
         if broker is None:
             fn = env if callable(env) else functools.partial(gym.make, env, **env_kwargs)
@@ -60,8 +67,10 @@ class RlayEnv(gym.Env):
 
     def step(self, action: Any):
         if self._needs_reset:
-            raise gym.error.ResetNeeded("call reset() before step(): this env has not been reset since it was made "
-                                        "or since its last episode ended")
+            raise gym.error.ResetNeeded(
+                "call reset() before step(): this env has not been reset since it was made "
+                "or since its last episode ended"
+            )
         self._vec.step_async(_batch_of_one(self.action_space, action))
         c, _ = self._vec._collect(None, STEP_KEYS)
         self._needs_reset = c["terminated"][0] or c["truncated"][0]

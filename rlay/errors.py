@@ -62,8 +62,9 @@ class RemoteEnvError(RlayError):
 _remote_classes: dict[str, type[RemoteEnvError]] = {}
 
 
-def remote_env_error(type_name: str, message: str, details: list[dict[str, Any]],
-                     module: str | None = None) -> RemoteEnvError:
+def remote_env_error(
+    type_name: str, message: str, details: list[dict[str, Any]], module: str | None = None
+) -> RemoteEnvError:
     """Build a RemoteEnvError that also subclasses the exception class named ``type_name``: a Python
     builtin, or with ``module`` "gymnasium.error" one of gymnasium's.
 

@@ -47,8 +47,15 @@ def new_identity() -> bytes:
 class Heartbeat:
     """Pings ``address`` on behalf of the peer whose main socket has routing id ``identity``."""
 
-    def __init__(self, address: str, identity: bytes, interval: float = P.HEARTBEAT_INTERVAL,
-                 liveness: int = P.HEARTBEAT_LIVENESS, context: zmq.Context | None = None, curve=None):
+    def __init__(
+        self,
+        address: str,
+        identity: bytes,
+        interval: float = P.HEARTBEAT_INTERVAL,
+        liveness: int = P.HEARTBEAT_LIVENESS,
+        context: zmq.Context | None = None,
+        curve=None,
+    ):
         self.address = address
         self.identity = identity
         self.interval = interval

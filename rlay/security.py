@@ -45,7 +45,7 @@ class Curve:
     authorized_dir: str | None = None
 
     @classmethod
-    def from_dir(cls, keydir: str, role: str) -> "Curve":
+    def from_dir(cls, keydir: str, role: str) -> Curve:
         """The keys of ``role`` ("broker" or "client") in a directory made by generate_keys()."""
         if role == "broker":
             curve = cls(os.path.join(keydir, "broker.key_secret"), authorized_dir=os.path.join(keydir, "authorized"))
@@ -61,7 +61,9 @@ class Curve:
         a broker that admits no one or a peer whose handshake fails in silence."""
         for path in (self.secret_file, self.server_key_file):
             if path is not None and not os.path.isfile(path):
-                raise FileNotFoundError(f"CURVE key file {path} does not exist (make keys with `rlay keys generate DIR`)")
+                raise FileNotFoundError(
+                    f"CURVE key file {path} does not exist (make keys with `rlay keys generate DIR`)"
+                )
         if self.authorized_dir is not None and not os.path.isdir(self.authorized_dir):
             raise FileNotFoundError(f"CURVE authorized-keys directory {self.authorized_dir} does not exist")
         _read_keys(self.secret_file, secret=True)
@@ -97,8 +99,10 @@ def authorized_keys(directory: str) -> frozenset[bytes]:
     them holds no valid public key, or if there are none (the broker would admit no one)."""
     files = sorted(glob.glob(os.path.join(directory, "*.key")))
     if not files:
-        raise KeyFileError(f"the authorized-keys directory {directory} holds no *.key file: the broker would "
-                           "admit no worker or trainer (copy a client's public .key file there)")
+        raise KeyFileError(
+            f"the authorized-keys directory {directory} holds no *.key file: the broker would "
+            "admit no worker or trainer (copy a client's public .key file there)"
+        )
     return frozenset(_read_keys(path)[0] for path in files)
 
 
@@ -113,8 +117,9 @@ def _read_keys(path: str, secret: bool = False) -> tuple[bytes, bytes | None]:
     _check_key(path, "public-key", public)
     if secret:
         if secret_key is None:
-            raise KeyFileError(f"CURVE key file {path} has no secret-key line (a public .key where the "
-                               ".key_secret is needed?)")
+            raise KeyFileError(
+                f"CURVE key file {path} has no secret-key line (a public .key where the .key_secret is needed?)"
+            )
         _check_key(path, "secret-key", secret_key)
     return public, secret_key
 
@@ -151,8 +156,11 @@ class _Admission:
             if first:
                 self._refused.add(key)
         if first:
-            log.warning("refused a CURVE peer: its public key %s is not among the authorized keys in %s",
-                        key.decode("ascii", "replace"), self.directory)
+            log.warning(
+                "refused a CURVE peer: its public key %s is not among the authorized keys in %s",
+                key.decode("ascii", "replace"),
+                self.directory,
+            )
         return False
 
 
@@ -161,11 +169,16 @@ def generate_keys(keydir: str, overwrite: bool = False) -> list[str]:
 
     Refuses to replace existing keys (every host using them would be locked out) unless ``overwrite``.
     """
-    existing = [n for n in ("broker.key", "broker.key_secret", "client.key", "client.key_secret")
-                if os.path.exists(os.path.join(keydir, n))]
+    existing = [
+        n
+        for n in ("broker.key", "broker.key_secret", "client.key", "client.key_secret")
+        if os.path.exists(os.path.join(keydir, n))
+    ]
     if existing and not overwrite:
-        raise FileExistsError(f"{keydir} already holds keys ({', '.join(existing)}); replacing them locks out "
-                              "every host that uses them (pass overwrite / --force to do it anyway)")
+        raise FileExistsError(
+            f"{keydir} already holds keys ({', '.join(existing)}); replacing them locks out "
+            "every host that uses them (pass overwrite / --force to do it anyway)"
+        )
     os.makedirs(keydir, exist_ok=True)
     authorized = os.path.join(keydir, "authorized")
     os.makedirs(authorized, exist_ok=True)

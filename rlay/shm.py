@@ -37,7 +37,8 @@ import secrets
 import stat
 import time
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -62,7 +63,7 @@ HEADER_BYTES = 4096  # token, then nothing until the first leaf; every leaf star
 SHARED_BYTES = 8192
 NAME = re.compile(r"rlay-([1-9][0-9]{0,6})-[0-9a-f]{16}\Z")  # rlay-<trainer pid>-<random>
 STALE_AGE = 10.0  # s: an unlocked segment written to more recently may be one being made, not a dead one
-_LIVE: "weakref.WeakSet[ObsSegment]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[ObsSegment] = weakref.WeakSet()
 
 
 def _forget_in_child() -> None:
@@ -87,8 +88,9 @@ class ObsSegment:
     ``arrays[leaf index]`` is that leaf's buffer, ``(num_envs, *leaf shape)``.
     """
 
-    def __init__(self, path: str, fd: int, memory: mmap.mmap, arrays: dict[int, np.ndarray],
-                 rows: dict[int, tuple[int, int]]):
+    def __init__(
+        self, path: str, fd: int, memory: mmap.mmap, arrays: dict[int, np.ndarray], rows: dict[int, tuple[int, int]]
+    ):
         self.path, self.name = path, os.path.basename(path)
         self._fd, self._memory, self._pid = fd, memory, os.getpid()
         self.arrays = arrays
@@ -97,7 +99,7 @@ class ObsSegment:
         _LIVE.add(self)
 
     @classmethod
-    def create(cls, leaves: Iterable[tuple[int, spaces.Box]], num_envs: int) -> "ObsSegment | None":
+    def create(cls, leaves: Iterable[tuple[int, spaces.Box]], num_envs: int) -> ObsSegment | None:
         """A segment for the given (leaf index, space) pairs, or None where shared memory is not
         to be had (no /dev/shm, no room in it): then observations travel as frames."""
         leaves = list(leaves)
@@ -124,11 +126,14 @@ class ObsSegment:
         except OSError as exc:
             os.close(fd)
             os.unlink(path)
-            log.warning("no shared memory for observations: %d bytes in %s: %s; they travel as frames",
-                        size, SHM_DIR, exc)
+            log.warning(
+                "no shared memory for observations: %d bytes in %s: %s; they travel as frames", size, SHM_DIR, exc
+            )
             return None
-        arrays = {index: np.ndarray((num_envs, *space.shape), space.dtype, buffer=memory, offset=layout[index][0])
-                  for index, space in leaves}
+        arrays = {
+            index: np.ndarray((num_envs, *space.shape), space.dtype, buffer=memory, offset=layout[index][0])
+            for index, space in leaves
+        }
         return cls(path, fd, memory, arrays, layout)
 
     def renew_token(self) -> None:
@@ -139,8 +144,11 @@ class ObsSegment:
 
     def offer(self, rows: list[int]) -> dict[str, Any]:
         """The ``shm`` map of a request whose envs are the trainer's ``rows``, in that order."""
-        return {"name": self.name, "token": self.token,
-                "leaves": [[index, [start + row * size for row in rows]] for index, (start, size) in self._rows.items()]}
+        return {
+            "name": self.name,
+            "token": self.token,
+            "leaves": [[index, [start + row * size for row in rows]] for index, (start, size) in self._rows.items()],
+        }
 
     def close(self) -> None:
         """Remove the segment. Its memory lives on while the caller holds arrays of it (copy=False)."""
@@ -199,7 +207,12 @@ class SegmentCache:
         if not isinstance(offer, dict) or fcntl is None:
             return None
         name, token, leaves = offer.get("name"), offer.get("token"), offer.get("leaves")
-        if not isinstance(name, str) or type(token) is not bytes or len(token) != TOKEN_BYTES or not isinstance(leaves, list):
+        if (
+            not isinstance(name, str)
+            or type(token) is not bytes
+            or len(token) != TOKEN_BYTES
+            or not isinstance(leaves, list)
+        ):
             return None
         mapping = self._mapping(name)
         if mapping is None:
@@ -242,8 +255,13 @@ class SegmentCache:
         if fd is not None:
             try:
                 info = os.fstat(fd)
-                if not (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077 == 0
-                        and info.st_size > HEADER_BYTES and info.st_blocks * 512 >= info.st_size):
+                if not (
+                    stat.S_ISREG(info.st_mode)
+                    and info.st_uid == os.geteuid()
+                    and info.st_mode & 0o077 == 0
+                    and info.st_size > HEADER_BYTES
+                    and info.st_blocks * 512 >= info.st_size
+                ):
                     raise OSError("not a segment of this user's trainer, or a sparse one")
                 mapping = _Mapping(fd, mmap.mmap(fd, info.st_size))
             except OSError:

@@ -70,6 +70,7 @@ def _one_tuple_deeper():
     finally:
         _nesting.tuples = depth
 
+
 # byte order, kind, item size: "<f4", "|u1", "|b1", "<U7", "|S3"
 _DTYPE_RE = re.compile(r"^[<>|][biufcSU][0-9]{1,4}$")
 _MAX_NDIM = 32
@@ -135,9 +136,7 @@ def array_from_buffer(dtype: Any, shape: Any, buffer: Any) -> np.ndarray:
     expected = dt.itemsize * math.prod(shp)
     size = memoryview(buffer).nbytes
     if size != expected:
-        raise WireError(
-            f"array frame holds {size} bytes but dtype {dtype} and shape {list(shp)} need {expected}"
-        )
+        raise WireError(f"array frame holds {size} bytes but dtype {dtype} and shape {list(shp)} need {expected}")
     if dt.kind == "U":  # numpy would keep code points past U+10FFFF, and fail on reading them
         codes = np.frombuffer(buffer, dtype=np.dtype("u4").newbyteorder(dt.byteorder))
         if codes.size and int(codes.max()) > 0x10FFFF:
@@ -276,8 +275,12 @@ def unpackb(data: Any) -> Any:
     # msgpack decodes ext -1 (its timestamp) itself, never calling ext_hook; like any ext code
     # outside the codec it is refused. Only data that could hold one pays for the walk, once: the
     # outermost call walks into the tuples too, which nested calls decoded.
-    if (getattr(_nesting, "tuples", 0) == 0 and b"\xff" in raw and any(tail in raw for tail in _TIMESTAMP_TAILS)
-            and _holds_timestamp(value)):
+    if (
+        getattr(_nesting, "tuples", 0) == 0
+        and b"\xff" in raw
+        and any(tail in raw for tail in _TIMESTAMP_TAILS)
+        and _holds_timestamp(value)
+    ):
         raise WireError("unknown msgpack extension type -1 (a msgpack timestamp)")
     return value
 

@@ -27,9 +27,10 @@ import os
 import re
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium import Env, logger
@@ -51,9 +52,9 @@ from rlay.errors import (
     WorkerLostError,
     remote_env_error,
 )
+from rlay.shm import ObsSegment, is_shared
 from rlay.spaces import decode_space, flatten, leaf_spaces, unflatten
 from rlay.values import WireError, packb
-from rlay.shm import ObsSegment, is_shared
 from rlay.wire import IN_PLACE, decode_body, decode_leaves, describe_failures, encode_leaves
 
 __all__ = ["RlayVectorEnv"]
@@ -198,8 +199,9 @@ class RlayVectorEnv(VectorEnv):
             raise ValueError(f"env_threads must be >= 1, got {env_threads}")
         # Under "replace" a local worker killed by a signal is restarted, and its envs move to it.
         supervision = Supervision() if self.on_worker_failure == "replace" else None
-        self._cluster = Cluster.embedded(env_fns, envs_per_worker, env_threads, context=context, daemon=daemon,
-                                         supervision=supervision)
+        self._cluster = Cluster.embedded(
+            env_fns, envs_per_worker, env_threads, context=context, daemon=daemon, supervision=supervision
+        )
         client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)
         self._finalizer = weakref.finalize(self, _stop_embedded, client, self._cluster)
         try:
@@ -224,7 +226,7 @@ class RlayVectorEnv(VectorEnv):
         on_worker_failure: str = "raise",
         replace_timeout: float | None = None,
         shared_memory: bool = True,
-    ) -> "RlayVectorEnv":
+    ) -> RlayVectorEnv:
         """Lease ``num_envs`` slots of ``env_id`` from a running broker.
 
         The trainer pings the broker from a thread (``heartbeat_interval=None``: never):
@@ -256,8 +258,15 @@ class RlayVectorEnv(VectorEnv):
 
     # -- set up -------------------------------------------------------------------
 
-    def _setup(self, autoreset_mode, copy: bool, timeout: float, observation_mode: str,
-               on_worker_failure: str, replace_timeout: float | None) -> None:
+    def _setup(
+        self,
+        autoreset_mode,
+        copy: bool,
+        timeout: float,
+        observation_mode: str,
+        on_worker_failure: str,
+        replace_timeout: float | None,
+    ) -> None:
         if observation_mode != "same":
             raise NotImplementedError("RlayVectorEnv supports observation_mode='same' only")
         if on_worker_failure not in ON_WORKER_FAILURE:
@@ -272,7 +281,9 @@ class RlayVectorEnv(VectorEnv):
         self._unreset: set[int] = set()  # rows moved to new slots whose new env has not been reset yet
         self._relets = 0  # leases taken anew from a broker that forgot this trainer
         self._marked: set[int] = set()  # first-ready: rows whose next reset result gets infos["worker_lost"]
-        self.autoreset_mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        self.autoreset_mode = (
+            autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        )
         self.copy = copy
         self.timeout = float(timeout)
         self.observation_mode = observation_mode
@@ -299,8 +310,13 @@ class RlayVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self._client = client
         lease = self._client.request(
-            P.LEASE, lease_timeout + REPLY_GRACE, f"a lease of {num_envs} slots of {env_id!r}",
-            error=LeaseError, env_id=env_id, num_envs=num_envs, timeout=lease_timeout,
+            P.LEASE,
+            lease_timeout + REPLY_GRACE,
+            f"a lease of {num_envs} slots of {env_id!r}",
+            error=LeaseError,
+            env_id=env_id,
+            num_envs=num_envs,
+            timeout=lease_timeout,
         )
         client.leased(lease)
         self._lease_spaces = (lease["obs_space"], lease["act_space"])
@@ -315,9 +331,13 @@ class RlayVectorEnv(VectorEnv):
         self.render_mode = lease.get("render_mode")
         self._obs_leaf_spaces = leaf_spaces(self.single_observation_space)
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
-        self._obs_leaves = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, self._observations)]
+        self._obs_leaves = [
+            list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, self._observations)
+        ]
         if self.shared_memory:  # large observations: workers on this host write them straight into the buffer
-            self._segment = ObsSegment.create([(i, s) for i, s in enumerate(self._obs_leaf_spaces) if is_shared(s)], num_envs)
+            self._segment = ObsSegment.create(
+                [(i, s) for i, s in enumerate(self._obs_leaf_spaces) if is_shared(s)], num_envs
+            )
         if self._segment is not None:
             self._segment_finalizer = weakref.finalize(self, self._segment.close)
             for index, array in self._segment.arrays.items():
@@ -356,22 +376,29 @@ class RlayVectorEnv(VectorEnv):
             if not isinstance(reset_mask, np.ndarray):
                 raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(reset_mask)}")
             if reset_mask.shape != (self.num_envs,):
-                raise ValueError(f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {reset_mask.shape}")
+                raise ValueError(
+                    f"`options['reset_mask']` must have shape `({self.num_envs},)`, got {reset_mask.shape}"
+                )
             if reset_mask.dtype != np.bool_:
                 raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {reset_mask.dtype}")
             if not np.any(reset_mask):
                 raise ValueError(
-                    f"`options['reset_mask']` must contain a boolean array with at least one True value, got reset_mask={reset_mask}"
+                    "`options['reset_mask']` must contain a boolean array with at least one True value, "
+                    f"got reset_mask={reset_mask}"
                 )
             rows = np.flatnonzero(reset_mask)
         self._settle()
-        self._pending = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []))
+        self._pending = self._send(
+            P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, [])
+        )
         self._state = AsyncState.WAITING_RESET
 
     def reset_wait(self, timeout: float | None = None):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_RESET:
-            raise NoAsyncCallError("Calling `reset_wait` without any prior call to `reset_async`.", AsyncState.WAITING_RESET.value)
+            raise NoAsyncCallError(
+                "Calling `reset_wait` without any prior call to `reset_async`.", AsyncState.WAITING_RESET.value
+            )
         columns, replaced = self._collect(timeout, RESET_KEYS)
         infos: dict[str, Any] = {}
         for row, info in enumerate(columns["info"]):
@@ -414,14 +441,20 @@ class RlayVectorEnv(VectorEnv):
     def step_wait(self, timeout: float | None = None):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_STEP:
-            raise NoAsyncCallError("Calling `step_wait` without any prior call to `step_async`.", AsyncState.WAITING_STEP.value)
+            raise NoAsyncCallError(
+                "Calling `step_wait` without any prior call to `step_async`.", AsyncState.WAITING_STEP.value
+            )
         columns, _ = self._collect(timeout, STEP_KEYS)
         for row in [*self._autoreset_next, *self._truncate_next]:
             if columns["reward"][row] is not None:
                 continue  # it stepped before a new lease replaced every env: its truncation comes next step
             result = self._replaced_result(row)
             columns["reward"][row], columns["terminated"][row] = result.reward, result.terminated
-            columns["truncated"][row], columns["info"][row], columns["final"][row] = result.truncated, result.info, result.final
+            columns["truncated"][row], columns["info"][row], columns["final"][row] = (
+                result.truncated,
+                result.info,
+                result.final,
+            )
         rewards = np.array(columns["reward"], dtype=np.float64)
         terminations = np.array(columns["terminated"], dtype=np.bool_)
         truncations = np.array(columns["truncated"], dtype=np.bool_)
@@ -445,14 +478,17 @@ class RlayVectorEnv(VectorEnv):
             raise ValueError(f"Trying to call function `{name}` with `call`, use `{name}` directly instead.")
         packb([list(args), kwargs])  # refuse non-data arguments here, with a clear error
         self._settle()
-        self._pending = self._send(P.CALL, np.arange(self.num_envs),
-                                   lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, []))
+        self._pending = self._send(
+            P.CALL, np.arange(self.num_envs), lambda g, r: ({"name": name, "args": list(args), "kwargs": kwargs}, [])
+        )
         self._state = AsyncState.WAITING_CALL
 
     def call_wait(self, timeout: float | None = None) -> tuple[Any, ...]:
         self._assert_is_running()
         if self._state != AsyncState.WAITING_CALL:
-            raise NoAsyncCallError("Calling `call_wait` without any prior call to `call_async`.", AsyncState.WAITING_CALL.value)
+            raise NoAsyncCallError(
+                "Calling `call_wait` without any prior call to `call_async`.", AsyncState.WAITING_CALL.value
+            )
         results: list[Any] = [None] * self.num_envs
         for rows, body, _ in self._wait(timeout)[0]:
             for n, row in enumerate(rows):
@@ -471,8 +507,10 @@ class RlayVectorEnv(VectorEnv):
     def np_random(self) -> Any:
         # SyncVectorEnv gives the envs' generators; these live in the worker processes, and a
         # Generator is not data that can cross the wire. The VectorEnv's own would be a wrong answer.
-        raise AttributeError("the envs' np_random generators live in their worker processes and cannot cross the "
-                             "wire; np_random_seed gives their seeds")
+        raise AttributeError(
+            "the envs' np_random generators live in their worker processes and cannot cross the "
+            "wire; np_random_seed gives their seeds"
+        )
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         self._assert_is_running()
@@ -486,8 +524,9 @@ class RlayVectorEnv(VectorEnv):
         self._assert_idle("set_attr")
         packb(list(values))
         self._settle()
-        self._pending = self._send(P.SET_ATTR, np.arange(self.num_envs),
-                                   lambda g, r: ({"name": name, "values": [values[i] for i in r]}, []))
+        self._pending = self._send(
+            P.SET_ATTR, np.arange(self.num_envs), lambda g, r: ({"name": name, "values": [values[i] for i in r]}, [])
+        )
         self._state = AsyncState.WAITING_CALL  # set_attr is synchronous; reuse the call state while it runs
         self._wait(None)
 
@@ -522,7 +561,9 @@ class RlayVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         where = "embedded" if getattr(self, "_cluster", None) is not None else getattr(self, "broker_address", "?")
-        return f"RlayVectorEnv({getattr(self, 'env_id', '?')}, num_envs={getattr(self, 'num_envs', '?')}, broker={where})"
+        return (
+            f"RlayVectorEnv({getattr(self, 'env_id', '?')}, num_envs={getattr(self, 'num_envs', '?')}, broker={where})"
+        )
 
     # -- first-ready stepping (envpool style) --------------------------------------
 
@@ -531,13 +572,17 @@ class RlayVectorEnv(VectorEnv):
         self._assert_is_running()
         self._assert_idle("async_reset")
         if self._unreceived:
-            raise AlreadyPendingCallError(f"async_reset() while envs {_rows_text(sorted(self._unreceived))} are "
-                                          "stepping or have results not yet received: recv() them first", "send")
+            raise AlreadyPendingCallError(
+                f"async_reset() while envs {_rows_text(sorted(self._unreceived))} are "
+                "stepping or have results not yet received: recv() them first",
+                "send",
+            )
         seeds = _seed_list(seed, self.num_envs)
         rows = np.arange(self.num_envs)
         self._settle()
-        call = self._send(P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []),
-                          gather=False)
+        call = self._send(
+            P.RESET, rows, lambda g, r: ({"seeds": [seeds[i] for i in r], "options": options}, []), gather=False
+        )
         self._in_flight.update(dict.fromkeys(rows.tolist(), call.req))
 
     def send(self, actions: Any, env_ids: Any) -> None:
@@ -554,8 +599,9 @@ class RlayVectorEnv(VectorEnv):
             raise ValueError(f"env_ids must be distinct env indices below {self.num_envs}, got {ids.tolist()}")
         busy = sorted(set(ids.tolist()) & self._unreceived)
         if busy:
-            raise AlreadyPendingCallError(f"envs {busy} are still stepping or have a result not yet received: "
-                                          "recv() it first", "send")
+            raise AlreadyPendingCallError(
+                f"envs {busy} are still stepping or have a result not yet received: recv() it first", "send"
+            )
         leaves = flatten(self.single_action_space, actions)
         for leaf in leaves:
             if len(leaf) != len(ids):
@@ -596,8 +642,11 @@ class RlayVectorEnv(VectorEnv):
         while len(self._ready) < batch_size:
             what = f"the first {batch_size} of envs {_rows_text(sorted(self._in_flight))} to finish"
             try:
-                head, frames = self._stash.popleft() if self._stash else self._client.wait(
-                    set(self._in_flight.values()), max(0.0, deadline - time.monotonic()), what)
+                head, frames = (
+                    self._stash.popleft()
+                    if self._stash
+                    else self._client.wait(set(self._in_flight.values()), max(0.0, deadline - time.monotonic()), what)
+                )
                 failures = head.get("failures") or []
                 if head[P.TYPE] == P.ERROR and not failures:  # the whole call was refused
                     error = self._error_from(head, what)
@@ -654,8 +703,9 @@ class RlayVectorEnv(VectorEnv):
         lost env's truncation); a worker may have written them there already (shared memory).
         Without it (new envs replacing lost ones) the buffer is left as it is."""
         try:
-            leaves = decode_leaves(body["obs"], frames, self._obs_leaf_spaces, len(rows),
-                                   in_place=self._in_place if keep else ())
+            leaves = decode_leaves(
+                body["obs"], frames, self._obs_leaf_spaces, len(rows), in_place=self._in_place if keep else ()
+            )
             if keep:
                 self._store_obs(rows, leaves)
             stepped = "reward" in body
@@ -667,15 +717,24 @@ class RlayVectorEnv(VectorEnv):
                 else:
                     obs = [leaf[n] if isinstance(leaf, tuple) else np.array(leaf[n]) for leaf in leaves]
                 if stepped:
-                    results.append(_EnvResult(row, obs, float(body["reward"][n]), bool(body["terminated"][n]),
-                                              bool(body["truncated"][n]), body["info"][n], body["final"][n]))
+                    results.append(
+                        _EnvResult(
+                            row,
+                            obs,
+                            float(body["reward"][n]),
+                            bool(body["terminated"][n]),
+                            bool(body["truncated"][n]),
+                            body["info"][n],
+                            body["final"][n],
+                        )
+                    )
                 else:
                     results.append(_EnvResult(row, obs, 0.0, False, False, body["info"][n], None))
             return results
         except (WireError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise BrokerError(f"malformed reply from a worker: {exc}") from None
 
-    def _batch_results(self, results: list["_EnvResult"]):
+    def _batch_results(self, results: list[_EnvResult]):
         n = len(results)
         batch = create_empty_array(self.single_observation_space, n=n, fn=np.zeros)
         out = [list(x) if isinstance(x, tuple) else x for x in flatten(self.single_observation_space, batch)]
@@ -734,14 +793,19 @@ class RlayVectorEnv(VectorEnv):
             try:
                 if rows or relet:
                     if not first and time.monotonic() >= deadline:
-                        raise WorkerLostError(f"envs {_rows_text(rows)} could not be replaced within "
-                                              f"{self.replace_timeout:g} s (replace_timeout): {cause}")
+                        raise WorkerLostError(
+                            f"envs {_rows_text(rows)} could not be replaced within "
+                            f"{self.replace_timeout:g} s (replace_timeout): {cause}"
+                        )
                     first = False
                     if self._segment is not None:  # a lost worker may still run: it must not write into
                         self._segment.renew_token()  # the rows that hold its envs' last observations
-                    log.warning("replacing envs %s (waiting up to %.0f s for free slots) after: %s",
-                                "0-%d" % (self.num_envs - 1) if relet else _rows_text(rows),
-                                deadline - time.monotonic(), cause)
+                    log.warning(
+                        "replacing envs %s (waiting up to %.0f s for free slots) after: %s",
+                        f"0-{self.num_envs - 1}" if relet else _rows_text(rows),
+                        deadline - time.monotonic(),
+                        cause,
+                    )
                     if relet:
                         self._lease_again(deadline, cause)
                     else:
@@ -750,8 +814,12 @@ class RlayVectorEnv(VectorEnv):
                 unreset = sorted(self._unreset)
                 what = f"the reset of the new envs {_rows_text(unreset)}, replacing lost ones"
                 # (as frames: the buffer holds the lost envs' last observations, which their truncation reports)
-                call = self._send(P.RESET, np.asarray(unreset), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []),
-                                  shared=False)
+                call = self._send(
+                    P.RESET,
+                    np.asarray(unreset),
+                    lambda g, r: ({"seeds": [None] * len(r), "options": None}, []),
+                    shared=False,
+                )
                 head, frames = self._await(call.req, self.timeout + REPLY_GRACE, what)
                 if head[P.TYPE] == P.ERROR:
                     raise self._error_from(head, what)
@@ -786,9 +854,11 @@ class RlayVectorEnv(VectorEnv):
         head, _ = self._await(req, remaining + REPLY_GRACE, what)
         if head[P.TYPE] == P.ERROR:
             if head.get("code") == P.E_LEASE_TIMEOUT:
-                raise WorkerLostError(f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for "
-                                      f"envs {_rows_text(rows)}, lost with their worker: {cause}. "
-                                      f"The broker: {head.get('message')}")
+                raise WorkerLostError(
+                    f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for "
+                    f"envs {_rows_text(rows)}, lost with their worker: {cause}. "
+                    f"The broker: {head.get('message')}"
+                )
             raise self._error_from(head, what)  # (no_lease: a BrokerLostError, and a new lease)
         for old, info in zip(head["replaces"], head["slots"]):
             row = self._row_of_slot[old]
@@ -876,7 +946,8 @@ class RlayVectorEnv(VectorEnv):
         if method not in ("send", "async_reset") and (self._in_flight or self._ready):  # (the hot path: no set)
             raise AlreadyPendingCallError(
                 f"Calling `{method}` while envs {_rows_text(sorted(self._unreceived))} are stepping after send() or "
-                "have results not yet received; recv() them first", "send",
+                "have results not yet received; recv() them first",
+                "send",
             )
 
     @property
@@ -885,8 +956,14 @@ class RlayVectorEnv(VectorEnv):
         (a worker's reply can bring more results than one recv() returns)."""
         return set(self._in_flight).union(result.row for result in self._ready)
 
-    def _send(self, kind: str, rows: np.ndarray, make_body: Callable[[_Group, list[int]], tuple[dict, list]],
-              gather: bool = True, shared: bool = True) -> _Call:
+    def _send(
+        self,
+        kind: str,
+        rows: np.ndarray,
+        make_body: Callable[[_Group, list[int]], tuple[dict, list]],
+        gather: bool = True,
+        shared: bool = True,
+    ) -> _Call:
         """Send one batched call: one part per worker that hosts some of ``rows``.
 
         ``gather`` (the synchronous API) waits for every part in one reply; without
@@ -941,7 +1018,9 @@ class RlayVectorEnv(VectorEnv):
         whose envs were replaced meanwhile (a call other than step then ran again on them)."""
         if call.req is None:
             return [], set()
-        what = f"the {call.kind} of envs {_rows_text(sorted(call.rows))} on " + ", ".join(g.describe() for g in call.groups)
+        what = f"the {call.kind} of envs {_rows_text(sorted(call.rows))} on " + ", ".join(
+            g.describe() for g in call.groups
+        )
         wait = self.timeout + REPLY_GRACE if timeout is None else timeout
         relets = self._relets
         try:
@@ -963,8 +1042,10 @@ class RlayVectorEnv(VectorEnv):
             try:
                 resent = self._send(call.kind, np.asarray(lost), call.make_body)
             except BrokerError as exc:  # (the new envs' rows may share one worker, and one larger frame)
-                raise BrokerError(f"{what} reached the other envs but could not be sent to the new envs {_rows_text(lost)}, "
-                                  f"which replaced lost ones: {exc}") from None
+                raise BrokerError(
+                    f"{what} reached the other envs but could not be sent to the new envs {_rows_text(lost)}, "
+                    f"which replaced lost ones: {exc}"
+                ) from None
             more, again = self._finish(resent, timeout)
             replies += more
             replaced |= again
@@ -1051,8 +1132,12 @@ class RlayVectorEnv(VectorEnv):
                     )
             type_name = details[0]["type"] if details else "Exception"
             module = details[0].get("module") if details else None
-            return remote_env_error(str(type_name), f"during {what}:\n" + "\n".join(lines or [message]), details,
-                                    module if isinstance(module, str) else None)
+            return remote_env_error(
+                str(type_name),
+                f"during {what}:\n" + "\n".join(lines or [message]),
+                details,
+                module if isinstance(module, str) else None,
+            )
         message = re.sub(r"slots \[([0-9, ]*)\]", self._name_rows, message)
         if code == P.E_TIMEOUT:
             return RlayTimeoutError(f"timed out during {what}: {message}")

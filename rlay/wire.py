@@ -8,15 +8,26 @@ with at least ``v`` (protocol version) and ``type``. Batched calls carry a body
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 import zmq
 from gymnasium import spaces
 
 from rlay import protocol as P
-from rlay.values import (MSGPACK_NUMPY_REFUSAL, VersionError, WireError, array_dtype_str, array_from_buffer, check_shape,
-                         packb, parse_dtype, unpackb, unpackb_plain)
+from rlay.values import (
+    MSGPACK_NUMPY_REFUSAL,
+    VersionError,
+    WireError,
+    array_dtype_str,
+    array_from_buffer,
+    check_shape,
+    packb,
+    parse_dtype,
+    unpackb,
+    unpackb_plain,
+)
 
 __all__ = [
     "WireError",
@@ -84,8 +95,10 @@ def describe_failures(failures: list[dict]) -> tuple[str, str]:
     env_error if any part has it, else the alphabetically first code."""
     codes = {str(f.get("code")) for f in failures}
     code = P.E_ENV if P.E_ENV in codes else sorted(codes)[0]
-    message = "; ".join(f"slots {f.get('slots')} on worker {f.get('worker')} (host {f.get('host')}): {f.get('message')}"
-                        for f in failures)
+    message = "; ".join(
+        f"slots {f.get('slots')} on worker {f.get('worker')} (host {f.get('host')}): {f.get('message')}"
+        for f in failures
+    )
     return code, message
 
 
@@ -139,7 +152,9 @@ def check_rows(rows: Sequence[Any], space: spaces.Box) -> list[np.ndarray]:
         if array.shape != space.shape:
             raise ValueError(f"an observation of shape {array.shape} does not fit {space}")
         if not np.can_cast(array.dtype, space.dtype, "same_kind"):
-            raise TypeError(f"Cannot cast array data from {array.dtype!r} to {space.dtype!r} according to the rule 'same_kind'")
+            raise TypeError(
+                f"Cannot cast array data from {array.dtype!r} to {space.dtype!r} according to the rule 'same_kind'"
+            )
     return arrays
 
 

@@ -68,7 +68,7 @@ def no_leftover_processes():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        raise AssertionError(f"test left processes running: {sorted(left)}")
+        raise AssertionError(f"test left processes running: {sorted(left)}") from None
 
 
 def own_segments() -> set[str]:
@@ -120,12 +120,14 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             out, err = self.popen.communicate()
-            raise AssertionError(f"{self.args} did not stop within {timeout} s after signal {sig}:\n{err}")
+            raise AssertionError(f"{self.args} did not stop within {timeout} s after signal {sig}:\n{err}") from None
         return self.popen.returncode, out, err
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*RLAY, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*RLAY, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def broker_status(frontend: str, timeout: float = 5.0) -> dict:

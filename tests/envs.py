@@ -141,8 +141,10 @@ class ImageDictEnv(DictEnv):
         )
 
     def _obs(self):
-        return {"image": self.np_random.integers(0, 256, (128, 128, 4), dtype=np.uint8),
-                "pos": self.np_random.uniform(-1, 1, 3).astype(np.float32)}
+        return {
+            "image": self.np_random.integers(0, 256, (128, 128, 4), dtype=np.uint8),
+            "pos": self.np_random.uniform(-1, 1, 3).astype(np.float32),
+        }
 
     def step(self, action):
         obs, reward, _, truncated, info = super().step(action)

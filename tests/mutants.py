@@ -34,8 +34,9 @@ def mutate(mutation: str) -> None:
         encode_leaves = base.encode_leaves
 
         def widened(leaves, rows=None):
-            return encode_leaves([np.asarray(x, np.float64) if getattr(x, "dtype", None) == np.float32 else x
-                                  for x in leaves], rows)
+            return encode_leaves(
+                [np.asarray(x, np.float64) if getattr(x, "dtype", None) == np.float32 else x for x in leaves], rows
+            )
 
         base.encode_leaves = widened
     elif mutation == "deaf-heartbeat":
@@ -60,8 +61,9 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=4)
     args = parser.parse_args()
     mutate(args.mutation)
-    worker = Worker([lambda: gym.make("rlay/Conformance-v0")] * args.envs, os.environ["RLAY_BROKER"],
-                    env_id="rlay/Conformance-v0")
+    worker = Worker(
+        [lambda: gym.make("rlay/Conformance-v0")] * args.envs, os.environ["RLAY_BROKER"], env_id="rlay/Conformance-v0"
+    )
     worker.install_signal_handlers()
     worker.run()
 

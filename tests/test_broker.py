@@ -92,8 +92,14 @@ def test_malformed_worker_messages_get_error_replies(cartpoles, raw, tmp_path):
     front, back = cartpoles
     sock = raw(back)
     marker = tmp_path / "owned"
-    good = dict(env_id="X", num_envs=1, host="h", pid=1, obs_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"},
-                act_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"})
+    good = dict(
+        env_id="X",
+        num_envs=1,
+        host="h",
+        pid=1,
+        obs_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"},
+        act_space={"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"},
+    )
     cases = [
         ([pickle_payload(marker)], P.E_BAD_MESSAGE),
         ([msgpack.packb({"v": 2, "type": P.REGISTER})], P.E_VERSION),
@@ -122,12 +128,18 @@ def test_a_worker_error_with_odd_reports_still_reaches_the_trainer(cartpoles, ra
     front, back = cartpoles
     worker, trainer = raw(back), raw(front)
     discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
-    assert ask(worker, [header(P.REGISTER, env_id="Odd", num_envs=1, host="h", pid=1, obs_space=discrete,
-                               act_space=discrete)])[P.TYPE] == P.REGISTERED
+    assert (
+        ask(
+            worker,
+            [header(P.REGISTER, env_id="Odd", num_envs=1, host="h", pid=1, obs_space=discrete, act_space=discrete)],
+        )[P.TYPE]
+        == P.REGISTERED
+    )
     leased = ask(trainer, [header(P.LEASE, req=1, env_id="Odd", num_envs=1, timeout=5)])
     slot = leased["slots"][0]["slot"]
-    trainer.send_multipart([header(P.CALL, req=2, parts=[[[slot], 1]], timeout=30),
-                            packb({"name": "x", "args": [], "kwargs": {}})])
+    trainer.send_multipart(
+        [header(P.CALL, req=2, parts=[[[slot], 1]], timeout=30), packb({"name": "x", "args": [], "kwargs": {}})]
+    )
     assert worker.poll(5000), "the call never reached the worker"
     request = decode_header(worker.recv_multipart()[0])
     reports = [{"env": [0]}, {"env": 0, "type": "ValueError", "message": "bad", "traceback": ""}]
@@ -147,7 +159,9 @@ def test_a_reply_over_max_message_size_comes_back_as_an_error_not_a_stuck_slot(t
         envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 4, broker=front, timeout=10)
         try:
             for _ in range(2):  # the second time too: the error freed the slots
-                with pytest.raises(BrokerError, match="a frame of 16384 bytes is over the broker's max_message_size of 12000"):
+                with pytest.raises(
+                    BrokerError, match="a frame of 16384 bytes is over the broker's max_message_size of 12000"
+                ):
                     envs.reset(seed=0)
         finally:
             envs.close()
@@ -162,8 +176,11 @@ def test_a_request_over_max_message_size_is_refused_before_sending_and_loses_not
         envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 2, broker=front, timeout=10)
         try:
             first, _ = envs.reset(seed=0)
-            with pytest.raises(BrokerError, match="cannot send a set_attr to the broker at .*: a frame of 2[0-9]{4} "
-                                                  "bytes is over the broker's max_message_size of 12000; nothing was sent"):
+            with pytest.raises(
+                BrokerError,
+                match="cannot send a set_attr to the broker at .*: a frame of 2[0-9]{4} "
+                "bytes is over the broker's max_message_size of 12000; nothing was sent",
+            ):
                 envs.set_attr("note", ["x" * 10_000, "y" * 10_000])  # one body of both: over 20,000 bytes
             envs.set_attr("note", ["x", "y"])
             assert envs.get_attr("note") == ("x", "y")
@@ -183,8 +200,11 @@ def test_a_new_replace_supersedes_one_still_pending(cartpoles, raw):
     assert ask(first, [header(P.REGISTER, **game)])[P.TYPE] == P.REGISTERED
     slot = ask(trainer, [header(P.LEASE, req=1, env_id="Lossy", num_envs=1, timeout=5)])["slots"][0]["slot"]
     first.send_multipart([header(P.DISCONNECT)])  # its slot is LOST now
-    wait_for(lambda: not any(w["env_id"] == "Lossy" for w in broker_status(front)["workers"]), 10,
-             "the broker to drop the disconnected worker")
+    wait_for(
+        lambda: not any(w["env_id"] == "Lossy" for w in broker_status(front)["workers"]),
+        10,
+        "the broker to drop the disconnected worker",
+    )
     trainer.send_multipart([header(P.REPLACE, req=2, slots=[slot], timeout=30)])  # no free slot: it waits
     trainer.send_multipart([header(P.REPLACE, req=3, slots=[slot], timeout=30)])  # the trainer asks again
     wait_for(lambda: broker_status(front)["pending_leases"] == 1, 10, "one pending replacement")
@@ -266,12 +286,19 @@ def test_a_released_call_is_never_answered_even_after_a_new_lease(raw):
         leased = ask(sock, [header(P.LEASE, req=1, env_id="tests.envs:SlowEnv", num_envs=2, timeout=10)])
         first, second = (s["slot"] for s in leased["slots"])
         descriptors, frames = encode_leaves([np.zeros(1, np.int64)])
-        sock.send_multipart([header(P.STEP, req=2, parts=[[[first], 2]], timeout=30),
-                             packb({"autoreset": "NextStep", "actions": descriptors}), frames[0].tobytes()])
+        sock.send_multipart(
+            [
+                header(P.STEP, req=2, parts=[[[first], 2]], timeout=30),
+                packb({"autoreset": "NextStep", "actions": descriptors}),
+                frames[0].tobytes(),
+            ]
+        )
         assert ask(sock, [header(P.RELEASE, req=3)])[P.TYPE] == P.RELEASED
         again = ask(sock, [header(P.LEASE, req=4, env_id="tests.envs:SlowEnv", num_envs=1, timeout=10)])
         assert [s["slot"] for s in again["slots"]] == [second]  # the first is still busy with the old step
-        wait_for(lambda: broker_status(front)["workers"][0]["busy"] == 0, 30, "the old step's reply to reach the broker")
+        wait_for(
+            lambda: broker_status(front)["workers"][0]["busy"] == 0, 30, "the old step's reply to reach the broker"
+        )
         reply = ask(sock, [header(P.STATUS, req=5)])  # what comes first on this connection
         assert reply[P.TYPE] == P.STATUS and reply[P.REQ] == 5, reply
         assert ask(sock, [header(P.RELEASE, req=6)])[P.TYPE] == P.RELEASED
@@ -303,8 +330,13 @@ def test_a_malformed_worker_reply_in_first_ready_stepping_is_a_broker_error(cart
     front, back = cartpoles
     worker = raw(back)
     discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
-    assert ask(worker, [header(P.REGISTER, env_id="Odd", num_envs=1, host="h", pid=1, obs_space=discrete,
-                               act_space=discrete)])[P.TYPE] == P.REGISTERED
+    assert (
+        ask(
+            worker,
+            [header(P.REGISTER, env_id="Odd", num_envs=1, host="h", pid=1, obs_space=discrete, act_space=discrete)],
+        )[P.TYPE]
+        == P.REGISTERED
+    )
     envs = RlayVectorEnv.remote("Odd", 1, broker=front, timeout=10)
     try:
         for info in ([1], [{}, {}]):
@@ -312,8 +344,9 @@ def test_a_malformed_worker_reply_in_first_ready_stepping_is_a_broker_error(cart
             assert worker.poll(5000), "the reset never reached the worker"
             request = decode_header(worker.recv_multipart()[0])
             descriptors, frames = encode_leaves([np.zeros(1, np.int64)])
-            worker.send_multipart([header(P.REPLY, req=request[P.REQ]), packb({"obs": descriptors, "info": info}),
-                                   *frames])
+            worker.send_multipart(
+                [header(P.REPLY, req=request[P.REQ]), packb({"obs": descriptors, "info": info}), *frames]
+            )
             with pytest.raises(BrokerError, match="malformed reply from a worker"):
                 envs.recv()
     finally:

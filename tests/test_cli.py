@@ -98,10 +98,16 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
     # Values are checked too, before anything starts (these used to end in a traceback from `up`).
     for body, message in [
         ('[[workers]]\nenv = "CartPole-v1"\nenvs_per_worker = 0\n', "envs_per_worker must be an integer >= 1, got 0"),
-        ('[[workers]]\nenv = "CartPole-v1"\nenvs_per_worker = "4"\n', "envs_per_worker must be an integer >= 1, got '4'"),
+        (
+            '[[workers]]\nenv = "CartPole-v1"\nenvs_per_worker = "4"\n',
+            "envs_per_worker must be an integer >= 1, got '4'",
+        ),
         ('[[workers]]\nenv = "CartPole-v1"\nenv_kwargs = "{}"\n', "env_kwargs must be a table of keyword arguments"),
         ('[[workers]]\nenv = "CartPole-v1"\nnum_workers = true\n', "num_workers must be an integer >= 1, got True"),
-        ('[broker]\nheartbeat_interval = 0\n', "[broker] heartbeat_interval must be a number of seconds from 0.01 to 3600"),
+        (
+            "[broker]\nheartbeat_interval = 0\n",
+            "[broker] heartbeat_interval must be a number of seconds from 0.01 to 3600",
+        ),
     ]:
         config.write_text(body)
         result = run_cli("up", str(config))
@@ -120,8 +126,10 @@ def test_an_address_in_use_stops_broker_and_up_at_once_without_starting_workers(
         assert result.returncode == 1 and f"cannot bind {addr}: Address already in use" in result.stderr, result.stderr
         # `up` stops before its workers start: none may register with whatever holds the address.
         config = tmp_path / "taken.toml"
-        config.write_text(f'[broker]\nfrontend = "tcp://127.0.0.1:{free_port()}"\nbackend = "{addr}"\n\n'
-                          '[[workers]]\nenv = "CartPole-v1"\n')
+        config.write_text(
+            f'[broker]\nfrontend = "tcp://127.0.0.1:{free_port()}"\nbackend = "{addr}"\n\n'
+            '[[workers]]\nenv = "CartPole-v1"\n'
+        )
         result = run_cli("up", str(config))
         assert result.returncode == 1 and f"cannot bind {addr}" in result.stderr, result.stderr
         assert "rlay up: broker on" not in result.stdout
@@ -131,8 +139,15 @@ def test_an_address_in_use_stops_broker_and_up_at_once_without_starting_workers(
 
 
 def test_worker_without_broker_gives_up_after_its_timeout():
-    result = run_cli("worker", "CartPole-v1", "--broker", f"tcp://127.0.0.1:{free_port()}", "--register-timeout", "0.5",
-                     "--no-restart")
+    result = run_cli(
+        "worker",
+        "CartPole-v1",
+        "--broker",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--register-timeout",
+        "0.5",
+        "--no-restart",
+    )
     assert result.returncode == 1
     assert "no broker answered the registration" in result.stderr
 
@@ -161,7 +176,13 @@ def test_bench_smoke_prints_a_table_and_json():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     names = [w["name"] for w in report["workloads"]]
-    assert names == ["CartPole-v1 x8", "CartPole-v1 x64", "sleep 1 ms x64", "uint8[84,84,3] x8", "uint8[1080,1920,4] x8"]
+    assert names == [
+        "CartPole-v1 x8",
+        "CartPole-v1 x64",
+        "sleep 1 ms x64",
+        "uint8[84,84,3] x8",
+        "uint8[1080,1920,4] x8",
+    ]
     for w in report["workloads"]:
         assert w["rlay"] > 0 and w["sync"] > 0 and w["async"] > 0, w
     assert report["workloads"][-1]["bare_pyzmq_gbps"] > 0 and report["workloads"][-1]["memcpy_gbps"] > 0

@@ -53,10 +53,30 @@ def test_pickle_payload_is_refused_and_runs_nothing(tmp_path):
 @pytest.mark.parametrize(
     "value",
     [
-        None, True, 3, -2**63, 2**64 - 1, 1.5, "text", b"\x00bytes", [1, "a"], (1, (2.0, "x")), {"k": {"n": [None]}},
-        {1: "int key", (1, 2): "tuple key"}, 2**64, -(2**127) + 3, np.float32(1.25), np.int8(-3), np.bool_(True), np.uint64(2**64 - 1),
-        np.arange(12, dtype=np.int16).reshape(3, 4), np.zeros((0, 3), np.float64), np.array(["ab", "c"]),
-        np.array([b"x", b"yz"]), np.array([1 + 2j], np.complex64), np.asfortranarray(np.ones((2, 3))),
+        None,
+        True,
+        3,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        "text",
+        b"\x00bytes",
+        [1, "a"],
+        (1, (2.0, "x")),
+        {"k": {"n": [None]}},
+        {1: "int key", (1, 2): "tuple key"},
+        2**64,
+        -(2**127) + 3,
+        np.float32(1.25),
+        np.int8(-3),
+        np.bool_(True),
+        np.uint64(2**64 - 1),
+        np.arange(12, dtype=np.int16).reshape(3, 4),
+        np.zeros((0, 3), np.float64),
+        np.array(["ab", "c"]),
+        np.array([b"x", b"yz"]),
+        np.array([1 + 2j], np.complex64),
+        np.asfortranarray(np.ones((2, 3))),
         np.arange(10)[::3],
     ],
     ids=repr,
@@ -99,9 +119,21 @@ def ext_array(dtype, shape, data) -> bytes:
         (b"\xc8\x00\x08\xff" + b"\x00" * 8, "extension type -1"),  # ext 16
         (b"\x91\xc9\x00\x00\x00\x0c\xff" + b"\x00" * 12, "extension type -1"),  # ext 32, in an array
         # a timestamp inside tuples nested 3 deep (the outermost decode looks into them)
-        (msgpack.packb(msgpack.ExtType(3, msgpack.packb([msgpack.ExtType(3, msgpack.packb([msgpack.ExtType(
-            3, msgpack.packb([msgpack.Timestamp(5)]))]))]))), "extension type -1"),
-        (ext_array("<U1", [1], b"\xff\xff\xff\xff"), "beyond U\\+10FFFF"),  # numpy would keep it, and fail on reading it
+        (
+            msgpack.packb(
+                msgpack.ExtType(
+                    3,
+                    msgpack.packb(
+                        [msgpack.ExtType(3, msgpack.packb([msgpack.ExtType(3, msgpack.packb([msgpack.Timestamp(5)]))]))]
+                    ),
+                )
+            ),
+            "extension type -1",
+        ),
+        (
+            ext_array("<U1", [1], b"\xff\xff\xff\xff"),
+            "beyond U\\+10FFFF",
+        ),  # numpy would keep it, and fail on reading it
         (msgpack.packb(msgpack.ExtType(2, msgpack.packb([">U1", b"\x00\x11\x00\x00"]))), "beyond U\\+10FFFF"),
     ],
 )
@@ -170,8 +202,10 @@ def test_msgpack_numpy_maps_are_refused_whatever_the_key_encoding(key_type, tmp_
 
     marker = tmp_path / "owned"
     prefix = {"bin8": b"\xc4\x02", "bin16": b"\xc5" + struct.pack(">H", 2), "bin32": b"\xc6" + struct.pack(">I", 2)}
-    rest = msgpack.packb({b"type": "|O", b"kind": b"O", b"shape": [1], b"data": pickle.dumps(_CreatesFile(str(marker)))},
-                         use_bin_type=True)
+    rest = msgpack.packb(
+        {b"type": "|O", b"kind": b"O", b"shape": [1], b"data": pickle.dumps(_CreatesFile(str(marker)))},
+        use_bin_type=True,
+    )
     payload = bytes([0x80 | 5]) + prefix[key_type] + b"nd" + b"\xc3" + rest[1:]  # {nd: True, ...4 more}
     with pytest.raises(WireError, match="msgpack-numpy"):
         unpackb(payload)

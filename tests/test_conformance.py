@@ -18,27 +18,52 @@ def conformance(*args: str) -> tuple[int, str]:
 
 @pytest.mark.timeout(CONFORMANCE_TIMEOUT + 30)
 def test_the_python_command_worker_conforms():
-    code, out = conformance("--", sys.executable, "-m", "rlay.cli", "worker", "rlay/Conformance-v0", "-k", "4",
-                            "--broker", "{broker}", "--no-restart")
+    code, out = conformance(
+        "--",
+        sys.executable,
+        "-m",
+        "rlay.cli",
+        "worker",
+        "rlay/Conformance-v0",
+        "-k",
+        "4",
+        "--broker",
+        "{broker}",
+        "--no-restart",
+    )
     assert code == 0, out
     assert "21 checks: 21 passed, 0 failed" in out, out
 
 
 @pytest.mark.timeout(CONFORMANCE_TIMEOUT + 30)
 def test_the_python_push_worker_conforms():
-    code, out = conformance("--mode", "push", "--", sys.executable, "-m", "workers.examples.tick_game",
-                            "rlay/Conformance-v0", "--agents", "3", "--every", "3")
+    code, out = conformance(
+        "--mode",
+        "push",
+        "--",
+        sys.executable,
+        "-m",
+        "workers.examples.tick_game",
+        "rlay/Conformance-v0",
+        "--agents",
+        "3",
+        "--every",
+        "3",
+    )
     assert code == 0, out
     assert "passed, 0 failed" in out, out
 
 
 @pytest.mark.timeout(CONFORMANCE_TIMEOUT + 30)
-@pytest.mark.parametrize("mutation, failing", [
-    ("no-autoreset", ["steps like SyncVectorEnv, autoreset NextStep", "first-ready stepping"]),
-    ("wrong-dtype", ["serves a valid request after bad ones"]),
-    ("deaf-heartbeat", ["pings at the interval the broker announces"]),
-    ("answers-errors", ["never answers an error"]),
-])
+@pytest.mark.parametrize(
+    "mutation, failing",
+    [
+        ("no-autoreset", ["steps like SyncVectorEnv, autoreset NextStep", "first-ready stepping"]),
+        ("wrong-dtype", ["serves a valid request after bad ones"]),
+        ("deaf-heartbeat", ["pings at the interval the broker announces"]),
+        ("answers-errors", ["never answers an error"]),
+    ],
+)
 def test_a_worker_that_breaks_the_protocol_fails(mutation, failing):
     code, out = conformance("--", sys.executable, "-m", "tests.mutants", mutation)
     assert code == 1, out

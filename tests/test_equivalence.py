@@ -24,7 +24,10 @@ ENVS = {
     "FrozenLake-v1": ("FrozenLake-v1", {}),  # Discrete observations, int-then-float info
     "Blackjack-v1": ("Blackjack-v1", {}),  # Tuple observations
     "DictEnv": ("tests.envs:DictEnv", {}),  # Dict spaces with every leaf kind
-    "ReusedInfoEnv": ("tests.envs:ReusedInfoEnv", {}),  # one info dict, reused and shared, changing after it is returned
+    "ReusedInfoEnv": (
+        "tests.envs:ReusedInfoEnv",
+        {},
+    ),  # one info dict, reused and shared, changing after it is returned
     "ScalarEnv": ("tests.envs:ScalarEnv", {}),  # 0-d spaces
 }
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
@@ -41,7 +44,9 @@ def make_fn(name: str):
     return functools.partial(gym.make, spec, **kwargs)
 
 
-def compare_runs(rlay_env: RlayVectorEnv, name: str, mode: AutoresetMode, seed: int = 7, num_envs: int = NUM_ENVS) -> None:
+def compare_runs(
+    rlay_env: RlayVectorEnv, name: str, mode: AutoresetMode, seed: int = 7, num_envs: int = NUM_ENVS
+) -> None:
     sync = SyncVectorEnv([make_fn(name)] * num_envs, autoreset_mode=mode)
     try:
         assert rlay_env.single_observation_space == sync.single_observation_space
@@ -91,8 +96,17 @@ def test_embedded_equals_sync(name, mode, envs_per_worker):
 @pytest.fixture(scope="module")
 def cli_deployment():
     """`rlay broker` plus one `rlay worker` per env kind, as real subprocesses."""
-    commands = [[spec, "--num-workers", "2", "--envs-per-worker", "2",
-                 *(["--env-kwargs", json.dumps(kwargs)] if kwargs else [])] for spec, kwargs in ENVS.values()]
+    commands = [
+        [
+            spec,
+            "--num-workers",
+            "2",
+            "--envs-per-worker",
+            "2",
+            *(["--env-kwargs", json.dumps(kwargs)] if kwargs else []),
+        ]
+        for spec, kwargs in ENVS.values()
+    ]
     with deployment(commands, workers=2 * len(ENVS)) as (front, _):
         yield front
 

@@ -18,8 +18,9 @@ DELAYS = [0.0, 0.0, 0.2, 0.2]  # two fast envs, two slow ones, each in its own w
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP], ids=lambda m: m.value)
 def test_fast_envs_come_first_and_each_env_equals_sync(mode):
-    envs = RlayVectorEnv([functools.partial(delayed_cartpole, d) for d in DELAYS], envs_per_worker=1,
-                         autoreset_mode=mode, timeout=30)
+    envs = RlayVectorEnv(
+        [functools.partial(delayed_cartpole, d) for d in DELAYS], envs_per_worker=1, autoreset_mode=mode, timeout=30
+    )
     # The reference: each env alone in a SyncVectorEnv, stepped with the same actions.
     refs = [SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=mode) for _ in DELAYS]
     rng = np.random.default_rng(0)
@@ -47,7 +48,7 @@ def test_fast_envs_come_first_and_each_env_equals_sync(mode):
             slow_results += sum(i >= 2 for i in ids)
             for k, env_id in enumerate(ids):
                 expected = refs[env_id].step(np.array([sent.pop(env_id)]))
-                got = (obs[k:k + 1], rewards[k:k + 1], terminations[k:k + 1], truncations[k:k + 1])
+                got = (obs[k : k + 1], rewards[k : k + 1], terminations[k : k + 1], truncations[k : k + 1])
                 for g, e in zip(got, expected[:4]):
                     np.testing.assert_array_equal(g, e)
                 if "final_obs" in expected[4]:
@@ -81,8 +82,12 @@ def test_results_a_recv_kept_back_still_count_as_pending():
         envs.send(np.array([0, 0]), [0, 1])
         *_, infos = envs.recv(batch_size=1, timeout=10)
         held = 1 - int(infos["env_id"][0])
-        for call in (lambda: envs.async_reset(seed=1), lambda: envs.step(np.array([1, 1])), lambda: envs.reset(),
-                     lambda: envs.send(np.array([0]), [held])):
+        for call in (
+            lambda: envs.async_reset(seed=1),
+            lambda: envs.step(np.array([1, 1])),
+            lambda: envs.reset(),
+            lambda: envs.send(np.array([0]), [held]),
+        ):
             with pytest.raises(AlreadyPendingCallError, match="not yet received"):
                 call()
         *_, infos = envs.recv(timeout=10)

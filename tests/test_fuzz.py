@@ -19,21 +19,50 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 # Plain msgpack data, shaped like what peers send.
 data = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=64),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10) | st.binary(max_size=4), inner,
-                                                                 max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10) | st.binary(max_size=4), inner, max_size=6)
+    ),
     max_leaves=30,
 )
-VOCABULARY = ["v", "type", "req", "parts", "envs", "slots", "env_id", "num_envs", "timeout", "gather", "obs_space",
-              "act_space", "host", "pid", "mode", "errors", "code", "known", "dtype", "shape", "rows", "text", "nd"]
+VOCABULARY = [
+    "v",
+    "type",
+    "req",
+    "parts",
+    "envs",
+    "slots",
+    "env_id",
+    "num_envs",
+    "timeout",
+    "gather",
+    "obs_space",
+    "act_space",
+    "host",
+    "pid",
+    "mode",
+    "errors",
+    "code",
+    "known",
+    "dtype",
+    "shape",
+    "rows",
+    "text",
+    "nd",
+]
 TYPES = [P.REGISTER, P.REPLY, P.ERROR, P.DISCONNECT, P.LEASE, P.RELEASE, P.STATUS, P.HEARTBEAT, *P.BATCH_CALLS, "x"]
 headers = st.fixed_dictionaries(
     {"v": st.sampled_from([1, 1, 1, 2, None, "1"]), "type": st.sampled_from(TYPES)},
     optional={k: data for k in VOCABULARY[2:]},
 )
-ext = st.builds(lambda code, payload: msgpack.packb(msgpack.ExtType(code, payload)),
-                st.integers(0, 127), st.binary(max_size=40))
+ext = st.builds(
+    lambda code, payload: msgpack.packb(msgpack.ExtType(code, payload)), st.integers(0, 127), st.binary(max_size=40)
+)
 
 
 def packed(value) -> bytes:
@@ -134,11 +163,15 @@ def test_messages_over_the_size_limit_are_dropped_and_the_broker_serves_on(tmp_p
         assert code == 0, err
 
 
-@pytest.mark.parametrize("answer, registers", [
-    ([b"\xc1 not msgpack"], True),
-    ([packed({"type": P.REGISTERED, "worker": "w1", "slots": [0]})], True),  # no version at all
-    ([packed({"v": 2, "type": P.REGISTERED, "worker": "w1", "slots": [0]})], False),
-], ids=["unreadable", "no-version", "other-version"])
+@pytest.mark.parametrize(
+    "answer, registers",
+    [
+        ([b"\xc1 not msgpack"], True),
+        ([packed({"type": P.REGISTERED, "worker": "w1", "slots": [0]})], True),  # no version at all
+        ([packed({"v": 2, "type": P.REGISTERED, "worker": "w1", "slots": [0]})], False),
+    ],
+    ids=["unreadable", "no-version", "other-version"],
+)
 def test_a_worker_awaiting_registration_skips_unreadable_messages(answer, registers):
     """Before `registered`, an unreadable message is logged and skipped, and the worker registers and
     serves; a header of another protocol version ends the registration with an error saying so."""

@@ -93,16 +93,20 @@ time.sleep(600)  # killed by the test long before
 def test_killed_trainer_has_its_slots_freed_within_the_bound(addresses):
     front, _ = addresses
     broker, worker = start(addresses, "CartPole-v1")
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, front], cwd=ROOT, env=subprocess_env(),
-                               stdout=subprocess.PIPE, text=True)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, front], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert trainer.stdout.readline().strip() == "leased"
         assert sum(w["leased"] for w in broker_status(front)["workers"]) == 2
         trainer.kill()
         trainer.wait(10)
         killed = time.monotonic()
-        wait_for(lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0, BOUND + 2,
-                 "the killed trainer's slots to be freed")
+        wait_for(
+            lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0,
+            BOUND + 2,
+            "the killed trainer's slots to be freed",
+        )
         assert time.monotonic() - killed < BOUND
         assert broker_status(front)["trainers"] == []
     finally:
@@ -137,8 +141,11 @@ def test_workers_register_again_when_the_broker_restarts(addresses):
             envs.step(np.array([0, 1]))  # the trainer learns within seconds, not at the call's 30 s timeout
         envs.close()
         broker = Proc("broker", "--frontend", front, "--backend", back)
-        wait_for(lambda: sorted(worker_pids(front).values()) == before, 30,
-                 "the same worker processes to register with the new broker")
+        wait_for(
+            lambda: sorted(worker_pids(front).values()) == before,
+            30,
+            "the same worker processes to register with the new broker",
+        )
         again = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30)
         try:
             obs, _ = again.reset(seed=0)
@@ -156,8 +163,11 @@ def test_rlay_worker_restarts_a_killed_worker_process(addresses):
         before = set(worker_pids(front).values())
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(worker_pids(front)) == 2 and victim not in worker_pids(front).values(), 20,
-                 "the supervisor to restart the killed worker")
+        wait_for(
+            lambda: len(worker_pids(front)) == 2 and victim not in worker_pids(front).values(),
+            20,
+            "the supervisor to restart the killed worker",
+        )
         assert len(set(worker_pids(front).values()) & before) == 1
     finally:
         code, _, err = worker.stop()
@@ -171,9 +181,22 @@ def test_supervision_gives_up_on_a_worker_that_keeps_dying(addresses):
     broker = Proc("broker", "--frontend", front, "--backend", back)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "rlay.cli", "worker", "tests.envs:broken_factory", "--broker", back,
-             "--max-restarts", "2"],
-            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "rlay.cli",
+                "worker",
+                "tests.envs:broken_factory",
+                "--broker",
+                back,
+                "--max-restarts",
+                "2",
+            ],
+            cwd=ROOT,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 1
         assert result.stderr.count("restarting it in") == 2 and "not restarting it again" in result.stderr
@@ -203,8 +226,11 @@ def test_a_trainer_dying_right_after_its_lease_is_still_noticed(addresses):
         main.send(header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=2, timeout=10))
         assert main.poll(10_000) and decode_header(main.recv())[P.TYPE] == P.LEASED
         leased = time.monotonic()  # ...and it never pings again
-        wait_for(lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0, BOUND + 2,
-                 "the silent trainer's slots to be freed")
+        wait_for(
+            lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0,
+            BOUND + 2,
+            "the silent trainer's slots to be freed",
+        )
         assert time.monotonic() - leased < BOUND
     finally:
         main.close()
@@ -247,8 +273,9 @@ def test_workers_and_trainers_ping_as_often_as_the_broker_says(addresses):
     peers adopt them, so a broker that expects a ping every 0.1 s (expiry 0.4 s) keeps peers that
     start out at the default 0.5 s. Before, they were lost and registered again, over and over."""
     front, back = addresses
-    broker = Proc("broker", "--frontend", front, "--backend", back, "--heartbeat-interval", "0.1",
-                  "--heartbeat-liveness", "4")
+    broker = Proc(
+        "broker", "--frontend", front, "--backend", back, "--heartbeat-interval", "0.1", "--heartbeat-liveness", "4"
+    )
     worker = Proc("worker", "CartPole-v1", "--broker", back, "-k", "2")
     envs = None
     try:
@@ -273,8 +300,9 @@ def test_a_registered_worker_that_never_pings_is_expired(addresses):
     """Heartbeats are mandatory for workers: a registration that never pings is lost after the
     expiry, as a dead worker is (it used to be kept for good, holding its env id's spaces)."""
     front, back = addresses
-    broker = Proc("broker", "--frontend", front, "--backend", back, "--heartbeat-interval", "0.1",
-                  "--heartbeat-liveness", "4")
+    broker = Proc(
+        "broker", "--frontend", front, "--backend", back, "--heartbeat-interval", "0.1", "--heartbeat-liveness", "4"
+    )
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -284,8 +312,7 @@ def test_a_registered_worker_that_never_pings_is_expired(addresses):
         from rlay.wire import decode_header, header
 
         space = encode_space(gym.spaces.Discrete(2))
-        sock.send(header(P.REGISTER, env_id="Silent-v0", num_envs=1, host="h", pid=1, obs_space=space,
-                         act_space=space))
+        sock.send(header(P.REGISTER, env_id="Silent-v0", num_envs=1, host="h", pid=1, obs_space=space, act_space=space))
         assert sock.poll(10_000)
         registered = decode_header(sock.recv_multipart()[0])
         assert registered[P.TYPE] == P.REGISTERED

@@ -123,7 +123,9 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
         return len(json.loads(result.stdout)["workers"]) if result.returncode == 0 else 0
 
     def worker_host(ns: str, *args: str) -> Proc:
-        return Proc("worker", "CartPole-v1", "--broker", back, "--curve", keys, "--no-restart", *args, command=in_ns(ns))
+        return Proc(
+            "worker", "CartPole-v1", "--broker", back, "--curve", keys, "--no-restart", *args, command=in_ns(ns)
+        )
 
     # 2 x 2 envs on the worker host, then 4 on the spare host.
     procs = [broker, worker_host(w_ns, "-p", "2", "-k", "2")]
@@ -132,9 +134,15 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
         wait_for(lambda: registered() == 2, 60, "both workers on the worker host to register across the bridge")
         procs.append(worker_host(s_ns, "-k", "4"))
         wait_for(lambda: registered() == 3, 60, "the spare host's worker to register")
-        trainer = subprocess.Popen(on_host(t_ns, sys.executable, "-c", TRAINER, front, keys),
-                                   cwd=ROOT, env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        trainer = subprocess.Popen(
+            on_host(t_ns, sys.executable, "-c", TRAINER, front, keys),
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # The lease takes slots by (worker rank, registration): the worker host's first worker and
         # half of the spare host's.
         assert next_line(trainer) == f"hosts {','.join(sorted((w_ns, s_ns)))}"

@@ -38,8 +38,21 @@ class Games:
     def start(self, env: str, name: str, *extra: str, agents: int = 1, count: int = 1) -> None:
         before = self.registered(name)
         for _ in range(count):
-            self.procs.append(Proc(env, "--broker", self.back, "--name", name, "--agents", str(agents),
-                                   "--tick-hz", TICK_HZ, *extra, command=GAME))
+            self.procs.append(
+                Proc(
+                    env,
+                    "--broker",
+                    self.back,
+                    "--name",
+                    name,
+                    "--agents",
+                    str(agents),
+                    "--tick-hz",
+                    TICK_HZ,
+                    *extra,
+                    command=GAME,
+                )
+            )
         wait_for(lambda: self.registered(name) == before + count * agents, 60, f"{count} game(s) {name!r} to register")
 
     def registered(self, name: str) -> int:
@@ -190,8 +203,13 @@ def test_game_side_api_refuses_misuse(broker):
     from workers.push import PushWorker
 
     env = gym.make("CartPole-v1")
-    game = PushWorker(broker[1], env_id="api-misuse", observation_space=env.observation_space,
-                      action_space=env.action_space, num_agents=2)
+    game = PushWorker(
+        broker[1],
+        env_id="api-misuse",
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        num_agents=2,
+    )
     try:
         with pytest.raises(IndexError, match="agent 2 out of range"):
             game.submit(2)

@@ -45,8 +45,9 @@ def test_only_authorized_keys_get_in(keys):
 
         # Workers without a key, or with a key the broker does not know, never get through.
         for extra in ([], ["--curve", str(stranger)]):
-            result = run_cli("worker", "CartPole-v1", "--broker", back, "--register-timeout", "1.5",
-                             "--no-restart", *extra)
+            result = run_cli(
+                "worker", "CartPole-v1", "--broker", back, "--register-timeout", "1.5", "--no-restart", *extra
+            )
             # (queued until the handshake fails, or refused at once: either way it gives up in time)
             assert result.returncode == 1, result.stderr
             assert re.search("no broker answered the registration|could not send the registration", result.stderr)
@@ -56,8 +57,10 @@ def test_only_authorized_keys_get_in(keys):
         # The error names CURVE keys as a likely cause: the request waits for an answer that never comes,
         # or (once the failed handshake dropped the connection) cannot even be sent.
         for curve in (None, Curve.from_dir(str(stranger), "client")):
-            with pytest.raises((RlayTimeoutError, BrokerLostError),
-                               match="no reply from the broker|not answered heartbeats|could not send a lease") as lost:
+            with pytest.raises(
+                (RlayTimeoutError, BrokerLostError),
+                match="no reply from the broker|not answered heartbeats|could not send a lease",
+            ) as lost:
                 RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=1.0, curve=curve)
             text = str(lost.value)
             assert "CURVE" in text and ("could not send" in text or "nothing at all has come from that address" in text)
@@ -106,8 +109,10 @@ def test_unusable_key_files_are_refused_at_start_naming_the_file(tmp_path):
     generate_keys(str(keydir))
     authorized = keydir / "authorized"
     bad = authorized / "typo.key"
-    for text, reason in [("not a certificate\n", "has no public-key line"),
-                         ('curve\n    public-key = "tooshort"\n', "is not 40 characters of Z85")]:
+    for text, reason in [
+        ("not a certificate\n", "has no public-key line"),
+        ('curve\n    public-key = "tooshort"\n', "is not 40 characters of Z85"),
+    ]:
         bad.write_text(text)
         result = run_cli("broker", "--curve", str(keydir), timeout=30)
         assert result.returncode == 2 and str(bad) in result.stderr and reason in result.stderr, result.stderr
@@ -128,17 +133,23 @@ def test_under_curve_the_limit_a_trainer_is_told_leaves_room_for_curves_33_bytes
     keydir, _ = keys
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "limited.toml"
-    config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\n'
-                      f'curve = "{keydir}"\n')
+    config.write_text(
+        f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_message_size = 12000\ncurve = "{keydir}"\n'
+    )
     good = Curve.from_dir(str(keydir), "client")
     procs = [Proc("broker", "--config", str(config))]
     try:
         procs.append(Proc("worker", "CartPole-v1", "--broker", back, "--curve", str(keydir)))
-        wait_for(lambda: _answers(front, good) and len(secure_status(front, good, 5)["workers"]) == 1, 60,
-                 "the worker to register")
+        wait_for(
+            lambda: _answers(front, good) and len(secure_status(front, good, 5)["workers"]) == 1,
+            60,
+            "the worker to register",
+        )
         envs = RlayVectorEnv.remote("CartPole-v1", 1, broker=front, timeout=10, curve=good)
         try:
-            with pytest.raises(BrokerError, match="a frame of 11979 bytes is over the broker's max_message_size of 11967"):
+            with pytest.raises(
+                BrokerError, match="a frame of 11979 bytes is over the broker's max_message_size of 11967"
+            ):
                 envs.set_attr("note", "x" * 11_957)  # a body of 11,979 bytes: 12,012 on the wire
             envs.set_attr("note", "x" * 11_945)  # 11,967 bytes: 12,000 on the wire, the largest that passes
             assert envs.get_attr("note") == ("x" * 11_945,)

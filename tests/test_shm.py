@@ -35,8 +35,9 @@ def paths(monkeypatch):
     decode = rlay.vector.decode_leaves
 
     def spy(descriptors, *args, **kwargs):
-        seen.append(["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame"
-                     for d in descriptors])
+        seen.append(
+            ["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame" for d in descriptors]
+        )
         return decode(descriptors, *args, **kwargs)
 
     monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
@@ -99,8 +100,9 @@ def test_first_ready_results_from_shared_memory_are_each_envs_own(paths):
 def test_after_first_ready_stepping_the_buffer_holds_each_envs_last_observation(shared_memory):
     """A masked reset after recv() returns, for the rows it does not reset, the observation recv()
     last returned for them: every leaf of it (workers write large leaves into the buffer at once)."""
-    envs = RlayVectorEnv([ImageDictEnv] * 2, envs_per_worker=1, autoreset_mode=AutoresetMode.DISABLED,
-                         shared_memory=shared_memory)
+    envs = RlayVectorEnv(
+        [ImageDictEnv] * 2, envs_per_worker=1, autoreset_mode=AutoresetMode.DISABLED, shared_memory=shared_memory
+    )
     try:
         envs.async_reset(seed=0)
         envs.recv(2)
@@ -123,8 +125,9 @@ def test_a_lost_envs_truncation_reports_its_last_observation_not_the_new_envs(mo
 
     from tests.envs import SlowImageEnv
 
-    envs = RlayVectorEnv([SlowImageEnv] * 4, envs_per_worker=2, autoreset_mode=mode, on_worker_failure="replace",
-                         timeout=30)
+    envs = RlayVectorEnv(
+        [SlowImageEnv] * 4, envs_per_worker=2, autoreset_mode=mode, on_worker_failure="replace", timeout=30
+    )
     try:
         envs.reset(seed=0)
         seen = envs.step(np.zeros(4, np.int64))[0].copy()
@@ -146,7 +149,9 @@ def test_a_worker_that_cannot_see_the_segment_sends_frames(paths):
     carry the observations; the results are the same."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("a private /dev/shm needs root and unshare")
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"], capture_output=True, timeout=10)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /dev/shm"], capture_output=True, timeout=10
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode()}")
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
@@ -189,8 +194,14 @@ def test_a_dev_shm_too_small_for_the_buffer_means_frames_not_a_crash():
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("a private /dev/shm needs root and unshare")
     script = f'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {sys.executable} -c "$0"'
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, TOO_SMALL], cwd=ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, TOO_SMALL],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0 and "mount" in proc.stderr and "equal to sync" not in proc.stdout:
         pytest.skip(f"cannot make a mount namespace here: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -227,21 +238,24 @@ def test_a_valid_offer_gives_views_of_the_trainers_rows(segment):
         cache.close()
 
 
-@pytest.mark.parametrize("change", [
-    {"token": b"\0" * 16},  # not this segment's token
-    {"token": "not bytes"},
-    {"name": "../../etc/passwd"},
-    {"name": "rlay-1-not-hex-at-all"},
-    {"name": "rlay-9999999-0123456789abcdef"},  # no such segment (another host's)
-    {"name": "rlay-9999999999-0123456789abcdef"},  # not a pid
-    {"leaves": [[0, [0, 4096]]]},  # row 0 over the token
-    {"leaves": [[0, [4096, 1 << 40]]]},  # past the end
-    {"leaves": [[0, [4096]]]},  # one offset for two rows
-    {"leaves": [[1, [4096, 4096 + 65536]]]},  # no such leaf
-    {"leaves": [[0, [4096.0, 4096 + 65536]]]},
-    {"leaves": "all of them"},
-    {"leaves": [[0, [4096, 4096 + 65536]], [0, [4096, 4096 + 65536]]]},  # a leaf twice
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"token": b"\0" * 16},  # not this segment's token
+        {"token": "not bytes"},
+        {"name": "../../etc/passwd"},
+        {"name": "rlay-1-not-hex-at-all"},
+        {"name": "rlay-9999999-0123456789abcdef"},  # no such segment (another host's)
+        {"name": "rlay-9999999999-0123456789abcdef"},  # not a pid
+        {"leaves": [[0, [0, 4096]]]},  # row 0 over the token
+        {"leaves": [[0, [4096, 1 << 40]]]},  # past the end
+        {"leaves": [[0, [4096]]]},  # one offset for two rows
+        {"leaves": [[1, [4096, 4096 + 65536]]]},  # no such leaf
+        {"leaves": [[0, [4096.0, 4096 + 65536]]]},
+        {"leaves": "all of them"},
+        {"leaves": [[0, [4096, 4096 + 65536]], [0, [4096, 4096 + 65536]]]},  # a leaf twice
+    ],
+)
 def test_an_offer_the_worker_cannot_trust_or_use_means_frames(segment, change):
     cache = SegmentCache()
     try:
@@ -300,8 +314,9 @@ def test_nothing_is_written_unless_the_reply_succeeds():
 
     space = spaces.Dict({"a": IMAGE, "b": IMAGE})
     two = ObsSegment.create([(0, IMAGE), (1, IMAGE)], 1)
-    worker = WorkerBase("tcp://127.0.0.1:1", env_id="x", observation_space=space, action_space=spaces.Discrete(2),
-                        num_envs=1)
+    worker = WorkerBase(
+        "tcp://127.0.0.1:1", env_id="x", observation_space=space, action_space=spaces.Discrete(2), num_envs=1
+    )
     try:
         request = Request("reset", 1, [0], {"seeds": [None], "shm": two.offer([0])}, [])
         bad = {"a": np.full(IMAGE.shape, 9, np.uint8), "b": np.zeros((2, 2), np.uint8)}
@@ -392,8 +407,9 @@ if sys.argv[1] == "kill":
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_no_segment_outlives_its_trainer(how):
     """At exit without close() the trainer removes it; SIGKILLed, its orphaned workers do."""
-    proc = subprocess.run([sys.executable, "-c", KILLED, how], cwd=ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED, how], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == (-9 if how == "kill" else 0), proc.stderr
     path = proc.stdout.strip()
     assert path.startswith(SHM_DIR + "/rlay-")
@@ -424,8 +440,14 @@ def test_a_remote_trainer_killed_leaves_no_segment_behind(tmp_path):
     """A remote trainer has no children to clean up after it: its host's worker removes the segment."""
     workers = '[[workers]]\nenv = "rlay.bench:FrameEnv"\nenv_kwargs = { shape = [64, 64, 4] }\nenvs_per_worker = 2'
     with up_deployment(tmp_path, "", workers) as (front, _):  # 16 KiB per env: shared memory
-        proc = subprocess.run([sys.executable, "-c", REMOTE_KILLED, front], cwd=ROOT, env=subprocess_env(),
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", REMOTE_KILLED, front],
+            cwd=ROOT,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == -9, proc.stderr
         path = proc.stdout.strip()
         assert path.startswith(SHM_DIR + "/rlay-")
@@ -494,8 +516,15 @@ def test_a_forked_child_does_not_keep_a_dead_trainers_segment_alive():
     segment would never be removed."""
     go_r, go_w = os.pipe()
     answer_r, answer_w = os.pipe()
-    trainer = subprocess.Popen([sys.executable, "-c", FORKED_AFTER, str(go_r), str(answer_w)], pass_fds=(go_r, answer_w),
-                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", FORKED_AFTER, str(go_r), str(answer_w)],
+        pass_fds=(go_r, answer_w),
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.close(go_r)
     os.close(answer_w)  # so that the read below ends (EOF) if the worker dies without answering
     path = ""

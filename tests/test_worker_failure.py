@@ -47,8 +47,11 @@ def test_embedded_worker_killed_mid_step_raises_naming_envs_worker_host_and_caus
         with pytest.raises(WorkerLostError) as caught:
             envs.step_wait()
         text = str(caught.value)
-        assert re.search(rf"envs 2, 3 \(slots \[\d+, \d+\]\) on worker w\d+ \(host {socket.gethostname()}\): "
-                         rf"worker w\d+ \(pid {victim} on host \S+\) was lost: its process exited with code -9", text), text
+        assert re.search(
+            rf"envs 2, 3 \(slots \[\d+, \d+\]\) on worker w\d+ \(host {socket.gethostname()}\): "
+            rf"worker w\d+ \(pid {victim} on host \S+\) was lost: its process exited with code -9",
+            text,
+        ), text
         with pytest.raises(WorkerLostError, match=r"envs 2, 3 \(slots \[\d+, \d+\]\) are lost"):
             envs.step(np.zeros(4, np.int64))  # and so does every later call on them
     finally:
@@ -77,8 +80,13 @@ def test_remote_worker_killed_mid_step_raises_and_no_slot_leaks():
 
 @pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
 def test_embedded_worker_killed_mid_step_is_replaced(mode):
-    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, autoreset_mode=mode,
-                         on_worker_failure="replace", timeout=30)
+    envs = RlayVectorEnv(
+        [functools.partial(delayed_cartpole, 0.02)] * 4,
+        envs_per_worker=2,
+        autoreset_mode=mode,
+        on_worker_failure="replace",
+        timeout=30,
+    )
     sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4, autoreset_mode=mode)
     rng = np.random.default_rng(0)
     try:
@@ -128,8 +136,13 @@ def test_embedded_worker_killed_mid_step_is_replaced(mode):
 def test_embedded_worker_that_hangs_is_killed_restarted_and_replaced():
     """A stopped (or GIL-stuck) local worker is lost by its silence; supervision restarts only processes
     that exit, so the trainer's cluster kills it, and the replacement comes from its restart."""
-    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 2, envs_per_worker=1, on_worker_failure="replace",
-                         timeout=30, replace_timeout=30)
+    envs = RlayVectorEnv(
+        [lambda: gym.make("CartPole-v1")] * 2,
+        envs_per_worker=1,
+        on_worker_failure="replace",
+        timeout=30,
+        replace_timeout=30,
+    )
     try:
         envs.reset(seed=0)
         victim = envs._groups[1].pid
@@ -149,8 +162,9 @@ def test_embedded_worker_that_hangs_is_killed_restarted_and_replaced():
 
 
 def test_embedded_worker_killed_during_first_ready_stepping_is_replaced():
-    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
-                         on_worker_failure="replace", timeout=30)
+    envs = RlayVectorEnv(
+        [functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, on_worker_failure="replace", timeout=30
+    )
     try:
         victim = envs._groups[1].pid
         envs.async_reset(seed=0)
@@ -229,8 +243,11 @@ def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back():
             assert waited < 5, f"replaced after {waited:.1f} s"
             assert envs._groups[1].pid not in (victim, envs._groups[0].pid)  # the spare
             # The continued worker registers again, with new free slots: nothing lost, nothing leaked.
-            wait_for(lambda: victim in [w["pid"] for w in broker_status(front)["workers"]], 15,
-                     "the continued worker to register again")
+            wait_for(
+                lambda: victim in [w["pid"] for w in broker_status(front)["workers"]],
+                15,
+                "the continued worker to register again",
+            )
             assert slot_totals(broker_status(front)) == (3, 2)
             for _ in range(10):
                 envs.step(np.zeros(2, np.int64))
@@ -242,8 +259,9 @@ def test_remote_replacement_that_never_comes_raises_after_replace_timeout(addres
     front, back = addresses
     procs = start_deployment(front, back, [["CartPole-v1", "--no-restart"]] * 2, workers=2)
     try:
-        envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace",
-                                    replace_timeout=1.0)
+        envs = RlayVectorEnv.remote(
+            "CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace", replace_timeout=1.0
+        )
         try:
             envs.reset(seed=0)
             victim = envs._groups[1].pid
@@ -325,8 +343,11 @@ def test_embedded_worker_killed_while_the_trainer_computes_raises_naming_it():
         victim = envs._groups[1].pid
         os.kill(victim, signal.SIGKILL)
         broker = envs._cluster.inline_broker
-        wait_for(lambda: all(w.pid != victim for w in list(broker.workers.values())), 10,
-                 "the idle pumper to lose the silent worker")
+        wait_for(
+            lambda: all(w.pid != victim for w in list(broker.workers.values())),
+            10,
+            "the idle pumper to lose the silent worker",
+        )
         with pytest.raises(WorkerLostError, match=rf"envs 2, 3 \(slots \[\d+, \d+\]\) are lost: .*pid {victim}"):
             envs.step(np.zeros(4, np.int64))
     finally:
@@ -334,8 +355,9 @@ def test_embedded_worker_killed_while_the_trainer_computes_raises_naming_it():
 
 
 def test_first_ready_second_loss_reports_the_last_observation_seen():
-    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
-                         on_worker_failure="replace", timeout=30)
+    envs = RlayVectorEnv(
+        [functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, on_worker_failure="replace", timeout=30
+    )
 
     def step_all():
         envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
@@ -369,8 +391,9 @@ def test_a_first_ready_send_that_cannot_be_sent_leaves_the_replaced_envs_as_they
     """Under NextStep, the step after a loss resets the replaced envs in the trainer. A send that
     raises before anything went out (here: a request the broker's max_message_size would refuse)
     must not use that up: the same send afterwards gives the same results as if it had not failed."""
-    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2,
-                         on_worker_failure="replace", timeout=30)
+    envs = RlayVectorEnv(
+        [functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, on_worker_failure="replace", timeout=30
+    )
     try:
         envs.async_reset(seed=0)
         envs.recv()
@@ -401,8 +424,9 @@ def test_a_worker_whose_queue_is_full_is_lost_and_replaced():
     its LOST slots can be replaced (protocol 5.8 leg 2)."""
     import zmq
 
-    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2, on_worker_failure="replace",
-                         timeout=10)
+    envs = RlayVectorEnv(
+        [lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2, on_worker_failure="replace", timeout=10
+    )
     try:
         envs.reset(seed=0)
         broker = envs._cluster.inline_broker
@@ -434,8 +458,9 @@ def test_broker_restarted_while_a_replacement_waits_during_first_ready_stepping(
     procs = start_deployment(front, back, [[*slow, "-p", "2"]], workers=2)
     envs = None
     try:
-        envs = RlayVectorEnv.remote("Slow-v0", 2, broker=front, timeout=15, on_worker_failure="replace",
-                                    replace_timeout=40)
+        envs = RlayVectorEnv.remote(
+            "Slow-v0", 2, broker=front, timeout=15, on_worker_failure="replace", replace_timeout=40
+        )
         envs.async_reset(seed=0)
         envs.recv()
         victim = envs._groups[1].pid

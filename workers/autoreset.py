@@ -17,15 +17,26 @@ SyncVectorEnv exactly.
 
 from __future__ import annotations
 
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 NEXT_STEP, SAME_STEP, DISABLED = "NextStep", "SameStep", "Disabled"
 MODES = (NEXT_STEP, SAME_STEP, DISABLED)
 
 Plan = Generator[tuple, Any, dict]
 
-__all__ = ["MODES", "NEXT_STEP", "SAME_STEP", "DISABLED", "Plan", "reset_plan", "step_plan", "run", "step_env",
-           "snapshot"]
+__all__ = [
+    "MODES",
+    "NEXT_STEP",
+    "SAME_STEP",
+    "DISABLED",
+    "Plan",
+    "reset_plan",
+    "step_plan",
+    "run",
+    "step_env",
+    "snapshot",
+]
 
 
 def snapshot(info: Any) -> Any:
@@ -77,8 +88,14 @@ def step_plan(mode: str, done: bool, action: Any, env_index: int) -> Plan:
     """
     if mode == NEXT_STEP and done:
         obs, info = yield ("reset", None, None)
-        return {"obs": obs, "reward": 0.0, "terminated": False, "truncated": False, "info": snapshot(info),
-                "final": None}
+        return {
+            "obs": obs,
+            "reward": 0.0,
+            "terminated": False,
+            "truncated": False,
+            "info": snapshot(info),
+            "final": None,
+        }
     if mode == DISABLED and done:  # SyncVectorEnv asserts this too
         raise AssertionError(_DISABLED_MESSAGE.format(env_index))
     obs, reward, terminated, truncated, info = yield ("step", action)
@@ -86,8 +103,14 @@ def step_plan(mode: str, done: bool, action: Any, env_index: int) -> Plan:
     if mode == SAME_STEP and (terminated or truncated):
         final = [obs, snapshot(info)]
         obs, info = yield ("reset", None, None)
-    return {"obs": obs, "reward": float(reward), "terminated": bool(terminated), "truncated": bool(truncated),
-            "info": snapshot(info), "final": final}
+    return {
+        "obs": obs,
+        "reward": float(reward),
+        "terminated": bool(terminated),
+        "truncated": bool(truncated),
+        "info": snapshot(info),
+        "final": final,
+    }
 
 
 def run(plan: Plan, env: Any) -> dict:

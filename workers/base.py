@@ -12,7 +12,8 @@ import os
 import socket as pysocket
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import msgpack
@@ -22,11 +23,21 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 
 from rlay import protocol as P
 from rlay.heartbeat import Heartbeat, new_identity
+from rlay.shm import SegmentCache
 from rlay.spaces import encode_space, flatten, leaf_spaces
 from rlay.values import VersionError, WireError, packb
-from rlay.shm import SegmentCache
-from rlay.wire import (announced_limit, check_rows, decode_body, decode_header, encode_leaves, encode_rows, header, is_large, oversized,
-                       send_frames)
+from rlay.wire import (
+    announced_limit,
+    check_rows,
+    decode_body,
+    decode_header,
+    encode_leaves,
+    encode_rows,
+    header,
+    is_large,
+    oversized,
+    send_frames,
+)
 
 __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure_report"]
 
@@ -47,8 +58,13 @@ class EnvFailures(Exception):
 
 def failure_report(index: int, exc: BaseException) -> dict:
     """What the trainer learns of an exception raised for env ``index`` (call inside ``except``)."""
-    return {"env": index, "type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc),
-            "traceback": traceback.format_exc()}
+    return {
+        "env": index,
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": traceback.format_exc(),
+    }
 
 
 class Request:
@@ -120,17 +136,17 @@ class WorkerBase:
             # (at the default interval until `registered` says the broker's: Heartbeat.adopt)
             self.heartbeat = Heartbeat(self.broker, self.identity, context=self.ctx, curve=self.curve)
         registration = header(
-                P.REGISTER,
-                mode=self.mode,
-                env_id=self.env_id,
-                num_envs=self.num_envs,
-                host=self.host,
-                pid=os.getpid(),
-                rank=self.rank,
-                obs_space=encode_space(self.obs_space),
-                act_space=encode_space(self.act_space),
-                metadata=self.metadata,
-                render_mode=self.render_mode,
+            P.REGISTER,
+            mode=self.mode,
+            env_id=self.env_id,
+            num_envs=self.num_envs,
+            host=self.host,
+            pid=os.getpid(),
+            rank=self.rank,
+            obs_space=encode_space(self.obs_space),
+            act_space=encode_space(self.act_space),
+            metadata=self.metadata,
+            render_mode=self.render_mode,
         )
         try:
             self._await_registration(registration)
@@ -191,8 +207,9 @@ class WorkerBase:
                 head = decode_header(self.sock.recv_multipart()[0])
             except WireError as exc:
                 if isinstance(exc, VersionError) and type(exc.version) is int:  # another version: no use waiting
-                    raise RegistrationError(f"the broker at {self.broker} answered the registration in another "
-                                            f"protocol version: {exc}") from None
+                    raise RegistrationError(
+                        f"the broker at {self.broker} answered the registration in another protocol version: {exc}"
+                    ) from None
                 log.warning("ignoring an unreadable message before registration: %s", exc)
                 continue
             if head[P.TYPE] == P.REGISTERED:
@@ -233,14 +250,21 @@ class WorkerBase:
         largest = oversized(frames, self.max_frame)
         if largest is not None:
             req = decode_header(frames[0]).get(P.REQ)
-            frames = [header(P.ERROR, req=req, code=P.E_BAD_MESSAGE,
-                             message=f"worker {self.name} on host {self.host} cannot send its reply: a frame of "
-                                     f"{largest} bytes is over the broker's max_message_size of {self.max_frame}")]
+            frames = [
+                header(
+                    P.ERROR,
+                    req=req,
+                    code=P.E_BAD_MESSAGE,
+                    message=f"worker {self.name} on host {self.host} cannot send its reply: a frame of "
+                    f"{largest} bytes is over the broker's max_message_size of {self.max_frame}",
+                )
+            ]
         try:
             send_frames(self.sock, frames)
         except zmq.Again:
-            log.warning("could not send a reply to %s within %g s (no connection); dropped it", self.broker,
-                        P.SEND_TIMEOUT)
+            log.warning(
+                "could not send a reply to %s within %g s (no connection); dropped it", self.broker, P.SEND_TIMEOUT
+            )
 
     def check_parent(self) -> None:
         """The idle tick: stop if the parent (an embedded trainer) is gone; let go of removed segments."""
@@ -296,7 +320,9 @@ class WorkerBase:
 
     def internal_error(self, req: Any, exc: Exception) -> list[Any]:
         log.exception("unexpected error answering the broker")
-        return [header(P.ERROR, req=req, code=P.E_INTERNAL, message=f"worker internal error: {type(exc).__name__}: {exc}")]
+        return [
+            header(P.ERROR, req=req, code=P.E_INTERNAL, message=f"worker internal error: {type(exc).__name__}: {exc}")
+        ]
 
     def env_error(self, req: Any, reports: list[dict]) -> list[Any]:
         message = f"env code raised in worker {self.name} on host {self.host}"
@@ -325,7 +351,9 @@ class WorkerBase:
         """The reply to a call or set_attr: a body of per-env values, no array frames."""
         return [header(P.REPLY, req=request.req), _pack_reply(request.envs, body)]
 
-    def _encode_obs(self, envs: list[int], obs: list[Any], placed: dict | None) -> tuple[list[dict], list[np.ndarray], list]:
+    def _encode_obs(
+        self, envs: list[int], obs: list[Any], placed: dict | None
+    ) -> tuple[list[dict], list[np.ndarray], list]:
         try:
             return _obs_leaves(self.obs_space, obs, placed)
         except Exception:
@@ -335,11 +363,17 @@ class WorkerBase:
                     _obs_leaves(self.obs_space, [one])
                 except Exception as exc:
                     failures.append(failure_report(i, exc))
-            raise EnvFailures(failures or [{"env": envs[0], "type": "ValueError",
-                                            "message": "observations cannot be batched", "traceback": ""}])
+            raise EnvFailures(
+                failures
+                or [
+                    {"env": envs[0], "type": "ValueError", "message": "observations cannot be batched", "traceback": ""}
+                ]
+            ) from None
 
 
-def _obs_leaves(space: gym.Space, obs: list[Any], placed: dict | None = None) -> tuple[list[dict], list[np.ndarray], list]:
+def _obs_leaves(
+    space: gym.Space, obs: list[Any], placed: dict | None = None
+) -> tuple[list[dict], list[np.ndarray], list]:
     """Descriptors and frames of a part's observations, and the writes still to make:
     ``placed`` (leaf index -> one target array per env) holds the leaves that go into the
     trainer's shared memory instead, as (array, target) pairs once every leaf fits."""
@@ -379,7 +413,9 @@ def _pack_reply(envs: list[int], body: dict) -> bytes:
                     packb(value)
                 except WireError as exc:
                     failures.append({"env": envs[n], "type": "TypeError", "message": f"{key}: {exc}", "traceback": ""})
-        raise EnvFailures(failures or [{"env": envs[0], "type": "TypeError", "message": "reply cannot be encoded", "traceback": ""}])
+        raise EnvFailures(
+            failures or [{"env": envs[0], "type": "TypeError", "message": "reply cannot be encoded", "traceback": ""}]
+        ) from None
 
 
 def _is_plain(value: Any) -> bool:

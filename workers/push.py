@@ -108,17 +108,33 @@ class PushWorker(WorkerBase):
         curve: Any = None,
     ):
         super().__init__(
-            broker, env_id=env_id, observation_space=observation_space, action_space=action_space,
-            num_envs=num_agents, metadata=metadata, render_mode=render_mode, host=host,
-            register_timeout=register_timeout, curve=curve,
+            broker,
+            env_id=env_id,
+            observation_space=observation_space,
+            action_space=action_space,
+            num_envs=num_agents,
+            metadata=metadata,
+            render_mode=render_mode,
+            host=host,
+            register_timeout=register_timeout,
+            curve=curve,
         )
         self.agents = [_Agent() for _ in range(num_agents)]
         self.connect()
 
     # -- the game's API -------------------------------------------------------------
 
-    def decide(self, agent: int, obs: Any = None, reward: float = 0.0, terminated: bool = False,
-               truncated: bool = False, info: dict | None = None, *, timeout: float | None = None) -> Command:
+    def decide(
+        self,
+        agent: int,
+        obs: Any = None,
+        reward: float = 0.0,
+        terminated: bool = False,
+        truncated: bool = False,
+        info: dict | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Command:
         """Hand over ``agent``'s state and block until its next command.
 
         The state is what the last command produced: after "reset", ``obs``
@@ -129,8 +145,15 @@ class PushWorker(WorkerBase):
         self.submit(agent, obs, reward, terminated, truncated, info)
         return self.wait(agent, timeout)
 
-    def submit(self, agent: int, obs: Any = None, reward: float = 0.0, terminated: bool = False,
-               truncated: bool = False, info: dict | None = None) -> None:
+    def submit(
+        self,
+        agent: int,
+        obs: Any = None,
+        reward: float = 0.0,
+        terminated: bool = False,
+        truncated: bool = False,
+        info: dict | None = None,
+    ) -> None:
         """Hand over ``agent``'s state without waiting (see :meth:`decide`)."""
         a = self._agent(agent)
         if a.deciding:
@@ -167,6 +190,7 @@ class PushWorker(WorkerBase):
         agent waits for a command; otherwise poll (timeout 0) and keep ticking.
         After a disconnect, every agent gets "close".
         """
+
         def ready(a: _Agent) -> bool:
             return a.deciding and a.next is not None
 
@@ -194,13 +218,16 @@ class PushWorker(WorkerBase):
         """Block until ``agent``'s next command; TimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            slice_s = P.IDLE_POLL_MS / 1000 if deadline is None else min(P.IDLE_POLL_MS / 1000, deadline - time.monotonic())
+            slice_s = (
+                P.IDLE_POLL_MS / 1000 if deadline is None else min(P.IDLE_POLL_MS / 1000, deadline - time.monotonic())
+            )
             command = self.poll(agent, max(0.0, slice_s))
             if command is not None:
                 return command
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"no command for agent {agent} of {self.env_id!r} within {timeout:g} s "
-                                   f"(broker {self.broker})")
+                raise TimeoutError(
+                    f"no command for agent {agent} of {self.env_id!r} within {timeout:g} s (broker {self.broker})"
+                )
 
     def close(self) -> None:
         """Leave the broker: the trainer's pending calls on these agents fail, naming them."""
@@ -244,8 +271,14 @@ class PushWorker(WorkerBase):
         batch = _Batch(request)
         for j, make_plan in zip(request.envs, factories):
             if self.agents[j].batch is not None:
-                batch.failures.append({"env": j, "type": "RuntimeError", "traceback": "",
-                                       "message": f"agent {j} is still serving an earlier request"})
+                batch.failures.append(
+                    {
+                        "env": j,
+                        "type": "RuntimeError",
+                        "traceback": "",
+                        "message": f"agent {j} is still serving an earlier request",
+                    }
+                )
                 batch.waiting.discard(j)
             else:
                 self._begin(j, batch, make_plan)
@@ -266,8 +299,9 @@ class PushWorker(WorkerBase):
             mode = body.get("autoreset")
             if mode not in autoreset.MODES:
                 raise WireError(f"unknown autoreset mode {mode!r}")
-            leaves = decode_leaves(body.get("actions"), request.frames, self.act_leaves, len(request.envs),
-                                   check_dtype=False)
+            leaves = decode_leaves(
+                body.get("actions"), request.frames, self.act_leaves, len(request.envs), check_dtype=False
+            )
 
             def make(j: int, n: int) -> autoreset.Plan:
                 if not self.agents[j].started:

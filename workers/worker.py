@@ -18,7 +18,8 @@ import shutil
 import signal
 import threading
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 
@@ -36,8 +37,9 @@ __all__ = ["Worker", "RegistrationError", "worker_process"]
 class Worker(WorkerBase):
     """Hosts ``len(env_fns)`` envs and serves the broker's batched calls on them."""
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], broker: str, *, env_id: str, threads: int = 1,
-                 **kwargs: Any):
+    def __init__(
+        self, env_fns: Sequence[Callable[[], gym.Env]], broker: str, *, env_id: str, threads: int = 1, **kwargs: Any
+    ):
         """``threads`` > 1 steps the envs of one request concurrently, in that many chunks:
         for envs that block (sleep, I/O, a game waiting on its frame) and release the GIL."""
         self.envs = [fn() for fn in env_fns]
@@ -51,8 +53,14 @@ class Worker(WorkerBase):
                     f"env 0 has {first.observation_space}, {first.action_space}: one worker hosts envs of one kind"
                 )
         super().__init__(
-            broker, env_id=env_id, observation_space=first.observation_space, action_space=first.action_space,
-            num_envs=len(self.envs), metadata=first.metadata, render_mode=first.render_mode, **kwargs,
+            broker,
+            env_id=env_id,
+            observation_space=first.observation_space,
+            action_space=first.action_space,
+            num_envs=len(self.envs),
+            metadata=first.metadata,
+            render_mode=first.render_mode,
+            **kwargs,
         )
         self.done = [False] * len(self.envs)  # per env: its last step ended the episode
 
@@ -131,7 +139,9 @@ class Worker(WorkerBase):
         if mode not in autoreset.MODES:
             raise WireError(f"unknown autoreset mode {mode!r}")
         envs = request.envs
-        leaves = decode_leaves(request.body.get("actions"), request.frames, self.act_leaves, len(envs), check_dtype=False)
+        leaves = decode_leaves(
+            request.body.get("actions"), request.frames, self.act_leaves, len(envs), check_dtype=False
+        )
         if self.act_leaves[0] is self.act_space:  # one leaf: its rows are the actions
             actions = leaves[0]
         else:
@@ -144,7 +154,9 @@ class Worker(WorkerBase):
             for n in positions:
                 i = envs[n]
                 try:
-                    o, reward, terminated, truncated, info, final = step_env(env_objects[i], mode, done[i], actions[n], i)
+                    o, reward, terminated, truncated, info, final = step_env(
+                        env_objects[i], mode, done[i], actions[n], i
+                    )
                 except Exception as exc:
                     failures.append(failure_report(i, exc))
                     continue
@@ -160,8 +172,11 @@ class Worker(WorkerBase):
         obs, rewards, terminations, truncations, infos, finals, failures = self._in_chunks(len(envs), step_range)
         if failures:
             raise EnvFailures(failures)
-        return self.reply(request, obs, {"reward": rewards, "terminated": terminations,
-                                         "truncated": truncations, "info": infos, "final": finals})
+        return self.reply(
+            request,
+            obs,
+            {"reward": rewards, "terminated": terminations, "truncated": truncations, "info": infos, "final": finals},
+        )
 
     def _in_chunks(self, count: int, run: Callable[[range], tuple[list, ...]]) -> tuple[list, ...]:
         """``run(range(count))``, or with threads: contiguous chunks concurrently, joined in order."""
@@ -214,8 +229,9 @@ class ChunkRunner:
         self._next = 1  # the chunk the next woken thread takes
         self._left = 0
         self._results: list = []  # per chunk: (value, exception)
-        self.threads = [threading.Thread(target=self._serve, name=f"rlay-env-{k}", daemon=True)
-                        for k in range(1, threads)]
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"rlay-env-{k}", daemon=True) for k in range(1, threads)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -291,8 +307,16 @@ def worker_process(
     """
     fns = getattr(env_fns, "fn", env_fns)
     try:
-        worker = Worker(fns, broker, env_id=env_id, rank=rank, parent_pid=parent_pid,
-                        register_timeout=register_timeout, threads=threads, curve=curve)
+        worker = Worker(
+            fns,
+            broker,
+            env_id=env_id,
+            rank=rank,
+            parent_pid=parent_pid,
+            register_timeout=register_timeout,
+            threads=threads,
+            curve=curve,
+        )
         worker.install_signal_handlers()
         worker.run()
         if parent_tmpdir is not None and parent_pid is not None and os.getppid() != parent_pid:

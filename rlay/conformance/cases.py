@@ -34,8 +34,11 @@ class Case:
 def step_frames(k: int, actions: np.ndarray, req: Any, mode: str = "NextStep") -> list[bytes]:
     """A well-formed step of envs 0..k-1 (actions: one int per env)."""
     descriptors, frames = encode_leaves([actions])
-    return [header(P.STEP, req=req, envs=list(range(k))), packb({"autoreset": mode, "actions": descriptors}),
-            *[np.ascontiguousarray(f).tobytes() for f in frames]]
+    return [
+        header(P.STEP, req=req, envs=list(range(k))),
+        packb({"autoreset": mode, "actions": descriptors}),
+        *[np.ascontiguousarray(f).tobytes() for f in frames],
+    ]
 
 
 def _plain(value: Any) -> bytes:
@@ -100,11 +103,18 @@ def malformed(k: int, mode: str) -> list[Case]:
     reset("a body that is not a map", _plain([None] * k))
     reset("seeds of the wrong length", _plain({"seeds": [None] * (k + 1), "options": None}))
     reset("seeds that is not a list", _plain({"seeds": 5, "options": None}))
-    options("a msgpack-numpy array map", {b"nd": True, b"type": b"<i8", b"kind": b"", b"shape": [1],
-                                          b"data": b"\x80\x04K\x01."})
-    reset("a msgpack timestamp (fixext 4, ext -1)", b"\x82\xa5seeds" + _plain([None] * k) + b"\xa7options\xd6\xff" + b"\x00" * 4)
-    reset("a msgpack timestamp (ext 8, ext -1)",
-          b"\x82\xa5seeds" + _plain([None] * k) + b"\xa7options\xc7\x0c\xff" + b"\x00" * 12)
+    options(
+        "a msgpack-numpy array map",
+        {b"nd": True, b"type": b"<i8", b"kind": b"", b"shape": [1], b"data": b"\x80\x04K\x01."},
+    )
+    reset(
+        "a msgpack timestamp (fixext 4, ext -1)",
+        b"\x82\xa5seeds" + _plain([None] * k) + b"\xa7options\xd6\xff" + b"\x00" * 4,
+    )
+    reset(
+        "a msgpack timestamp (ext 8, ext -1)",
+        b"\x82\xa5seeds" + _plain([None] * k) + b"\xa7options\xc7\x0c\xff" + b"\x00" * 12,
+    )
     options("an unknown extension type (9)", msgpack.ExtType(9, b"x"))
     reset("a str that is not UTF-8", b"\x82\xa5seeds" + _plain([None] * k) + b"\xa7options\xa2\xff\xfe")
     options(f"tuples nested {MAX_TUPLE_DEPTH + 1} deep", _nested_tuples(MAX_TUPLE_DEPTH + 1))
@@ -112,8 +122,10 @@ def malformed(k: int, mode: str) -> list[Case]:
     options("an ext 1 array of dtype |O", msgpack.ExtType(EXT_NDARRAY, _plain(["|O", [1], b"\x00" * 8])))
     options("an ext 1 array of dtype =f4", msgpack.ExtType(EXT_NDARRAY, _plain(["=f4", [1], b"\x00" * 4])))
     options("an ext 1 array of 33 dimensions", msgpack.ExtType(EXT_NDARRAY, _plain(["|u1", [1] * 33, b"\x00"])))
-    options("a <U1 array holding U+110000",
-            msgpack.ExtType(EXT_NDARRAY, _plain(["<U1", [1], (0x110000).to_bytes(4, "little")])))
+    options(
+        "a <U1 array holding U+110000",
+        msgpack.ExtType(EXT_NDARRAY, _plain(["<U1", [1], (0x110000).to_bytes(4, "little")])),
+    )
     options("an empty ext 4 integer", msgpack.ExtType(EXT_BIGINT, b""))
     options("an ext 4 integer of 1025 bytes", msgpack.ExtType(EXT_BIGINT, b"\x01" * 1025))
     # Steps (5.10, 3.8).
@@ -124,24 +136,37 @@ def malformed(k: int, mode: str) -> list[Case]:
     step("no autoreset mode", {"actions": [leaf]}, [frame])
     step("actions that is not a list", {"autoreset": "NextStep", "actions": leaf}, [frame])
     step("no action leaves", {"autoreset": "NextStep", "actions": []}, [])
-    step("an action leaf with a row too many", {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k + 1]}]},
-         [np.zeros(k + 1, np.int64).tobytes()])
-    step("an action leaf of the wrong row shape", {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k, 2]}]},
-         [np.zeros((k, 2), np.int64).tobytes()])
+    step(
+        "an action leaf with a row too many",
+        {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k + 1]}]},
+        [np.zeros(k + 1, np.int64).tobytes()],
+    )
+    step(
+        "an action leaf of the wrong row shape",
+        {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k, 2]}]},
+        [np.zeros((k, 2), np.int64).tobytes()],
+    )
     step("a missing action frame", {"autoreset": "NextStep", "actions": [leaf]}, [])
     step("an extra frame after the actions", {"autoreset": "NextStep", "actions": [leaf]}, [frame, frame])
     step("an action frame a byte short", {"autoreset": "NextStep", "actions": [leaf]}, [frame[:-1]])
     step("an action dtype |O", {"autoreset": "NextStep", "actions": [{"dtype": "|O", "shape": [k]}]}, [frame])
-    step("an action dtype |f8 (no byte order)", {"autoreset": "NextStep", "actions": [{"dtype": "|f8", "shape": [k]}]},
-         [frame])
-    step("a row-framed action leaf missing a row",
-         {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k], "rows": True}]},
-         [np.zeros((), np.int64).tobytes()] * (k - 1))
+    step(
+        "an action dtype |f8 (no byte order)",
+        {"autoreset": "NextStep", "actions": [{"dtype": "|f8", "shape": [k]}]},
+        [frame],
+    )
+    step(
+        "a row-framed action leaf missing a row",
+        {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k], "rows": True}]},
+        [np.zeros((), np.int64).tobytes()] * (k - 1),
+    )
     # call and set_attr (5.11, 5.12): a native or push worker may refuse every call (NotImplementedError).
     either = (BAD, ENV) if mode == P.COMMAND_MODE else (ENV,)
-    for name, kind, body in (("a call of the reserved name reset", P.CALL, {"name": "reset", "args": [], "kwargs": {}}),
-                             ("a call with no name", P.CALL, {"args": []}),
-                             ("a set_attr with values of the wrong length", P.SET_ATTR, {"name": "x", "values": []})):
+    for name, kind, body in (
+        ("a call of the reserved name reset", P.CALL, {"name": "reset", "args": [], "kwargs": {}}),
+        ("a call with no name", P.CALL, {"args": []}),
+        ("a set_attr with values of the wrong length", P.SET_ATTR, {"name": "x", "values": []}),
+    ):
         req = next(reqs)
         case(name, [header(kind, req=req, envs=envs), _plain(body)], either, req=req)
     return cases

@@ -38,11 +38,13 @@ class ConformanceEnv(gym.Env):
 
     metadata = {"render_modes": [], "render_fps": 30}
 
-    observation_space = spaces.Dict({
-        "pos": spaces.Box(-1e6, 1e6, (2,), np.float64),
-        "t": spaces.Discrete(T_MAX + 1),
-        "vel": spaces.Box(-4.0, 4.0, (2,), np.float32),
-    })
+    observation_space = spaces.Dict(
+        {
+            "pos": spaces.Box(-1e6, 1e6, (2,), np.float64),
+            "t": spaces.Discrete(T_MAX + 1),
+            "vel": spaces.Box(-4.0, 4.0, (2,), np.float32),
+        }
+    )
     action_space = spaces.Discrete(3)
 
     def __init__(self) -> None:

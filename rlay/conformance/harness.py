@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -57,8 +58,14 @@ class WorkerProcess:
         env = {**os.environ, "RLAY_BROKER": self.backend}
         log = open(self.log_path, "ab")
         try:
-            self.popen = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise CheckFailed(f"cannot start {self.command[0]!r}: {exc.strerror}") from None
         finally:
@@ -111,8 +118,22 @@ class BrokerProcess:
 
     def __init__(self, frontend: str, backend: str, interval: float, liveness: int, log_path: Path):
         self.frontend, self.backend = frontend, backend
-        self.args = [sys.executable, "-m", "rlay.cli", "--log-level", "INFO", "broker", "--frontend", frontend,
-                     "--backend", backend, "--heartbeat-interval", str(interval), "--heartbeat-liveness", str(liveness)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "rlay.cli",
+            "--log-level",
+            "INFO",
+            "broker",
+            "--frontend",
+            frontend,
+            "--backend",
+            backend,
+            "--heartbeat-interval",
+            str(interval),
+            "--heartbeat-liveness",
+            str(liveness),
+        ]
         self.log_path = log_path
         self.popen: subprocess.Popen | None = None
 
@@ -212,9 +233,18 @@ class RawBroker:
                 return head
 
     def registered(self, num_envs: int) -> None:
-        self.sock.send_multipart([self.worker, header(P.REGISTERED, worker="w1", slots=list(range(num_envs)),
-                                                      heartbeat_interval=self.interval,
-                                                      heartbeat_liveness=self.liveness)])
+        self.sock.send_multipart(
+            [
+                self.worker,
+                header(
+                    P.REGISTERED,
+                    worker="w1",
+                    slots=list(range(num_envs)),
+                    heartbeat_interval=self.interval,
+                    heartbeat_liveness=self.liveness,
+                ),
+            ]
+        )
         self.registered_at = time.monotonic()
 
     def ask(self, frames: list[bytes], timeout: float, what: str) -> tuple[dict, list[bytes]]:

@@ -22,11 +22,11 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
@@ -36,10 +36,9 @@ from rlay.conformance.compare import assert_same
 from rlay.conformance.env import ENV_ID, ConformanceEnv
 from rlay.conformance.harness import BrokerProcess, CheckFailed, RawBroker, WorkerProcess, wait_until
 from rlay.errors import RemoteEnvError
-from rlay.spaces import encode_space
+from rlay.spaces import encode_space, leaf_spaces, unflatten
 from rlay.values import packb
 from rlay.wire import decode_body, decode_leaves, header
-from rlay.spaces import leaf_spaces, unflatten
 
 __all__ = ["Suite", "Result", "HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS"]
 
@@ -51,8 +50,10 @@ REGISTER_TIMEOUT = 30.0  # s for the worker under test to register
 CALL_TIMEOUT = 15.0  # s for a call through the broker (a push game answers at its decision points)
 ANSWER_TIMEOUT = 10.0  # s for an answer to a raw request
 STEPS = 60  # steps compared per autoreset mode
-DISABLED_MESSAGE = ("env {} was stepped after its episode ended; with autoreset_mode=Disabled, "
-                    "reset it first (reset(options={{'reset_mask': ...}}))")
+DISABLED_MESSAGE = (
+    "env {} was stepped after its episode ended; with autoreset_mode=Disabled, "
+    "reset it first (reset(options={{'reset_mask': ...}}))"
+)
 
 
 @dataclass
@@ -76,16 +77,22 @@ def free_address() -> str:
 class Suite:
     """One conformance run of ``command`` (a worker of ``mode`` "command" or "push")."""
 
-    def __init__(self, command: list[str], mode: str = P.COMMAND_MODE, log: Callable[[str], None] = print,
-                 keep_logs: bool = False):
+    def __init__(
+        self,
+        command: list[str],
+        mode: str = P.COMMAND_MODE,
+        log: Callable[[str], None] = print,
+        keep_logs: bool = False,
+    ):
         self.mode = mode
         self.log = log
         self.keep_logs = keep_logs
         self.dir = Path(tempfile.mkdtemp(prefix="rlay-conformance-"))
         self.front, self.back = free_address(), free_address()
         self.worker = WorkerProcess(command, self.back, self.dir / "worker.log")
-        self.broker = BrokerProcess(self.front, self.back, HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS,
-                                    self.dir / "broker.log")
+        self.broker = BrokerProcess(
+            self.front, self.back, HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, self.dir / "broker.log"
+        )
         self.results: list[Result] = []
         self.mirrors: list[ConformanceEnv] = []  # the reference of each of the worker's envs
         self.registration: dict = {}
@@ -117,8 +124,10 @@ class Suite:
     def run(self) -> bool:
         """Every check in order; True if all passed. Everything started is stopped."""
         self.log(f"rlay conformance: {self.mode} worker `{' '.join(self.worker.command)}`")
-        self.log(f"  broker {self.back} (announcing heartbeats every {HEARTBEAT_INTERVAL} s, liveness "
-                 f"{HEARTBEAT_LIVENESS}); logs in {self.dir}")
+        self.log(
+            f"  broker {self.back} (announcing heartbeats every {HEARTBEAT_INTERVAL} s, liveness "
+            f"{HEARTBEAT_LIVENESS}); logs in {self.dir}"
+        )
         try:
             self._raw_phase()
             self._broker_phase()
@@ -129,8 +138,10 @@ class Suite:
         ok = all(r.passed for r in self.results)
         failed = sum(r.passed is False for r in self.results)
         skipped = sum(r.passed is None for r in self.results)
-        self.log(f"{len(self.results)} checks: {len(self.results) - failed - skipped} passed, {failed} failed"
-                 + (f", {skipped} not run" if skipped else ""))
+        self.log(
+            f"{len(self.results)} checks: {len(self.results) - failed - skipped} passed, {failed} failed"
+            + (f", {skipped} not run" if skipped else "")
+        )
         if not ok:
             tail = self.worker.log_tail()
             if tail:
@@ -163,9 +174,11 @@ class Suite:
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
         """wait_until, failing at once if the worker exits meanwhile."""
+
         def alive_and(condition=condition):
             self._alive()
             return condition()
+
         return wait_until(alive_and, timeout, what)
 
     def _register(self, raw: RawBroker) -> str:
@@ -174,8 +187,13 @@ class Suite:
         self.registration = head
         ident = head["routing_id"]
         problems = []
-        expected = {"env_id": ENV_ID, "mode": self.mode, "obs_space": encode_space(ConformanceEnv.observation_space),
-                    "act_space": encode_space(ConformanceEnv.action_space), "metadata": ConformanceEnv.metadata}
+        expected = {
+            "env_id": ENV_ID,
+            "mode": self.mode,
+            "obs_space": encode_space(ConformanceEnv.observation_space),
+            "act_space": encode_space(ConformanceEnv.action_space),
+            "metadata": ConformanceEnv.metadata,
+        }
         for key, value in expected.items():
             got = head.get(key, P.COMMAND_MODE if key == "mode" else None)
             if got != value:
@@ -200,8 +218,10 @@ class Suite:
         raw.pump(2.0)
         settled = [t for t in raw.pings if t > raw.registered_at + RAW_INTERVAL * 1.5]
         if len(settled) < 3:
-            raise CheckFailed(f"{len(settled)} pings in {2.0 - RAW_INTERVAL * 1.5:.1f} s after `registered` "
-                              f"announced an interval of {RAW_INTERVAL} s")
+            raise CheckFailed(
+                f"{len(settled)} pings in {2.0 - RAW_INTERVAL * 1.5:.1f} s after `registered` "
+                f"announced an interval of {RAW_INTERVAL} s"
+            )
         gaps = np.diff([raw.registered_at + RAW_INTERVAL * 1.5, *settled])
         if gaps.max() > 2 * RAW_INTERVAL:
             raise CheckFailed(f"a gap of {gaps.max():.2f} s between pings; the broker announced {RAW_INTERVAL} s")
@@ -212,10 +232,15 @@ class Suite:
         frames = cases.step_frames(k, np.zeros(k, np.int64), req=1)
         head, _ = raw.ask(frames, ANSWER_TIMEOUT, "a step before any reset")
         reports = head.get("errors") or []
-        if head[P.TYPE] != P.ERROR or head.get("code") != P.E_ENV or len(reports) != k or not all(
-                r.get("type") == "RuntimeError" for r in reports):
-            raise CheckFailed(f"expected an env_error with {k} RuntimeError reports (protocol 10.1 (c)), got "
-                              f"{_describe(head)}")
+        if (
+            head[P.TYPE] != P.ERROR
+            or head.get("code") != P.E_ENV
+            or len(reports) != k
+            or not all(r.get("type") == "RuntimeError" for r in reports)
+        ):
+            raise CheckFailed(
+                f"expected an env_error with {k} RuntimeError reports (protocol 10.1 (c)), got {_describe(head)}"
+            )
         return ""
 
     def _malformed(self, raw: RawBroker) -> str:
@@ -224,8 +249,9 @@ class Suite:
         for case in all_cases:
             head, _ = raw.ask(case.frames, ANSWER_TIMEOUT, case.name)
             if head[P.TYPE] != P.ERROR or head.get("code") not in case.codes or head.get(P.REQ) != case.req:
-                wrong.append(f"{case.name}: got {_describe(head)}, expected error {'/'.join(case.codes)} req "
-                             f"{case.req!r}")
+                wrong.append(
+                    f"{case.name}: got {_describe(head)}, expected error {'/'.join(case.codes)} req {case.req!r}"
+                )
         if wrong:
             raise CheckFailed(f"{len(wrong)} of {len(all_cases)} wrong: " + "; ".join(wrong[:4]))
         return f"{len(all_cases)} requests"
@@ -239,8 +265,9 @@ class Suite:
         k = len(self.mirrors)
         seeds = [11 + i for i in range(k)]
         body = {"seeds": seeds, "options": None}
-        head, frames = raw.ask([header(P.RESET, req=9, envs=list(range(k))), packb(body)], ANSWER_TIMEOUT,
-                               "a valid reset")
+        head, frames = raw.ask(
+            [header(P.RESET, req=9, envs=list(range(k))), packb(body)], ANSWER_TIMEOUT, "a valid reset"
+        )
         expected = [env.reset(seed=s) for env, s in zip(self.mirrors, seeds)]
         if head[P.TYPE] != P.REPLY or head.get(P.REQ) != 9:
             raise CheckFailed(f"expected a reply to req 9, got {_describe(head)}")
@@ -273,8 +300,11 @@ class Suite:
     def _reregister_with_broker(self) -> str:
         self.broker.start()
         pid = self.registration["pid"]
-        self.wait(lambda: [w["pid"] for w in self.broker.workers()] == [pid], REGISTER_TIMEOUT,
-                  "the worker to register with the broker that took the raw broker's place")
+        self.wait(
+            lambda: [w["pid"] for w in self.broker.workers()] == [pid],
+            REGISTER_TIMEOUT,
+            "the worker to register with the broker that took the raw broker's place",
+        )
         return ""
 
     def _stays_registered(self) -> str:
@@ -289,8 +319,14 @@ class Suite:
         """A lease of every env of the worker, and SyncVectorEnv over their reference envs."""
         from rlay import RlayVectorEnv
 
-        envs = RlayVectorEnv.remote(ENV_ID, len(self.mirrors), broker=self.front, timeout=CALL_TIMEOUT,
-                                    lease_timeout=CALL_TIMEOUT, autoreset_mode=mode)
+        envs = RlayVectorEnv.remote(
+            ENV_ID,
+            len(self.mirrors),
+            broker=self.front,
+            timeout=CALL_TIMEOUT,
+            lease_timeout=CALL_TIMEOUT,
+            autoreset_mode=mode,
+        )
         sync = SyncVectorEnv([functools.partial(lambda env: env, env) for env in self.mirrors], autoreset_mode=mode)
         try:
             yield envs, sync
@@ -312,8 +348,11 @@ class Suite:
 
     def _resets(self) -> str:
         with self.lease() as (envs, sync):
-            assert_same(envs.reset(seed=self._seeds(), options={"start": 3}),
-                        sync.reset(seed=self._seeds(), options={"start": 3}), "reset(seed=[...])")
+            assert_same(
+                envs.reset(seed=self._seeds(), options={"start": 3}),
+                sync.reset(seed=self._seeds(), options={"start": 3}),
+                "reset(seed=[...])",
+            )
             assert_same(envs.reset(seed=123), sync.reset(seed=123), "reset(seed=123)")
             assert_same(envs.reset(), sync.reset(), "reset()")
         return ""
@@ -329,8 +368,11 @@ class Suite:
             ended += int(done.sum())
             if masked_resets and done.any():
                 options = {"reset_mask": done.copy(), "start": -1}
-                assert_same(envs.reset(options=dict(options)), sync.reset(options=dict(options)),
-                            f"{what}, masked reset after step {t}")
+                assert_same(
+                    envs.reset(options=dict(options)),
+                    sync.reset(options=dict(options)),
+                    f"{what}, masked reset after step {t}",
+                )
         return ended
 
     def _steps(self, mode: AutoresetMode) -> str:
@@ -346,9 +388,11 @@ class Suite:
             for n, mask in enumerate(([True, False], [False, True])):
                 full = np.array([mask[i % 2] for i in range(len(self.mirrors))])
                 options = {"reset_mask": full, "start": n + 1}  # the worker receives {"start": ...} (protocol 5.9)
-                assert_same(envs.reset(seed=[40 + i for i in range(len(self.mirrors))], options=dict(options)),
-                            sync.reset(seed=[40 + i for i in range(len(self.mirrors))], options=dict(options)),
-                            f"masked reset {n}")
+                assert_same(
+                    envs.reset(seed=[40 + i for i in range(len(self.mirrors))], options=dict(options)),
+                    sync.reset(seed=[40 + i for i in range(len(self.mirrors))], options=dict(options)),
+                    f"masked reset {n}",
+                )
                 self._run_steps(envs, sync, 3, f"after masked reset {n}")
         return ""
 
@@ -423,7 +467,9 @@ class Suite:
             for i in done.tolist():
                 report = reports.get(i)
                 if report is None or report.get("message") != DISABLED_MESSAGE.format(i):
-                    raise CheckFailed(f"env {i}: expected the report {DISABLED_MESSAGE.format(i)!r}, got {report!r:.300}")
+                    raise CheckFailed(
+                        f"env {i}: expected the report {DISABLED_MESSAGE.format(i)!r}, got {report!r:.300}"
+                    )
             # The other envs did step (protocol 6.4): so do their reference envs.
             for i, env in enumerate(self.mirrors):
                 if i not in done:
@@ -491,19 +537,28 @@ class Suite:
     def _resume(self, what: str) -> None:
         """The worker registered again with its envs as they were: a lease goes on where the last left off."""
         pid = self.registration["pid"]
-        self.wait(lambda: [w["pid"] for w in self.broker.workers()] == [pid], REGISTER_TIMEOUT,
-                  f"the worker (pid {pid}) to register again {what}")
+        self.wait(
+            lambda: [w["pid"] for w in self.broker.workers()] == [pid],
+            REGISTER_TIMEOUT,
+            f"the worker (pid {pid}) to register again {what}",
+        )
         with self.lease() as (envs, sync):
-            assert_same(envs.reset(seed=[70 + i for i in range(len(self.mirrors))]),
-                        sync.reset(seed=[70 + i for i in range(len(self.mirrors))]), f"reset {what}")
+            assert_same(
+                envs.reset(seed=[70 + i for i in range(len(self.mirrors))]),
+                sync.reset(seed=[70 + i for i in range(len(self.mirrors))]),
+                f"reset {what}",
+            )
             self._run_steps(envs, sync, 5, f"steps {what}")
 
     def _stop_and_continue(self) -> str:
         self.worker.signal(signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            self.wait(lambda: not self.broker.workers(), HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS + 5,
-                      "the broker to lose the stopped worker")
+            self.wait(
+                lambda: not self.broker.workers(),
+                HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS + 5,
+                "the broker to lose the stopped worker",
+            )
             noticed = time.monotonic() - stopped
             why = self.broker.status()["recent_losses"][-1]["why"]
             assert why.startswith("no heartbeat"), f"lost for another reason: {why}"
@@ -522,8 +577,11 @@ class Suite:
         name = self.broker.workers()[0]["name"]
         self.worker.signal(signal.SIGTERM)
         code = self.worker.wait_exit(15, "SIGTERM")
-        loss = wait_until(lambda: [x for x in self.broker.status()["recent_losses"] if x["worker"] == name], 5,
-                          "the broker to drop the worker")
+        loss = wait_until(
+            lambda: [x for x in self.broker.status()["recent_losses"] if x["worker"] == name],
+            5,
+            "the broker to drop the worker",
+        )
         assert loss[-1]["why"] == "it disconnected", f"the broker lost it because {loss[-1]['why']}, not a disconnect"
         assert code == 0, f"exit code {code}"
         return ""

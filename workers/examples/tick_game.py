@@ -33,16 +33,28 @@ from workers.push import Command, PushWorker
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers.examples.tick_game", description=__doc__.split("\n\n")[0])
     parser.add_argument("env", help="gymnasium id or package.module:factory of the env each agent wraps")
-    parser.add_argument("--broker", default=os.environ.get("RLAY_BROKER", P.DEFAULT_BACKEND),
-                        help="the broker's worker (back-end) address [default: $RLAY_BROKER, or %(default)s]")
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("RLAY_BROKER", P.DEFAULT_BACKEND),
+        help="the broker's worker (back-end) address [default: $RLAY_BROKER, or %(default)s]",
+    )
     parser.add_argument("--agents", type=int, default=2, help="agents (env slots) in this game")
     parser.add_argument("--every", type=int, default=4, help="ticks between an agent's decision points")
     parser.add_argument("--tick-hz", type=float, default=240.0, help="tick rate of the game loop")
-    parser.add_argument("--warmup", type=int, default=0, help="ticks before the first decision point (a loading screen)")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="ticks before the first decision point (a loading screen)"
+    )
     parser.add_argument("--blocking", action="store_true", help="agents decide on the same ticks; the loop blocks")
-    parser.add_argument("--report-ticks", action="store_true", help="add info['tick'] (breaks equality with plain envs)")
-    parser.add_argument("--quit-after", type=int, default=None, metavar="N",
-                        help="leave when the Nth command arrives, without carrying it out (a crash mid-episode)")
+    parser.add_argument(
+        "--report-ticks", action="store_true", help="add info['tick'] (breaks equality with plain envs)"
+    )
+    parser.add_argument(
+        "--quit-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="leave when the Nth command arrives, without carrying it out (a crash mid-episode)",
+    )
     parser.add_argument("--env-kwargs", default=None, help="JSON object of env keyword arguments")
     parser.add_argument("--name", default=None, help="env id to register under [default: ENV]")
     return parser.parse_args(argv)
@@ -84,8 +96,12 @@ def run(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     game = PushWorker(
-        args.broker, env_id=args.name or args.env, observation_space=envs[0].observation_space,
-        action_space=envs[0].action_space, num_agents=args.agents, metadata=envs[0].metadata,
+        args.broker,
+        env_id=args.name or args.env,
+        observation_space=envs[0].observation_space,
+        action_space=envs[0].action_space,
+        num_agents=args.agents,
+        metadata=envs[0].metadata,
         render_mode=envs[0].render_mode,
     )
     stagger = 0 if args.blocking else 1
