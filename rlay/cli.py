@@ -20,7 +20,23 @@ DEFAULT_CPP_WORKER = "build/cpp/rlay_example_command"  # where the C++ SDK's CMa
 RECENT_LOSSES_SHOWN = 5  # worker losses `rlay status` lists (the JSON has all the broker keeps)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-BROKER_KEYS = {"frontend", "backend", "max_message_size", "heartbeat_interval", "heartbeat_liveness", "curve"}
+# What a peer may ask of a broker (broker/limits.py), each a [broker] key.
+LIMIT_KEYS = {
+    "max_envs_per_worker",
+    "max_slots",
+    "max_pending_leases",
+    "registrations_per_second",
+    "registration_burst",
+}
+BROKER_KEYS = {
+    "frontend",
+    "backend",
+    "max_message_size",
+    "heartbeat_interval",
+    "heartbeat_liveness",
+    "curve",
+    *LIMIT_KEYS,
+}
 WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name"}
 
 
@@ -42,6 +58,11 @@ CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
         f"an integer from 1 to {P.MAX_HEARTBEAT_LIVENESS}",
         lambda v: _is_int(v) and 1 <= v <= P.MAX_HEARTBEAT_LIVENESS,
     ),
+    "max_envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "max_slots": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "max_pending_leases": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "registrations_per_second": ("a number > 0", lambda v: type(v) in (int, float) and v > 0),
+    "registration_burst": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "env": ("a gymnasium id or package.module:factory (a string)", lambda v: isinstance(v, str)),
     "num_workers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
@@ -255,11 +276,14 @@ def broker_settings(
     curve_dir: str | None = None,
 ) -> dict:
     """serve() keyword arguments from a [broker] section, command-line values first."""
+    from broker.limits import Limits
+
     return {
         "max_message_size": section.get("max_message_size", -1),
         "heartbeat_interval": heartbeat_interval or section.get("heartbeat_interval", P.HEARTBEAT_INTERVAL),
         "heartbeat_liveness": heartbeat_liveness or section.get("heartbeat_liveness", P.HEARTBEAT_LIVENESS),
         "curve": load_curve(curve_dir or section.get("curve"), "broker"),
+        "limits": Limits(**{key: section[key] for key in LIMIT_KEYS if key in section}),
     }
 
 

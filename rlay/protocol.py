@@ -71,6 +71,7 @@ E_ENV = "env_error"
 E_TIMEOUT = "timeout"
 E_WORKER_LOST = "worker_lost"
 E_INTERNAL = "internal_error"
+E_LIMIT = "limit"  # a request over one of the broker's limits (broker/limits.py); may carry retry_after
 
 # Env methods that call() must not reach: they have their own messages.
 RESERVED_CALLS = ("reset", "step", "close")

@@ -221,7 +221,7 @@ class RlayVectorEnv(VectorEnv):
         lease_timeout: float | None = None,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
-        heartbeat_interval: float | None = P.HEARTBEAT_INTERVAL,
+        heartbeat_interval: float = P.HEARTBEAT_INTERVAL,
         curve: Any = None,
         on_worker_failure: str = "raise",
         replace_timeout: float | None = None,
@@ -229,11 +229,10 @@ class RlayVectorEnv(VectorEnv):
     ) -> RlayVectorEnv:
         """Lease ``num_envs`` slots of ``env_id`` from a running broker.
 
-        The trainer pings the broker from a thread (``heartbeat_interval=None``: never):
-        every ``heartbeat_interval`` seconds while it waits for its lease, then as often as
-        the broker says in the lease (protocol 5.5). The broker frees the slots of a trainer
-        that stops pinging, and a call fails with BrokerLostError soon after the broker stops
-        answering. ``curve``
+        The trainer pings the broker from a thread: every ``heartbeat_interval`` seconds while
+        it waits for its lease, then as often as the broker says in the lease (protocol 5.5).
+        The broker frees the slots of a trainer that stops pinging, and a call fails with
+        BrokerLostError soon after the broker stops answering. ``curve``
         (``rlay.security.Curve.from_dir(KEYDIR, "client")``) encrypts and authenticates
         the connection to a broker started with ``--curve``. ``on_worker_failure`` and
         ``replace_timeout`` are as for the constructor; under ``"replace"`` a broker that
@@ -243,6 +242,11 @@ class RlayVectorEnv(VectorEnv):
         observations into the trainer's memory, the others send them as frames. So are
         ``timeout`` (each call's, enforced by the broker), ``lease_timeout`` (here: how long to
         wait for ``num_envs`` free slots of ``env_id``), ``autoreset_mode`` and ``copy``."""
+        if type(heartbeat_interval) not in (int, float) or not heartbeat_interval > 0:
+            raise ValueError(
+                f"heartbeat_interval must be a positive number of seconds, got {heartbeat_interval!r}: "
+                "a trainer must ping while it waits for or holds a lease (protocol 8.5)"
+            )
         self = cls.__new__(cls)
         self.env_fns = None
         self.shared_memory = shared_memory

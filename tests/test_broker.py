@@ -104,7 +104,7 @@ def test_malformed_worker_messages_get_error_replies(cartpoles, raw, tmp_path):
         ([pickle_payload(marker)], P.E_BAD_MESSAGE),
         ([msgpack.packb({"v": 2, "type": P.REGISTER})], P.E_VERSION),
         ([header(P.REGISTER, env_id="X")], P.E_REGISTRATION),
-        ([header(P.REGISTER, **{**good, "num_envs": 10**12})], P.E_REGISTRATION),
+        ([header(P.REGISTER, **{**good, "num_envs": 10**12})], P.E_LIMIT),  # over max_envs_per_worker
         ([header(P.REGISTER, **{**good, "env_id": "CartPole-v1"})], P.E_REGISTRATION),  # spaces differ
         ([header("bogus")], P.E_UNKNOWN_TYPE),
     ]

@@ -114,6 +114,7 @@ class WorkerBase:
         self.act_leaves = leaf_spaces(action_space)
         self.name = "?"
         self.max_frame: int | None = None  # the broker's max_message_size, from `registered`
+        self._refusal = ""  # the broker's last refusal to retry after (its rate limit), for the timeout's error
         self.stopping = False
         self.ctx: zmq.Context | None = None
         self.sock: zmq.Socket | None = None
@@ -177,6 +178,20 @@ class WorkerBase:
 
     def _await_registration(self, registration: bytes) -> None:
         deadline = time.monotonic() + self.register_timeout
+        while not self.stopping:
+            self._send_registration(registration, deadline)
+            retry_after = self._registration_answer(registration, deadline)
+            if retry_after is None:
+                return
+            # The broker takes only so many registrations a second (a fleet starting, a broker restart):
+            # try again when it says, within the registration timeout.
+            log.info("the broker asks to register again in %.2f s: %s", retry_after, self._refusal)
+            until = min(deadline, time.monotonic() + retry_after)
+            while time.monotonic() < until and not self.stopping:
+                self.check_parent()
+                time.sleep(min(P.IDLE_POLL_MS / 1000, max(0.0, until - time.monotonic())))
+
+    def _send_registration(self, registration: bytes, deadline: float) -> None:
         # ZeroMQ queues the registration until the broker is there, unless the connection was
         # refused outright (a CURVE key the broker does not know): then the send itself must wait.
         while not self.stopping:
@@ -190,11 +205,19 @@ class WorkerBase:
             if self.sock.poll(P.IDLE_POLL_MS, zmq.POLLOUT):
                 try:
                     self.sock.send(registration, zmq.NOBLOCK)
-                    break
+                    return
                 except zmq.Again:  # the connection went between poll and send (a CURVE handshake that failed)
                     continue
+
+    def _registration_answer(self, registration: bytes, deadline: float) -> float | None:
+        """Wait for `registered` (None) or a refusal to retry after so many seconds; raise on any other."""
         while not self.stopping:
             if time.monotonic() > deadline:
+                if self._refusal:
+                    raise RegistrationError(
+                        f"the broker kept refusing the registration of {self.env_id!r} for "
+                        f"{self.register_timeout:g} s: {self._refusal}"
+                    )
                 raise RegistrationError(
                     f"no broker answered the registration of {self.env_id!r} at {self.broker} "
                     f"within {self.register_timeout:g} s (the registration was {len(registration)} bytes: a broker "
@@ -216,11 +239,17 @@ class WorkerBase:
                 self.name = head.get("worker", "?")
                 self.max_frame = announced_limit(head)
                 self.heartbeat.adopt(head)
+                self._refusal = ""
                 log.info("registered as %s with slots %s", self.name, head.get("slots"))
-                return
+                return None
             if head[P.TYPE] == P.ERROR:
+                retry_after = head.get("retry_after")
+                if head.get("code") == P.E_LIMIT and type(retry_after) in (int, float) and 0 <= retry_after <= 60:
+                    self._refusal = str(head.get("message"))
+                    return float(retry_after)
                 raise RegistrationError(f"broker refused registration: {head.get('message')}")
             log.warning("ignoring %r before registration", head[P.TYPE])
+        return None
 
     def disconnect(self) -> None:
         """Tell the broker this worker is leaving, and close the socket."""
