@@ -651,7 +651,17 @@ def keys_generate(keydir: str, force: bool) -> None:
     help=f"The C++ example worker, for its round trip beside the Python worker's. [default: "
     f"{DEFAULT_CPP_WORKER}, if built]",
 )
-def bench(as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: str | None) -> None:
+@click.option(
+    "--scale",
+    "scale_workers",
+    default=None,
+    metavar="W,W,...",
+    help="Instead: one broker and W simulated workers of a trivial env, for each W (e.g. 10,100,1000): the "
+    "broker's CPU per part, its idle CPU and its memory.",
+)
+def bench(
+    as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: str | None, scale_workers: str | None
+) -> None:
     """RlayVectorEnv against gymnasium's SyncVectorEnv and AsyncVectorEnv, interleaved in one run.
 
     \b
@@ -659,7 +669,8 @@ def bench(as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: s
     uint8[84,84,3] and uint8[1080,1920,4] observations x8 (also in GB/s, beside
     a bare pyzmq transfer and memcpy measured in the same run); and the round
     trip of one env: embedded, and through a broker process to a Python worker
-    and to the C++ example worker, against a bare pyzmq round trip.
+    and to the C++ example worker, against a bare pyzmq round trip. With --scale:
+    the broker alone, against many workers.
     Ratios within one run are what to compare: absolute speeds drift.
     """
     from rlay import bench as b
@@ -667,6 +678,17 @@ def bench(as_json: bool, quick: bool, rounds: int, seconds: float, cpp_worker: s
     if quick:
         rounds, seconds = 1, 0.05
     out = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+    if scale_workers is not None:
+        from rlay.bench_scale import run_scale
+
+        try:
+            counts = tuple(int(w) for w in scale_workers.split(","))
+        except ValueError:
+            raise click.BadParameter("a comma-separated list of worker counts", param_hint="--scale") from None
+        rows = run_scale(counts, seconds=max(seconds, 0.5) * 3, log=out)
+        if as_json:
+            click.echo(json.dumps({"scale": rows}, indent=2))
+        return
     out(b.HEADER)
     report = b.run(scale=seconds, rounds=rounds, latency_count=300 if quick else 3000, log=out, cpp_worker=cpp_worker)
     for entry in report["workloads"]:

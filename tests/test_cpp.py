@@ -1,0 +1,185 @@
+"""The C++ SDK (workers/cpp): it builds with CMake, its examples and the C program over its C ABI
+pass `rlay conformance`, and a game project links it through find_package(rlay)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import rlay.vector
+from rlay import RlayVectorEnv
+from tests.conftest import ROOT, Proc, broker_status, free_port, run_cli, wait_for
+
+BUILD = ROOT / "build" / "cpp"
+BUILD_TIMEOUT = 900  # s: a first build on 2 cores
+CONFORMANCE_TIMEOUT = 180
+NEEDS = "cmake, a C++17 compiler, libzmq3-dev and cppzmq-dev (README: Run the tests)"
+
+
+def run(args: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, args))} exited with {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    return done
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> os.PathLike:
+    """Configure and build workers/cpp into build/cpp (incremental after the first time)."""
+    assert shutil.which("cmake"), f"cmake is not installed: the C++ SDK's tests need {NEEDS}"
+    run(["cmake", "-S", ROOT / "workers" / "cpp", "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release"], BUILD_TIMEOUT)
+    run(["cmake", "--build", BUILD, "-j", str(os.cpu_count() or 2)], BUILD_TIMEOUT)
+    return BUILD
+
+
+def conformance(*args: str) -> str:
+    done = run_cli("conformance", *args, timeout=CONFORMANCE_TIMEOUT)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "passed, 0 failed" in out, out
+    return out
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_the_sdk_builds_and_its_unit_tests_pass(cpp_build):
+    run(["ctest", "--test-dir", cpp_build, "--output-on-failure"], 120)
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + CONFORMANCE_TIMEOUT)
+def test_the_cpp_command_example_conforms(cpp_build):
+    conformance("--", str(cpp_build / "rlay_example_command"), "--envs", "4")
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + CONFORMANCE_TIMEOUT)
+def test_the_cpp_push_example_conforms(cpp_build):
+    conformance("--mode", "push", "--", str(cpp_build / "rlay_example_push"), "--agents", "3")
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + CONFORMANCE_TIMEOUT)
+def test_the_c_program_over_the_abi_conforms(cpp_build):
+    conformance("--", str(cpp_build / "rlay_example_c"), "--broker", "{broker}")
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + CONFORMANCE_TIMEOUT)
+def test_the_c_program_as_a_push_worker_conforms(cpp_build):
+    conformance("--mode", "push", "--", str(cpp_build / "rlay_example_c"), "--mode", "push")
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_a_game_project_links_the_installed_sdk_with_find_package(cpp_build, tmp_path):
+    prefix, game = tmp_path / "prefix", tmp_path / "game"
+    run(["cmake", "--install", cpp_build, "--prefix", prefix], 120)
+    game.mkdir()
+    (game / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.16)\nproject(game CXX C)\nfind_package(rlay REQUIRED)\n"
+        "add_executable(game_cpp game.cpp)\ntarget_link_libraries(game_cpp PRIVATE rlay::worker)\n"
+        "add_executable(game_c game.c)\ntarget_link_libraries(game_c PRIVATE rlay::c)\n"
+    )
+    (game / "game.cpp").write_text(
+        "#include <rlay/worker.hpp>\n#include <cstdio>\nint main() {\n"
+        '  auto space = rlay::spaces::discrete(3);\n  (void)space;\n  std::puts("linked");\n  return 0;\n}\n'
+    )
+    (game / "game.c").write_text(
+        "#include <rlay.h>\n#include <stdio.h>\nint main(void) {\n"
+        '  printf("protocol %d\\n", (int)rlay_protocol_version());\n  return 0;\n}\n'
+    )
+    run(["cmake", "-S", game, "-B", game / "build", f"-DCMAKE_PREFIX_PATH={prefix}"], 120)
+    run(["cmake", "--build", game / "build", "-j", "2"], 300)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(prefix / "lib")}
+    assert run([game / "build" / "game_cpp"], 10).stdout.strip() == "linked"
+    assert run([game / "build" / "game_c"], 10, env=env).stdout.strip() == "protocol 1"
+
+
+@pytest.fixture
+def leaf_paths(monkeypatch):
+    """How each observation leaf of each reply the trainer decodes travelled: shm, rows or frame."""
+    seen: list[list[str]] = []
+    decode = rlay.vector.decode_leaves
+
+    def spy(descriptors, *args, **kwargs):
+        seen.append(
+            ["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame" for d in descriptors]
+        )
+        return decode(descriptors, *args, **kwargs)
+
+    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
+    return seen
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+@pytest.mark.parametrize("shared_memory, path", [(True, "shm"), (False, "rows")])
+def test_large_observations_from_the_cpp_worker_arrive_exactly(cpp_build, leaf_paths, shared_memory, path):
+    """An image of 192 KiB per env: written into the trainer's shared memory when it offers it,
+    else sent row by row, and equal to the frame env's definition either way."""
+    shape = (128, 256, 6)
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Proc("broker", "--frontend", front, "--backend", back)
+    worker = Proc(
+        "--broker", back, "--envs", "2", "--env", "frame:128x256x6", command=[str(cpp_build / "rlay_example_command")]
+    )
+    envs = None
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 30, "the C++ worker to register")
+        envs = RlayVectorEnv.remote("rlay/Frame-128x256x6-v0", 2, broker=front, shared_memory=shared_memory, timeout=10)
+        obs, _ = envs.reset(seed=0)
+        pattern = np.arange(np.prod(shape), dtype=np.int64).reshape(shape)
+        for step in range(4):
+            for i in range(2):
+                np.testing.assert_array_equal(obs[i], ((pattern + step + i) % 256).astype(np.uint8))
+            obs, *_ = envs.step(np.zeros(2, np.int64))
+    finally:
+        if envs is not None:
+            envs.close()
+        for proc in (worker, broker):
+            code, _, err = proc.stop()
+            assert code == 0, err
+    assert leaf_paths and all(p == [path] for p in leaf_paths), leaf_paths[:3]
+
+
+def readme_block(language: str, after: str) -> str:
+    """The first ```language block of README.md after the line containing ``after``."""
+    text = (ROOT / "README.md").read_text()
+    rest = text[text.index(after) :]
+    start = rest.index(f"```{language}\n") + len(language) + 4
+    return rest[start : rest.index("```", start)]
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_the_readme_line_walker_builds_installs_and_trains(cpp_build, tmp_path):
+    """README, "Write a worker in C++": its game project, built against the installed SDK as written,
+    registers and steps through a broker."""
+    prefix, game = tmp_path / "prefix", tmp_path / "my_game"
+    run(["cmake", "--install", cpp_build, "--prefix", prefix], 120)
+    game.mkdir()
+    (game / "line_walker.cpp").write_text(readme_block("cpp", "Your own env, as a game project"))
+    (game / "CMakeLists.txt").write_text(readme_block("cmake", "`CMakeLists.txt` beside it"))
+    run(["cmake", "-S", game, "-B", game / "build", f"-DCMAKE_PREFIX_PATH={prefix}"], 120)
+    run(["cmake", "--build", game / "build", "-j", "2"], 300)
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Proc("broker", "--frontend", front, "--backend", back)
+    walker = subprocess.Popen(
+        [game / "build" / "line_walker"],
+        env={**os.environ, "RLAY_BROKER": back},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        envs = RlayVectorEnv.remote("LineWalker-v0", 4, broker=front, timeout=10)
+        try:
+            obs, _ = envs.reset(seed=0)
+            assert obs.tolist() == [3, 3, 3, 3]
+            for _ in range(3):
+                obs, rewards, terminated, _, infos = envs.step(np.ones(4, np.int64))
+            assert obs.tolist() == [6] * 4 and rewards.tolist() == [1.0] * 4 and terminated.all()
+            assert infos["x"].tolist() == [3] * 4
+        finally:
+            envs.close()
+    finally:
+        code, _, err = broker.stop()  # the broker's disconnect ends the walker
+        assert code == 0, err
+        assert walker.wait(15) == 0, walker.stderr.read()

@@ -1,0 +1,493 @@
+// rlay_sdk_tests: the codec against the byte examples of docs/protocol.md (3.2, 3.4, 4.1,
+// 4.3, 5.14, 15) and the refusals of 3.7; the header checks of 3.2; dtypes (3.5); leaves in
+// both forms (3.8); autoreset plans (6.2, 10.2). No broker needed: `ctest` runs it.
+#include <rlay/worker.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace {
+
+int failures = 0, checks = 0;
+
+#define CHECK(cond)                                                                       \
+    do {                                                                                  \
+        ++checks;                                                                         \
+        if (!(cond)) {                                                                    \
+            ++failures;                                                                   \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                                 \
+    } while (0)
+
+std::string hex(std::string_view bytes) {
+    std::string out;
+    char buf[3];
+    for (unsigned char c : bytes) {
+        std::snprintf(buf, sizeof buf, "%02x", c);
+        out += buf;
+    }
+    return out;
+}
+
+std::string unhex(std::string text) {
+    std::string out;
+    std::string digits;
+    for (char c : text) if (c != ' ' && c != '\n') digits += c;
+    for (std::size_t i = 0; i + 1 < digits.size(); i += 2) out += static_cast<char>(std::stoi(digits.substr(i, 2), nullptr, 16));
+    return out;
+}
+
+/// `bytes` are exactly the hex text `expected` (spaces ignored).
+bool same(std::string_view bytes, const std::string& expected) { return hex(bytes) == hex(unhex(expected)); }
+
+using rlay::value;
+namespace mp = rlay::detail::msgpack;
+
+value decode_hex(const std::string& h) { return mp::decode(unhex(h)); }
+
+/// Decoding `h` is refused with rlay::error (bad_message).
+bool refused(const std::string& h) {
+    try {
+        mp::decode(unhex(h));
+    } catch (const rlay::error& e) {
+        return e.code() == rlay::errc::bad_message;
+    }
+    return false;
+}
+
+/// `h` decodes, and encodes back to exactly `h` (the reference encoder's bytes).
+bool round_trip(const std::string& h) {
+    try {
+        return hex(mp::encode(decode_hex(h))) == hex(unhex(h));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "  round trip of %s threw %s\n", h.c_str(), e.what());
+        return false;
+    }
+}
+
+std::string nested(const std::string& open, int depth, const std::string& inner) {
+    std::string out;
+    for (int i = 0; i < depth; ++i) out += open;
+    return out + inner;
+}
+
+void header_examples() {
+    // 3.2: {v: 1, type: "step", req: 7, envs: [0, 2]}
+    std::string h = rlay::detail::header_writer("step", 2).field("req", 7).field("envs", value::list({0, 2})).done();
+    CHECK(hex(h) == "84a17601a474797065a473746570a372657107a4656e7673920002");
+    rlay::detail::header parsed = rlay::detail::decode_header(h);
+    CHECK(parsed.type() == "step");
+    CHECK(hex(parsed.raw_req) == "07");
+    // 5.14: the ping, and the answers
+    CHECK(hex(rlay::detail::header_writer("heartbeat", 0).done()) == "82a17601a474797065a9686561727462656174");
+    auto known = rlay::detail::decode_header(unhex("83a17601a474797065a9686561727462656174a56b6e6f776ec3"));
+    CHECK(known.find("known")->as_bool());
+    // 15: trainer -> broker and broker -> worker headers
+    auto trainer = rlay::detail::decode_header(unhex(
+        "85a17601a474797065a473746570a372657112a570617274739192920001 02a774696d656f7574cb404e000000000000"));
+    CHECK(trainer.find("parts")->repr() == "[[[0, 1], 2]]");
+    CHECK(trainer.find("timeout")->as_float() == 60.0);
+    auto to_worker = rlay::detail::decode_header(unhex("84a17601a474797065a473746570a372657103a4656e7673920001"));
+    CHECK(hex(to_worker.raw_req) == "03");
+    CHECK(to_worker.find("envs")->repr() == "[0, 1]");
+    // 15: the worker's reply header and body
+    CHECK(same(rlay::detail::reply_header(to_worker.raw_req), "83a17601a474797065a57265706c79a372657103"));
+    value body = value::map({{"obs", value::list({value::map({{"dtype", "<f4"}, {"shape", value::list({2, 4})}})})},
+                             {"reward", value::list({1.0, 0.0})},
+                             {"terminated", value::list({false, false})},
+                             {"truncated", value::list({true, false})},
+                             {"info", value::list({value::map(), value::map()})},
+                             {"final", value::list({value(), value()})}});
+    CHECK(hex(mp::encode(body)) ==
+          "86a36f62739182a56474797065a33c6634a57368617065920204a672657761726492cb3ff0000000000000cb0000000000000000aa7465726d696e61746564"
+          "92c2c2a97472756e636174656492c3c2a4696e666f928080a566696e616c92c0c0");
+    // an ext value in a header is opaque, and a req made of one is echoed byte for byte (3.2)
+    auto ext_req = rlay::detail::decode_header(unhex("83a17601a474797065a473746570a3726571d40501"));
+    CHECK(hex(ext_req.raw_req) == "d40501");
+    CHECK(ext_req.find("req")->is_nil());
+}
+
+void header_refusals() {
+    auto version_refused = [](const std::string& h, bool v_is_int) {
+        try {
+            rlay::detail::decode_header(unhex(h));
+        } catch (const rlay::detail::version_refusal& e) {
+            return e.v_is_int == v_is_int;
+        } catch (...) {
+        }
+        return false;
+    };
+    auto bad = [](const std::string& h) {
+        try {
+            rlay::detail::decode_header(unhex(h));
+        } catch (const rlay::detail::version_refusal&) {
+            return false;
+        } catch (const rlay::error& e) {
+            return e.code() == rlay::errc::bad_message;
+        }
+        return false;
+    };
+    CHECK(bad("93010203"));                                       // not a map
+    CHECK(bad("81c4026e64c3"));                                   // a bin key nd, even alone
+    CHECK(bad("82a17601a474797065"));                             // malformed: ends inside
+    CHECK(version_refused("81a474797065a473746570", false));      // no v
+    CHECK(version_refused("82a176c3a474797065a473746570", false)); // v: true
+    CHECK(version_refused("82a176cb3ff0000000000000a474797065a473746570", false));  // v: 1.0
+    CHECK(version_refused("82a17602a474797065a473746570", true));  // v: 2
+    CHECK(bad("82a17601a47479706501"));                            // type not a str
+    CHECK(bad("83a17601a474797065a473746570a3726571c703ff000000"));  // ext -1 of 3 bytes: malformed
+}
+
+void extension_examples() {
+    // 3.4 ext 1
+    CHECK(round_trip("c71101 93 a33c6634 9102 c408 0000c03f 000000c0"));
+    value a = decode_hex("c71101 93 a33c6634 9102 c408 0000c03f 000000c0");
+    CHECK(a.is_ndarray() && a.as_ndarray().dtype() == rlay::dtype::float32() && a.as_ndarray().data<float>()[0] == 1.5f &&
+          a.as_ndarray().data<float>()[1] == -2.0f);
+    CHECK(hex(mp::encode(value::array<float>({2}, {1.5f, -2.0f}))) == "c7110193a33c66349102c4080000c03f000000c0");
+    CHECK(round_trip("c70e0193a37c7531920202c40401020304"));
+    // ext 2
+    CHECK(round_trip("c70f0292a33c6638c4080000000000 00e03f"));
+    CHECK(same(mp::encode(value::scalar<double>(0.5)), "c70f0292a33c6638c408 000000000000e03f"));
+    CHECK(hex(mp::encode(value::scalar<float>(1.0f))) == "c70b0292a33c6634c4040000803f");
+    CHECK(hex(mp::encode(value::scalar<bool>(true))) == "d70292a37c6231c40101");
+    // ext 3
+    CHECK(hex(mp::encode(value::tuple({1, "a"}))) == "d6039201a161");
+    CHECK(hex(mp::encode(value::map({{"a", value::tuple({1, value::scalar<std::int64_t>(2)})}}))) ==
+          "81a161c714039201c70f0292a33c6938c4080200000000000000");
+    // ext 4
+    CHECK(round_trip("c70904010000000000000000"));                      // 2**64
+    CHECK(round_trip("c70904ff7fffffffffffffff"));                      // -(2**63) - 1
+    CHECK(round_trip("c71104 0080000000000000000000000000000000"));
+    CHECK(hex(mp::encode(value::big_integer(unhex("ff800000000000000000")))) == "c70a04ff800000000000000000");  // -(2**71)
+    CHECK(decode_hex("d40400").is_int() && decode_hex("d40400").as_int() == 0);  // fits a msgpack int: accepted
+    CHECK(decode_hex("d504ffff").as_int() == -1);
+    CHECK(decode_hex("c70904000000000000000005").as_uint() == 5);
+    // unicode arrays
+    CHECK(round_trip("c7110193a33c55329101c4086100000062000000"));
+    // every ext format: fixext 1/2/4/8/16, ext 8/16/32
+    CHECK(decode_hex("d40405").as_int() == 5);
+    CHECK(decode_hex("c7010405").as_int() == 5);
+    CHECK(decode_hex("c800010405").as_int() == 5);
+    CHECK(decode_hex("c9000000010405").as_int() == 5);
+    CHECK(decode_hex("d6039201a161") == value::tuple({1, "a"}));
+    CHECK(decode_hex("c704039201a161") == value::tuple({1, "a"}));
+    CHECK(decode_hex("c80004039201a161") == value::tuple({1, "a"}));
+    CHECK(decode_hex("c900000004039201a161") == value::tuple({1, "a"}));
+    CHECK(decode_hex("d80400000000000000000000000000000007").as_int() == 7);
+    CHECK(decode_hex("d704 0000000000000009").as_int() == 9);
+    CHECK(decode_hex("d5040100").as_int() == 256);
+    // float 32 accepted on read
+    CHECK(decode_hex("ca3f800000").as_float() == 1.0);
+    // str keys "nd", "type", "data" are just a map
+    CHECK(decode_hex("83a26e64c3a474797065c0a464617461c0").is_map());
+    // a tuple as a map key is fine
+    CHECK(decode_hex("81d40390c0").is_map());
+}
+
+void refusals() {
+    CHECK(refused("c0c0"));          // 1: trailing bytes
+    CHECK(refused("92c0"));          // 1: ends inside
+    CHECK(refused("a2c328"));        // 1: invalid UTF-8
+    CHECK(refused("a3eda080"));      // 1: a surrogate
+    CHECK(refused("a2c0af"));        // 1: an overlong
+    CHECK(refused("c1"));            // 1: never used
+    CHECK(refused("d6ff00000000"));  // 2: ext -1, a valid timestamp
+    CHECK(refused("d40500"));        // 2: ext 5
+    CHECK(refused("d47f00"));        // 2: ext 127
+    // 3: ext 1 / ext 2 payloads
+    CHECK(refused("c70e0192a37c7531920202"));                  // two fields
+    CHECK(refused("c70e0193a37c7531920202a40102030400"));      // data is a str
+    CHECK(refused("c70e0193a37c7531920202c40301020304"));      // trailing byte in the payload
+    CHECK(refused("c70e0193a37c7531920202c403010203"));        // 3 bytes for 4
+    CHECK(refused("c70e0193a37c753192ff02c40401020304"));      // negative dimension
+    CHECK(refused("c70e0193a37c753192c302c40401020304"));      // bool dimension
+    CHECK(refused("c70e0193a3 7c4f 31 9102c40401020304"));     // |O1: object
+    CHECK(refused(hex(mp::encode(value::map())) + "00") );     // trailing
+    auto ext1 = [](const std::string& dtype, std::vector<std::size_t> shape, std::size_t nbytes) {
+        mp::writer inner;
+        inner.array(3);
+        inner.str(dtype);
+        inner.array(shape.size());
+        for (auto d : shape) inner.uint(d);
+        inner.bin(std::string(nbytes, '\0'));
+        mp::writer w;
+        w.ext(1, inner.out);
+        return hex(w.out);
+    };
+    for (const char* bad : {"|O8", "=f4", "|f4", "<i3", "|S0", "<U0", "<u16", "<b2", "|V8", "<M8", "|U1", "<f4 ", "f4", "<f12345"}) {
+        CHECK(refused(ext1(bad, {1}, 4)));
+    }
+    CHECK(!refused(ext1("<f16", {1}, 16)));  // numpy knows f16 on this platform (3.5)
+    CHECK(!refused(ext1("<S3", {1}, 3)));
+    CHECK(!refused(ext1("|S3", {2}, 6)));
+    CHECK(!refused(ext1("<u1", {1}, 1)));
+    CHECK(refused(ext1("<f4", std::vector<std::size_t>(33, 1), 4)));  // 33 dimensions
+    CHECK(!refused(ext1("<f4", std::vector<std::size_t>(32, 1), 4)));
+    CHECK(refused(ext1("<U1", {1}, 4).substr(0, ext1("<U1", {1}, 4).size() - 8) + "00001100"));  // U+110000
+    CHECK(refused("c7050292a33c6634"));   // ext 2: one field
+    CHECK(refused("c70b0292a33c6634c403000080"));  // ext 2: 3 bytes for 4
+    CHECK(refused("d40301"));             // ext 3: not an array
+    CHECK(refused("c70004"));             // ext 4: empty
+    CHECK(refused("c90000040104" + std::string(2050, '0')));  // ext 4: 1025 bytes
+    CHECK(!refused("c90000040004" + std::string(2048, '0')));  // 1024 bytes
+    // 4: tuples nested 16 deep pass, 17 are refused
+    auto tuples = [](int depth) {
+        value v = value();
+        for (int i = 0; i < depth; ++i) v = value::tuple({v});
+        return v;
+    };
+    CHECK(!refused(hex(mp::encode(tuples(16)))));
+    bool encoder_refuses = false;
+    try {
+        mp::encode(tuples(17));
+    } catch (const rlay::error&) {
+        encoder_refuses = true;
+    }
+    CHECK(encoder_refuses);
+    {
+        std::string seventeen = "c0";
+        for (int i = 0; i < 17; ++i) {
+            mp::writer w;
+            w.ext(3, unhex("91" + seventeen));
+            seventeen = hex(w.out);
+        }
+        CHECK(refused(seventeen));
+    }
+    // arrays and maps: 1024 deep pass, 1025 are refused (empty ones count)
+    CHECK(!refused(nested("91", 1024, "c0")));
+    CHECK(refused(nested("91", 1025, "c0")));
+    CHECK(refused(nested("91", 1024, "90")));
+    CHECK(!refused(nested("81c0", 1024, "c0")));
+    CHECK(refused(nested("81c0", 1025, "c0")));
+    // 5: msgpack-numpy array maps, at any depth, in tuples too
+    CHECK(refused("83c4026e64c3c404747970 65c0c40464617461c0"));
+    CHECK(refused("83c4026e64c3c40474797065c0c40464617461c0"));
+    CHECK(refused("9183c4026e64c3c40474797065c0c40464617461c0"));
+    CHECK(refused("c7150391 83c4026e64c3c40474797065c0c40464617461c0"));
+    CHECK(refused("83c5 0002 6e64c3c40474797065c0c40464617461c0"));  // bin 16 key
+    CHECK(!refused("82c4026e64c3c40474797065c0"));                 // two of the three keys: a map
+    // unhashable keys, as the reference decoder refuses them
+    CHECK(refused("8190c0"));
+    CHECK(refused("8180c0"));
+    CHECK(refused("81d4039190c0"));  // a tuple holding a list
+}
+
+void dtypes() {
+    CHECK(rlay::dtype::parse("<u1").str() == "|u1");
+    CHECK(rlay::dtype::parse(">b1").str() == "|b1");
+    CHECK(rlay::dtype::parse("<S3").str() == "|S3");
+    CHECK(rlay::dtype::parse("<f04").str() == "<f4");
+    CHECK(rlay::dtype::parse("<U7").itemsize() == 28);
+    CHECK(rlay::can_cast_same_kind(rlay::dtype::float64(), rlay::dtype::float32()));
+    CHECK(rlay::can_cast_same_kind(rlay::dtype::int64(), rlay::dtype::uint8()) == false);
+    CHECK(rlay::can_cast_same_kind(rlay::dtype::uint64(), rlay::dtype::int8()));
+    CHECK(!rlay::can_cast_same_kind(rlay::dtype::float64(), rlay::dtype::uint8()));
+    CHECK(!rlay::can_cast_same_kind(rlay::dtype::int64(), rlay::dtype::boolean()));
+    CHECK(rlay::can_cast_same_kind(rlay::dtype::boolean(), rlay::dtype::float32()));
+    // byte order conversions
+    rlay::ndarray big = rlay::ndarray::copy_of(rlay::dtype::parse(">i4"), {1}, "\x00\x00\x01\x02", 4);
+    CHECK(big.item<std::int64_t>(0) == 258);
+    CHECK(big.astype(rlay::dtype::int32()).data<std::int32_t>()[0] == 258);
+    rlay::ndarray be_f = rlay::ndarray::copy_of(rlay::dtype::parse(">f8"), {1}, "\x3f\xf0\x00\x00\x00\x00\x00\x00", 8);
+    CHECK(be_f.item<double>(0) == 1.0);
+    // float16, correctly rounded
+    CHECK(rlay::detail::double_to_half(1.0) == 0x3c00);
+    CHECK(rlay::detail::double_to_half(65504.0) == 0x7bff);
+    CHECK(rlay::detail::double_to_half(65520.0) == 0x7c00);
+    CHECK(rlay::detail::double_to_half(5.960464477539063e-08) == 0x0001);
+    CHECK(rlay::detail::double_to_half(1.0 + 1.0 / 2048) == 0x3c00);  // a tie: to even
+    CHECK(rlay::detail::half_to_double(0xc000) == -2.0);
+}
+
+void spaces_and_leaves() {
+    using namespace rlay::spaces;
+    rlay::space obs = dict({{"pos", box(-1e6, 1e6, {2}, rlay::dtype::float64())},
+                            {"t", discrete(9)},
+                            {"vel", box(-4.0, 4.0, {2}, rlay::dtype::float32())}});
+    // byte-identical to rlay.spaces.encode_space of the conformance env's space (4.1, 4.4)
+    CHECK(hex(mp::encode_plain(obs.encode())) ==
+          "82a474797065a444696374a67370616365739392a3706f7385a474797065a3426f78a56474797065a33c6638a573686170659102a36c6f7783a56474797065a33c"
+          "6638a573686170659102a464617461c4100000000080842ec10000000080842ec1a46869676883a56474797065a33c6638a573686170659102a464617461c410"
+          "0000000080842e410000000080842e4192a17484a474797065a84469736372657465a16e09a5737461727400a56474797065a33c693892a376656c85a4747970"
+          "65a3426f78a56474797065a33c6634a573686170659102a36c6f7783a56474797065a33c6634a573686170659102a464617461c408000080c0000080c0a46869"
+          "676883a56474797065a33c6634a573686170659102a464617461c4080000804000008040");
+    CHECK(hex(mp::encode_plain(discrete(2).encode())) == "84a474797065a84469736372657465a16e02a5737461727400a56474797065a33c6938");
+    auto leaves = obs.leaves();
+    CHECK(leaves.size() == 3 && leaves[1].row_shape.empty() && leaves[2].dtype == rlay::dtype::float32());
+
+    // observations: float64 into a float32 Box is cast; into a uint8 Box it is a TypeError (5.10)
+    value one = value::map({{"pos", value::array<double>({2}, {0.1, 0.2})}, {"t", 3}, {"vel", value::array<double>({2}, {0.5, -0.25})}});
+    auto checked = rlay::detail::check_observation(obs, leaves, one);
+    auto enc = rlay::detail::encode_observations(leaves, {checked, checked}, nullptr);
+    CHECK(enc.frames.size() == 3 && enc.frames[2].size() == 16);
+    CHECK(hex(mp::encode(enc.descriptors)) == hex(mp::encode(value::list({value::map({{"dtype", "<f8"}, {"shape", value::list({2, 2})}}),
+                                                                          value::map({{"dtype", "<i8"}, {"shape", value::list({2})}}),
+                                                                          value::map({{"dtype", "<f4"}, {"shape", value::list({2, 2})}})}))));
+    bool type_error = false;
+    try {
+        rlay::detail::check_observation(box(0, 255, {2}, rlay::dtype::uint8()), box(0, 255, {2}, rlay::dtype::uint8()).leaves(),
+                                        value::array<double>({2}, {1.0, 2.0}));
+    } catch (const rlay::env_error& e) {
+        type_error = e.type() == "TypeError" &&
+                     std::string(e.what()) == "Cannot cast array data from dtype('float64') to dtype('uint8') according to the rule 'same_kind'";
+    }
+    CHECK(type_error);
+    bool key_error = false;
+    try {
+        rlay::detail::check_observation(obs, leaves, value::map({{"pos", value::array<double>({2}, {0, 0})}}));
+    } catch (const rlay::env_error& e) {
+        key_error = e.type() == "KeyError";
+    }
+    CHECK(key_error);
+    // a Box of 64 KiB per env goes row by row (3.8, 4.3)
+    rlay::space image = dict({{"image", box(0, 255, {256, 256, 3}, rlay::dtype::uint8())}, {"speed", box(-1, 1, {2}, rlay::dtype::float32())}});
+    auto image_leaves = image.leaves();
+    value frame0 = value::map({{"image", rlay::ndarray(rlay::dtype::uint8(), {256, 256, 3})}, {"speed", value::array<float>({2}, {0.5f, -0.25f})}});
+    auto e0 = rlay::detail::check_observation(image, image_leaves, frame0);
+    auto img = rlay::detail::encode_observations(image_leaves, {e0, e0}, nullptr);
+    value body = value::map({{"obs", img.descriptors}, {"info", value::list({value::map(), value::map()})}});
+    CHECK(same(mp::encode(body), "82a36f627392 83a56474797065a37c7531a573686170659402cd0100cd010003a4726f7773c3"
+                                 "82a56474797065a33c6634a573686170659202 02 a4696e666f928080"));
+    CHECK(img.frames.size() == 3 && img.frames[0].size() == 196608);
+
+    // actions: both leaf forms give the same values, converted to the space's dtype (3.6, 3.8)
+    rlay::space act = dict({{"move", box(-1, 1, {2}, rlay::dtype::float32())}, {"pick", discrete(3)}});
+    auto act_leaves = act.leaves();
+    auto message_of = [](std::vector<std::string> frames) {
+        rlay::detail::message m;
+        m.emplace_back();
+        m.emplace_back();
+        for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
+        return m;
+    };
+    double moves[4] = {0.5, -0.5, 1.0, 0.25};
+    std::int32_t picks[2] = {2, 0};
+    std::string move_bytes(reinterpret_cast<const char*>(moves), 32), pick_bytes(reinterpret_cast<const char*>(picks), 8);
+    value one_frame = value::list({value::map({{"dtype", "<f8"}, {"shape", value::list({2, 2})}}),
+                                   value::map({{"dtype", "<i4"}, {"shape", value::list({2})}})});
+    value row_frames = value::list({value::map({{"dtype", "<f8"}, {"shape", value::list({2, 2})}, {"rows", true}}),
+                                    value::map({{"dtype", "<i4"}, {"shape", value::list({2})}, {"rows", true}})});
+    auto a1 = rlay::detail::decode_actions(&one_frame, message_of({move_bytes, pick_bytes}), 2, act, act_leaves, 2);
+    auto a2 = rlay::detail::decode_actions(&row_frames,
+                                           message_of({move_bytes.substr(0, 16), move_bytes.substr(16), pick_bytes.substr(0, 4), pick_bytes.substr(4)}),
+                                           2, act, act_leaves, 2);
+    CHECK(a1.size() == 2 && a1 == a2);
+    CHECK(a1[1].at("pick").as_int() == 0 && a1[0].at("pick").as_int() == 2);
+    CHECK(a1[1].at("move").as_ndarray().dtype() == rlay::dtype::float32() && a1[1].at("move").as_ndarray().data<float>()[1] == 0.25f);
+    auto refused_actions = [&](const value& desc, std::vector<std::string> frames) {
+        try {
+            rlay::detail::decode_actions(&desc, message_of(frames), 2, act, act_leaves, 2);
+        } catch (const rlay::error& e) {
+            return e.code() == rlay::errc::bad_message;
+        }
+        return false;
+    };
+    CHECK(refused_actions(one_frame, {move_bytes}));                        // a frame is missing
+    CHECK(refused_actions(one_frame, {move_bytes, pick_bytes, "x"}));       // one too many
+    CHECK(refused_actions(one_frame, {move_bytes.substr(1), pick_bytes}));  // wrong length
+    CHECK(refused_actions(value::list({one_frame[0]}), {move_bytes}));      // too few leaves
+    CHECK(refused_actions(value::list({one_frame[0], value::map({{"text", value::list({"a", "b"})}})}), {move_bytes}));
+    CHECK(refused_actions(value::list({one_frame[0], value::map({{"dtype", "<i4"}, {"shape", value::list({2})}, {"shm", true}})}), {move_bytes}));
+}
+
+void plans() {
+    using rlay::detail::autoreset_mode;
+    using rlay::detail::plan;
+    // NextStep after an episode end: one reset, the action ignored, reward 0
+    plan p = plan::for_step(autoreset_mode::next_step, true, value(1), 0);
+    CHECK(p.first().is_reset && p.first().seed.as_value().is_nil() && p.first().options.is_nil());
+    CHECK(!p.feed_reset(value("obs"), value::map()));
+    CHECK(p.outcome().reward == 0.0 && !p.outcome().terminated && p.outcome().final.is_nil());
+    // SameStep: step, then a reset; final holds the step's obs and info
+    plan q = plan::for_step(autoreset_mode::same_step, false, value(1), 0);
+    CHECK(!q.first().is_reset);
+    auto next = q.feed_step(value("last"), 1.5, true, false, value::map({{"k", 1}}));
+    CHECK(next && next->is_reset);
+    CHECK(!q.feed_reset(value("first"), value::map()));
+    CHECK(q.outcome().obs == value("first") && q.outcome().final[0] == value("last") && q.outcome().terminated && q.outcome().reward == 1.5);
+    // Disabled after an episode end: an AssertionError naming the env
+    bool asserted = false;
+    try {
+        plan::for_step(autoreset_mode::disabled, true, value(1), 3);
+    } catch (const rlay::env_error& e) {
+        asserted = e.type() == "AssertionError" && std::string(e.what()).rfind("env 3 was stepped after its episode ended", 0) == 0;
+    }
+    CHECK(asserted);
+}
+
+void seeds() {
+    rlay::seed big(value::big_integer(unhex("400000000000000000")));  // 2**70
+    CHECK(big.has_value() && !big.as_uint64() && hex(big.big_endian_bytes()) == "400000000000000000");
+    CHECK(big.mod((std::uint64_t(1) << 61) - 1) == 512);  // 2**70 mod (2**61 - 1) = 2**9
+    rlay::seed small(value(5));
+    CHECK(small.as_uint64() == 5u && small.mod(3) == 2);
+    CHECK(!rlay::seed().has_value());
+    CHECK(value::big_integer(unhex("ff7fffffffffffffff")).repr() == "-9223372036854775809");
+}
+
+/// Mutated messages: every decoder either decodes or throws rlay::error, never anything else
+/// (and, under a sanitizer, never reads out of bounds).
+void fuzz() {
+    std::vector<std::string> seeds_ = {
+        unhex("86a36f62739182a56474797065a33c6634a57368617065920204a672657761726492cb3ff0000000000000cb0000000000000000aa7465726d696e617465"
+              "6492c2c2a97472756e636174656492c3c2a4696e666f928080a566696e616c92c0c0"),
+        unhex("81a161c714039201c70f0292a33c6938c4080200000000000000"),
+        unhex("c7110193a33c66349102c4080000c03f000000c0"),
+        unhex("c7110193a33c55329101c4086100000062000000"),
+        unhex("84a17601a474797065a473746570a372657107a4656e7673920002"),
+        unhex("c7110400800000000000000000000000000000"),
+        unhex("83c4026e64c3c40474797065c0c40464617461c0"),
+    };
+    std::uint64_t state = 12345;
+    auto next = [&] {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        return static_cast<unsigned>(state >> 33);
+    };
+    int decoded = 0, refused_ = 0, other = 0;
+    for (int round = 0; round < 30000; ++round) {
+        std::string m = seeds_[next() % seeds_.size()];
+        int edits = 1 + next() % 4;
+        for (int e = 0; e < edits && !m.empty(); ++e) {
+            std::size_t at = next() % m.size();
+            switch (next() % 4) {
+                case 0: m[at] = static_cast<char>(next()); break;
+                case 1: m.erase(at, 1 + next() % 3); break;
+                case 2: m.insert(at, 1, static_cast<char>(next())); break;
+                default: m[at] = static_cast<char>(m[at] ^ (1u << (next() % 8))); break;
+            }
+        }
+        for (int decoder = 0; decoder < 2; ++decoder) {
+            try {
+                if (decoder == 0) mp::decode(m);
+                else rlay::detail::decode_header(m);
+                ++decoded;
+            } catch (const rlay::error&) {
+                ++refused_;
+            } catch (...) {
+                ++other;
+            }
+        }
+    }
+    CHECK(other == 0);
+    CHECK(decoded > 0 && refused_ > 0);
+}
+
+}  // namespace
+
+int main() {
+    header_examples();
+    header_refusals();
+    extension_examples();
+    refusals();
+    dtypes();
+    spaces_and_leaves();
+    plans();
+    seeds();
+    fuzz();
+    std::printf("%d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
