@@ -39,6 +39,11 @@ __all__ = [
 ]
 
 
+def valid_seeds(seeds: Any, count: int) -> bool:
+    """A reset's seeds (protocol 5.9): a list of ``count`` ints (not bools) or nils."""
+    return isinstance(seeds, list) and len(seeds) == count and all(s is None or type(s) is int for s in seeds)
+
+
 def snapshot(info: Any) -> Any:
     """``info`` as SyncVectorEnv keeps it: it batches an info the moment the env returns it, so an env
     that reuses its info dict (clearing it on reset), or shares one between envs, cannot change what

@@ -325,6 +325,9 @@ class WorkerBase:
             if kind == P.ERROR:
                 log.error("broker reports: %s", head.get("message"))
                 return None
+            if kind in (P.HEARTBEAT, P.REGISTERED):  # answers are never answered (protocol 5.14)
+                log.debug("ignoring a %r on the main socket", kind)
+                return None
             if kind not in P.BATCH_CALLS:
                 return [header(P.ERROR, req=req, code=P.E_UNKNOWN_TYPE, message=f"unknown message type {kind!r}")]
             envs = head.get("envs")
@@ -368,6 +371,18 @@ class WorkerBase:
         cannot cross the wire.
         """
         envs = request.envs
+        wrong = [
+            {
+                "env": envs[n],
+                "type": "TypeError",
+                "traceback": "",
+                "message": f"info: an env's info must be a dict, got {type(info).__name__}",
+            }
+            for n, info in enumerate(columns.get("info", []))
+            if not isinstance(info, dict)
+        ]
+        if wrong:
+            raise EnvFailures(wrong)
         offer = request.body.get("shm")
         placed = None if offer is None else self.segments.place(offer, self.obs_leaves, len(envs))
         descriptors, arrays, writes = self._encode_obs(envs, obs, placed)

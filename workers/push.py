@@ -292,7 +292,7 @@ class PushWorker(WorkerBase):
         body = request.body
         if request.kind == P.RESET:
             seeds, options = body.get("seeds"), body.get("options")
-            if not isinstance(seeds, list) or len(seeds) != len(request.envs):
+            if not autoreset.valid_seeds(seeds, len(request.envs)):
                 raise WireError("reset needs 'seeds', one int or nil per env")
             return [lambda n=n: autoreset.reset_plan(seeds[n], options) for n in range(len(request.envs))]
         if request.kind == P.STEP:
@@ -353,8 +353,9 @@ class PushWorker(WorkerBase):
 
     def _finish(self, batch: _Batch) -> list[Any]:
         request = batch.request
-        if batch.failures:
-            return self.env_error(request.req, batch.failures)
+        if batch.failures:  # (in envs order, as a command worker lists them)
+            order = {j: n for n, j in enumerate(request.envs)}
+            return self.env_error(request.req, sorted(batch.failures, key=lambda f: order[f["env"]]))
         try:
             results = [batch.results[j] for j in request.envs]
             columns = {key: [r[key] for r in results] for key in results[0] if key != "obs"}

@@ -112,7 +112,7 @@ class Worker(WorkerBase):
 
     def reset(self, request: Request) -> list[Any]:
         seeds, options = request.body.get("seeds"), request.body.get("options")
-        if not isinstance(seeds, list) or len(seeds) != len(request.envs):
+        if not autoreset.valid_seeds(seeds, len(request.envs)):
             raise WireError("reset needs 'seeds', one int or nil per env")
 
         def reset_range(positions: range) -> tuple[list, ...]:

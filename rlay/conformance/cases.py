@@ -103,6 +103,9 @@ def malformed(k: int, mode: str) -> list[Case]:
     reset("a body that is not a map", _plain([None] * k))
     reset("seeds of the wrong length", _plain({"seeds": [None] * (k + 1), "options": None}))
     reset("seeds that is not a list", _plain({"seeds": 5, "options": None}))
+    reset("a seed that is a str", _plain({"seeds": ["1"] * k, "options": None}))
+    reset("a seed that is a float", _plain({"seeds": [1.0] * k, "options": None}))
+    reset("a seed that is a bool", _plain({"seeds": [True] * k, "options": None}))
     options(
         "a msgpack-numpy array map",
         {b"nd": True, b"type": b"<i8", b"kind": b"", b"shape": [1], b"data": b"\x80\x04K\x01."},

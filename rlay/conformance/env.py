@@ -22,6 +22,7 @@ M61 = 2**61 - 1  # seeds are reduced modulo this prime: every byte of a big-int 
 MASK64 = 2**64 - 1
 T_MAX = 8  # steps in an episode before truncation
 POS_LIMIT = 4.0  # |pos[0]| at which an episode terminates
+MAX_START = 2**53  # options["start"] is exact as a float64 up to this size
 
 
 def splitmix64(state: int) -> tuple[int, int]:
@@ -66,11 +67,13 @@ class ConformanceEnv(gym.Env):
         options = {} if options is None else options
         if seed is not None and seed < 0:
             raise ValueError(f"the conformance env takes seeds >= 0, got {seed}")
-        if options.get("fail"):
+        if not isinstance(options, dict):
+            raise ValueError(f"options must be a map or nil, got {type(options).__name__}")
+        if options.get("fail") is True:
             raise ValueError("reset failed on request (options['fail'])")
         start = options.get("start", 0)
-        if type(start) is not int:
-            raise ValueError(f"options['start'] must be an int, got {start!r}")
+        if type(start) is not int or abs(start) > MAX_START:
+            raise ValueError(f"options['start'] must be an int from -2**53 to 2**53, got {start!r}")
         if seed is not None:
             self.rng = seed % M61
         self.episode += 1

@@ -162,7 +162,7 @@ class Suite:
             if self.mode == P.PUSH_MODE:
                 self.check("refuses a step before an agent's first reset", lambda: self._step_before_reset(raw))
             self.check("answers malformed requests with the right error", lambda: self._malformed(raw))
-            self.check("never answers an error", lambda: self._error_unanswered(raw))
+            self.check("never answers an error or a heartbeat answer", lambda: self._unanswered(raw))
             self.check("serves a valid request after bad ones", lambda: self._valid_reset(raw), needed=True)
         finally:
             raw.close()
@@ -256,9 +256,11 @@ class Suite:
             raise CheckFailed(f"{len(wrong)} of {len(all_cases)} wrong: " + "; ".join(wrong[:4]))
         return f"{len(all_cases)} requests"
 
-    def _error_unanswered(self, raw: RawBroker) -> str:
+    def _unanswered(self, raw: RawBroker) -> str:
         raw.sock.send_multipart([raw.worker, header(P.ERROR, req=3, code=P.E_BAD_MESSAGE, message="conformance")])
         raw.silent_for(0.5, "an `error` message")
+        raw.sock.send_multipart([raw.worker, header(P.HEARTBEAT, known=True)])
+        raw.silent_for(0.5, "a heartbeat answer on its main socket")
         return ""
 
     def _valid_reset(self, raw: RawBroker) -> str:

@@ -25,6 +25,7 @@
 #define M61 ((UINT64_C(1) << 61) - 1)
 #define T_MAX 8
 #define POS_LIMIT 4.0
+#define MAX_START (INT64_C(1) << 53) /* options["start"] is exact as a float64 up to this */
 
 typedef struct conformance_env {
     uint64_t rng;
@@ -93,46 +94,10 @@ static size_t integer_bytes(const rlay_value* v, uint8_t* buf, size_t cap, int* 
     return len;
 }
 
-/* Python's float(int), correctly rounded (the top 64 bits and a sticky bit). */
-static int integer_to_double(const rlay_value* v, double* out) {
-    uint8_t b[1024];
-    int negative = 0;
-    size_t len = integer_bytes(v, b, sizeof b, &negative), first = 0, nbits, i;
-    uint64_t top = 0;
-    int sticky = 0, lead = 0;
-    if (len == 0) return 0;
-    while (first < len && b[first] == 0) ++first;
-    if (first == len) {
-        *out = 0.0;
-        return 1;
-    }
-    while (!((b[first] << lead) & 0x80)) ++lead;
-    nbits = (len - first) * 8 - (size_t)lead;
-    for (i = 0; i < nbits; ++i) {
-        size_t at = i + (size_t)lead;
-        int bit = (b[first + at / 8] >> (7 - at % 8)) & 1;
-        if (i < 64) top = (top << 1) | (uint64_t)bit;
-        else sticky |= bit;
-    }
-    *out = ldexp((double)(top | (uint64_t)sticky), nbits > 64 ? (int)(nbits - 64) : 0);
-    if (isinf(*out)) return 0;
-    if (negative) *out = -*out;
-    return 1;
-}
-
-/* Python's truth value of an option. */
-static int truthy(const rlay_value* v) {
-    size_t len = 0;
-    double d = 0;
-    switch (rlay_value_kind(v)) {
-        case RLAY_NIL: return 0;
-        case RLAY_BOOL: { int b = 0; rlay_value_get_bool(v, &b); return b; }
-        case RLAY_STR: rlay_value_get_str(v, NULL, &len); return len != 0;
-        case RLAY_BIN: rlay_value_get_bytes(v, NULL, &len); return len != 0;
-        case RLAY_LIST: case RLAY_MAP: case RLAY_TUPLE: rlay_value_len(v, &len); return len != 0;
-        case RLAY_NDARRAY: rlay_value_get_ndarray(v, NULL, NULL, NULL, NULL, &len); return len != 0;
-        default: rlay_value_to_double(v, &d); return d != 0.0;
-    }
+/* options["fail"] asks for a failure only when it is the bool true. */
+static int is_true(const rlay_value* v) {
+    int b = 0;
+    return rlay_value_kind(v) == RLAY_BOOL && rlay_value_get_bool(v, &b) == RLAY_OK && b;
 }
 
 /* ---- the conformance env ------------------------------------------------------------------- */
@@ -178,20 +143,22 @@ static int env_reset(void* user, size_t index, const rlay_value* seed, const rla
         }
     }
     if (has_options && rlay_value_kind(options) != RLAY_MAP) {
-        rlay_env_fail("AttributeError", "options has no attribute 'get': it is not a dict");
+        rlay_env_fail("ValueError", "options must be a map or nil");
         return 1;
     }
-    if (has_options && rlay_value_find(options, "fail", &item) == RLAY_OK && truthy(item)) { /* 3 */
+    if (has_options && rlay_value_find(options, "fail", &item) == RLAY_OK && is_true(item)) { /* 3 */
         rlay_env_fail("ValueError", "reset failed on request (options['fail'])");
         return 1;
     }
-    item = NULL; /* 4 */
+    item = NULL; /* 4: an int from -2^53 to 2^53, exact as a float64 */
     if (has_options && rlay_value_find(options, "start", &item) == RLAY_OK) {
-        rlay_kind kind = rlay_value_kind(item);
-        if (kind != RLAY_INT && kind != RLAY_BIG_INT) {
-            rlay_env_fail("ValueError", "options['start'] must be an int");
+        int64_t value = 0;
+        if (rlay_value_kind(item) != RLAY_INT || rlay_value_get_int(item, &value) != RLAY_OK ||
+            value > MAX_START || value < -MAX_START) {
+            rlay_env_fail("ValueError", "options['start'] must be an int from -2**53 to 2**53");
             return 1;
         }
+        start = (double)value;
     }
     if (rlay_value_kind(seed) != RLAY_NIL) { /* 5: every byte counts */
         uint64_t r = 0;
@@ -204,10 +171,6 @@ static int env_reset(void* user, size_t index, const rlay_value* seed, const rla
     }
     e->episode += 1; /* 6 */
     e->t = 0;
-    if (item && !integer_to_double(item, &start)) {
-        rlay_env_fail("OverflowError", "int too large to convert to float");
-        return 1;
-    }
     e->pos[0] = start;
     e->pos[1] = uniform(e) - 0.5;
     e->vel[0] = e->vel[1] = 0.0;

@@ -30,81 +30,6 @@ inline rlay::space action_space() { return rlay::spaces::discrete(3); }
 
 inline rlay::value metadata() { return rlay::value::map({{"render_modes", rlay::value::list()}, {"render_fps", 30}}); }
 
-/// Python's name of a value's type, for the messages the reference raises.
-inline std::string python_type(const rlay::value& v) {
-    switch (v.type()) {
-        case rlay::value::kind::nil: return "NoneType";
-        case rlay::value::kind::boolean: return "bool";
-        case rlay::value::kind::integer: case rlay::value::kind::big_integer: return "int";
-        case rlay::value::kind::floating: return "float";
-        case rlay::value::kind::str: return "str";
-        case rlay::value::kind::bin: return "bytes";
-        case rlay::value::kind::list: return "list";
-        case rlay::value::kind::map: return "dict";
-        case rlay::value::kind::tuple: return "tuple";
-        case rlay::value::kind::ndarray: return "numpy.ndarray";
-        case rlay::value::kind::scalar: return "numpy.generic";
-    }
-    return "object";
-}
-
-/// Python's truth value of a value (`options.get("fail")` is tested for truth).
-inline bool truthy(const rlay::value& v) {
-    using k = rlay::value::kind;
-    switch (v.type()) {
-        case k::nil: return false;
-        case k::boolean: return v.as_bool();
-        case k::integer: return v.is_negative() || v.as_uint() != 0;
-        case k::big_integer: return true;  // minimal bytes: never zero
-        case k::floating: return v.as_float() != 0.0;
-        case k::str: return !v.as_str().empty();
-        case k::bin: return !v.as_bin().empty();
-        case k::list: case k::map: case k::tuple: return v.size() != 0;
-        case k::scalar: return v.to_double() != 0.0;
-        case k::ndarray: {
-            const rlay::ndarray& a = v.as_ndarray();
-            if (a.size() == 1) return a.item<double>(0) != 0.0;
-            if (a.size() == 0) return false;
-            throw rlay::env_error("ValueError", "The truth value of an array with more than one element is ambiguous. Use a.any() or a.all()");
-        }
-    }
-    return false;
-}
-
-/// Python's float(int), correctly rounded; OverflowError past the float64 range.
-inline double int_to_double(const rlay::value& v) {
-    if (v.is_int()) return v.is_negative() ? static_cast<double>(v.as_int()) : static_cast<double>(v.as_uint());
-    std::string b = v.big_integer_bytes();
-    bool negative = static_cast<unsigned char>(b[0]) & 0x80;
-    if (negative) {  // magnitude of the two's complement
-        for (char& c : b) c = static_cast<char>(~static_cast<unsigned char>(c));
-        for (std::size_t i = b.size(); i-- > 0;) {
-            unsigned char c = static_cast<unsigned char>(b[i]) + 1;
-            b[i] = static_cast<char>(c);
-            if (c != 0) break;
-        }
-    }
-    b.erase(0, b.find_first_not_of('\0'));
-    int lead = 0;
-    for (unsigned char top = static_cast<unsigned char>(b[0]); !(top & 0x80); top <<= 1) ++lead;
-    std::size_t nbits = b.size() * 8 - lead;
-    auto bit = [&](std::size_t i) {  // bit i of the magnitude, counted from its top bit
-        std::size_t at = i + lead;
-        return (static_cast<unsigned char>(b[at / 8]) >> (7 - at % 8)) & 1;
-    };
-    // the top 64 bits, with every lower bit folded into a sticky bit: one correct rounding
-    std::uint64_t top = 0;
-    bool sticky = false;
-    for (std::size_t i = 0; i < nbits; ++i) {
-        if (i < 64) top = (top << 1) | bit(i);
-        else sticky = sticky || bit(i);
-    }
-    int shift = nbits > 64 ? static_cast<int>(nbits - 64) : 0;
-    double d = std::ldexp(static_cast<double>(top | (sticky ? 1 : 0)), shift);
-    if (std::isinf(d)) throw rlay::env_error("OverflowError", "int too large to convert to float");
-    return negative ? -d : d;
-}
-
 /// The conformance env (Appendix B).
 class env : public rlay::env {
 public:
@@ -113,20 +38,23 @@ public:
         if (seed && seed.is_negative()) {                                                                    // 2
             throw rlay::env_error("ValueError", "the conformance env takes seeds >= 0, got " + seed.as_value().repr(1 << 20));
         }
-        if (!options.is_map()) throw rlay::env_error("AttributeError", "'" + python_type(options) + "' object has no attribute 'get'");
-        if (const rlay::value* fail = options.find("fail"); fail && truthy(*fail)) {                          // 3
+        if (!options.is_map()) throw rlay::env_error("ValueError", "options must be a map or nil");
+        if (const rlay::value* fail = options.find("fail"); fail && fail->is_bool() && fail->as_bool()) {     // 3
             throw rlay::env_error("ValueError", "reset failed on request (options['fail'])");
         }
-        rlay::value start = rlay::value(0);                                                                  // 4
-        if (const rlay::value* s = options.find("start")) start = *s;
-        if (!start.is_int() && !start.is_big_int()) {
-            throw rlay::env_error("ValueError", "options['start'] must be an int, got " + start.repr());
+        std::int64_t start = 0;                                                                              // 4
+        if (const rlay::value* s = options.find("start")) {
+            constexpr std::int64_t max_start = std::int64_t(1) << 53;
+            if (!s->is_int() || (!s->is_negative() && s->as_uint() > std::uint64_t(max_start)) ||
+                (s->is_negative() && s->as_int() < -max_start)) {
+                throw rlay::env_error("ValueError", "options['start'] must be an int from -2**53 to 2**53, got " + s->repr());
+            }
+            start = s->as_int();
         }
         if (seed) rng_ = seed.mod(m61);                                                                      // 5
         ++episode_;                                                                                          // 6
         t_ = 0;
-        double pos0 = int_to_double(start);
-        pos_[0] = pos0;
+        pos_[0] = static_cast<double>(start);  // exact: |start| <= 2^53
         pos_[1] = uniform() - 0.5;
         vel_[0] = vel_[1] = 0.0;
         return {obs(), rlay::value::map({{"episode", episode_}, {"seeded", seed.has_value()}})};              // 7
