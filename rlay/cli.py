@@ -66,7 +66,7 @@ CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "env": ("a gymnasium id or package.module:factory (a string)", lambda v: isinstance(v, str)),
     "num_workers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "threads": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "threads": ('an integer >= 1, or "auto"', lambda v: v == "auto" or (_is_int(v) and v >= 1)),
     "env_kwargs": ("a table of keyword arguments", lambda v: isinstance(v, dict)),
     "name": ("a string", lambda v: isinstance(v, str)),
 }
@@ -129,8 +129,30 @@ def _check_values(path: str, where: str, section: dict) -> None:
             raise click.BadParameter(f"{path}: {where} {key} must be {what}, got {value!r}")
 
 
+class ThreadsParam(click.ParamType):
+    """An int >= 1, or "auto" (None: the worker decides by timing its envs)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value in ("auto", None):
+            return None
+        try:
+            threads = int(value)
+        except (TypeError, ValueError):
+            threads = 0
+        if threads < 1:
+            self.fail(f"{value!r} is neither an integer >= 1 nor auto", param, ctx)
+        return threads
+
+
 def worker_group(
-    env: str, num_workers: int, envs_per_worker: int, env_kwargs: dict | None, name: str | None, threads: int = 1
+    env: str,
+    num_workers: int,
+    envs_per_worker: int,
+    env_kwargs: dict | None,
+    name: str | None,
+    threads: int | None = None,
 ):
     from rlay.cluster import WorkerGroup
     from workers.loader import env_factory
@@ -313,10 +335,11 @@ def broker_settings(
 @click.option(
     "--threads",
     "-t",
-    default=1,
+    default="auto",
     show_default=True,
-    type=click.IntRange(min=1),
-    help="Threads per worker stepping its envs concurrently (for envs that block).",
+    type=ThreadsParam(),
+    help="Threads per worker stepping its envs concurrently (for envs that block); auto: one per env if its "
+    "first steps show the envs wait more than they compute, else 1.",
 )
 @click.option("--register-timeout", default=60.0, show_default=True, help="Seconds to wait for the broker to answer.")
 @deprecated_heartbeat_option
@@ -381,7 +404,7 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
             g.get("envs_per_worker", 1),
             g.get("env_kwargs"),
             g.get("name"),
-            g.get("threads", 1),
+            None if g.get("threads", "auto") == "auto" else g["threads"],
         )
         for g in config.get("workers", [])
     ]

@@ -88,6 +88,8 @@ class BrokerClient:
                 "connection (with CURVE on: is this trainer's key among the broker's "
                 "authorized keys?)"
             ) from None
+        if self.heartbeat is not None:
+            self.heartbeat.sent()
         return req
 
     def wait(
@@ -132,7 +134,10 @@ class BrokerClient:
         """The next message from the broker, if one comes within ``timeout_ms``."""
         if not self.sock.poll(timeout_ms):
             return None
-        return self.sock.recv_multipart(copy=False)
+        frames = self.sock.recv_multipart(copy=False)
+        if self.heartbeat is not None:
+            self.heartbeat.received()
+        return frames
 
     def _check_broker(self, what: str) -> None:
         hb = self.heartbeat

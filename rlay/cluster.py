@@ -51,7 +51,7 @@ class WorkerGroup:
     env_id: str
     env_fns: Sequence[Callable]
     envs_per_worker: int = 1
-    threads: int = 1  # per worker, to step blocking envs concurrently
+    threads: int | None = None  # per worker, to step blocking envs concurrently (None: decided by timing them)
 
 
 class Cluster:
@@ -125,8 +125,14 @@ class Cluster:
                 proc.start()
             if inline_broker:
                 from broker.broker import Broker
+                from broker.limits import Limits
 
-                self.inline_broker = Broker(None, backend)
+                # Its workers are the trainer's own: as many envs as it was given, whatever the defaults.
+                count = sum(len(group.env_fns) for group in groups)
+                limits = Limits(
+                    max_envs_per_worker=max(Limits.max_envs_per_worker, count), max_slots=max(Limits.max_slots, count)
+                )
+                self.inline_broker = Broker(None, backend, limits=limits)
         except BaseException:
             self.stop()
             raise
@@ -151,7 +157,9 @@ class Cluster:
         )
 
     @classmethod
-    def embedded(cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int = 1, **kwargs) -> Cluster:
+    def embedded(
+        cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int | None = None, **kwargs
+    ) -> Cluster:
         """A private broker run by the trainer's own thread (no hop between them), and local
         worker processes over ipc sockets in a fresh temporary directory."""
         tmpdir = tempfile.mkdtemp(prefix="rlay-")

@@ -1,9 +1,9 @@
 """Liveness between a peer (worker or trainer) and its broker: the Paranoid Pirate pattern.
 
-A peer pings the broker every ``interval`` seconds from a thread of its own, on a
-socket of its own whose routing id is the peer's main id plus ``|hb``: a main
-thread that is busy in a long env step, or in the trainer's own computation,
-still proves its process alive. The broker answers every ping; it counts a peer
+A peer pings the broker every ``interval`` seconds it has sent nothing else, from a thread of
+its own, on a socket of its own whose routing id is the peer's main id plus ``|hb``: a main
+thread that is busy in a long env step, or in the trainer's own computation, still proves its
+process alive. The broker answers every ping; it counts a peer
 lost after ``interval * liveness`` seconds without a ping, and the peer counts the
 broker lost after as long without an answer. A process that is killed, stopped
 (SIGSTOP) or cut off stops pinging, whatever its main thread was doing.
@@ -26,7 +26,6 @@ __all__ = ["Heartbeat", "new_identity", "announced_heartbeat", "HEARTBEAT_SUFFIX
 log = logging.getLogger("rlay.heartbeat")
 
 HEARTBEAT_SUFFIX = b"|hb"
-STOP_SLICE = 0.05  # s: how long stop() may wait for the thread to notice
 
 
 def announced_heartbeat(answer: dict) -> tuple[float | None, int | None]:
@@ -45,7 +44,15 @@ def new_identity() -> bytes:
 
 
 class Heartbeat:
-    """Pings ``address`` on behalf of the peer whose main socket has routing id ``identity``."""
+    """Pings ``address`` on behalf of the peer whose main socket has routing id ``identity``.
+
+    Pings ride on traffic: the owner reports each message it sends and receives on its main
+    socket (``sent()``, ``received()``), and a ping goes out only when the owner has sent nothing
+    for an interval (the broker counts any message from a peer as a sign of life, protocol 8.5),
+    so a busy peer pings not at all. A message from the broker counts as an answer. The thread
+    sleeps until the next ping is due: it wakes for pings, their answers, and stop() or a new
+    interval (a byte on a pipe), not on a timer.
+    """
 
     def __init__(
         self,
@@ -64,15 +71,17 @@ class Heartbeat:
         self.curve = curve
         self.last_answer = time.monotonic()
         self.last_unknown: float | None = None  # when the broker last said it does not know this peer
+        self.last_sent = 0.0  # when the owner last sent on its main socket
         self.answered = False  # whether any answer ever came (none at all: wrong address, or refused by CURVE)
-        self._next_ping = time.monotonic()
-        self._stop = threading.Event()
+        self.pings = 0  # pings sent (the rest rode on traffic)
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
         self._thread.start()
 
     @property
     def silence(self) -> float:
-        """Seconds since the broker last answered."""
+        """Seconds since the broker last answered, or sent anything."""
         return time.monotonic() - self.last_answer
 
     @property
@@ -84,6 +93,15 @@ class Heartbeat:
         self.last_answer = time.monotonic()
         self.last_unknown = None
 
+    def sent(self) -> None:
+        """The owner sent a message to the broker on its main socket: a sign of life there."""
+        self.last_sent = time.monotonic()
+
+    def received(self) -> None:
+        """A message came from the broker on the owner's main socket: the broker is there."""
+        self.last_answer = time.monotonic()
+        self.answered = True
+
     def adopt(self, answer: dict) -> None:
         """Take the broker's heartbeat settings from its `registered` or `leased` ``answer`` (protocol 5.3,
         5.5): ping every interval it expects, and count it lost after as long a silence as it allows.
@@ -93,12 +111,18 @@ class Heartbeat:
             self.liveness = liveness
         if interval is not None and interval != self.interval:
             self.interval = interval
-            self._next_ping = min(self._next_ping, time.monotonic() + interval)  # (the thread reads it)
+            self._wake()  # the next ping is due at most one new interval from now
 
     def forgotten_since(self, since: float) -> bool:
         """Whether the broker said it does not know this peer in an answer received more than an
         interval after ``since`` (when the peer registered or leased): older answers may predate it."""
         return self.last_unknown is not None and self.last_unknown > since + self.interval
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # (closed: the thread is gone)
+            pass
 
     def _run(self) -> None:
         sock = self.context.socket(zmq.DEALER)
@@ -108,30 +132,48 @@ class Heartbeat:
         if self.curve is not None:
             self.curve.secure_client(sock)
         sock.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         ping = header(P.HEARTBEAT)
+        next_ping = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 now = time.monotonic()
-                if now >= self._next_ping:
-                    try:
-                        sock.send(ping, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass  # the broker is not there: silence grows, the owner finds out
-                    self._next_ping = now + self.interval
-                # short slices: stop() must not wait for a whole interval, nor a new interval be missed
-                if sock.poll(min(max(0.0, self._next_ping - time.monotonic()), STOP_SLICE) * 1000):
-                    frames = sock.recv_multipart()
-                    try:
-                        answer = decode_header(frames[0])
-                        if answer[P.TYPE] == P.HEARTBEAT:
-                            self.last_answer = time.monotonic()
-                            self.last_unknown = None if answer.get("known") else self.last_answer
-                            self.answered = True
-                    except Exception:
-                        log.warning("unreadable answer to a heartbeat")
+                if now >= next_ping:
+                    if now - self.last_sent >= self.interval:  # silent for an interval: ping
+                        try:
+                            sock.send(ping, zmq.NOBLOCK)
+                            self.pings += 1
+                        except zmq.Again:
+                            pass  # the broker is not there: silence grows, the owner finds out
+                        next_ping = now + self.interval
+                    else:  # the owner's own traffic proves it alive: look again an interval after it
+                        next_ping = self.last_sent + self.interval
+                for item, _ in poller.poll(max(0.0, next_ping - time.monotonic()) * 1000):
+                    if item is sock:
+                        self._answer(sock.recv_multipart())
+                    else:  # stop(), or a new interval: due at most one interval from now
+                        os.read(self._wake_r, 64)
+                        next_ping = min(next_ping, time.monotonic() + self.interval)
         finally:
             sock.close()
 
+    def _answer(self, frames: list[bytes]) -> None:
+        try:
+            answer = decode_header(frames[0])
+        except Exception:
+            log.warning("unreadable answer to a heartbeat")
+            return
+        if answer[P.TYPE] == P.HEARTBEAT:
+            self.last_answer = time.monotonic()
+            self.last_unknown = None if answer.get("known") else self.last_answer
+            self.answered = True
+
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        self._wake()
         self._thread.join(self.interval * 2 + 1)
+        if not self._thread.is_alive():
+            os.close(self._wake_r)
+            os.close(self._wake_w)

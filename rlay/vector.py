@@ -133,12 +133,14 @@ class RlayVectorEnv(VectorEnv):
         autoreset_mode: one of gymnasium's AutoresetMode values.
         envs_per_worker: envs hosted by each local worker process. The default
             gives one worker per core but at least 16 envs per worker: right for
-            cheap envs (CartPole, MuJoCo), whose cost is per message.
-            Envs that block (sleep, I/O, a game waiting on its frame) want
-            ``envs_per_worker=1``, or several per worker with ``env_threads``.
-        env_threads: threads per worker stepping its envs concurrently
-            (default 1: in turn). For envs that block and release the GIL,
-            ``env_threads=envs_per_worker`` overlaps their waits.
+            cheap envs (CartPole, MuJoCo), whose cost is per message, and, with
+            the default ``env_threads``, for envs that block too.
+        env_threads: threads per worker stepping its envs concurrently. The
+            default (None) times each worker's first steps: envs that wait more
+            than they compute (sleep, I/O, a game waiting on its frame: their steps
+            take over twice their CPU time) are then stepped one thread each,
+            overlapping their waits; the others in turn. 1 always steps them in
+            turn; N > 1 in N concurrent chunks.
         copy: return copies of the observations (as AsyncVectorEnv).
         context: multiprocessing start method for the local processes.
         daemon: daemon flag of the local processes.
@@ -169,7 +171,7 @@ class RlayVectorEnv(VectorEnv):
         *,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         envs_per_worker: int | None = None,
-        env_threads: int = 1,
+        env_threads: int | None = None,
         copy: bool = True,
         context: str | None = None,
         daemon: bool = True,
@@ -195,8 +197,8 @@ class RlayVectorEnv(VectorEnv):
         self.daemon = daemon
         self.envs_per_worker = envs_per_worker
         self._setup(autoreset_mode, copy, timeout, observation_mode, on_worker_failure, replace_timeout)
-        if env_threads < 1:
-            raise ValueError(f"env_threads must be >= 1, got {env_threads}")
+        if env_threads is not None and env_threads < 1:
+            raise ValueError(f"env_threads must be None (auto) or >= 1, got {env_threads}")
         # Under "replace" a local worker killed by a signal is restarted, and its envs move to it.
         supervision = Supervision() if self.on_worker_failure == "replace" else None
         self._cluster = Cluster.embedded(

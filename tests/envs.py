@@ -230,3 +230,29 @@ class SlowImageEnv(gym.Env):
     def step(self, action):
         time.sleep(0.3)
         return self._image(), 0.0, False, False, {}
+
+
+class ThreadReportingEnv(gym.Env):
+    """Says in each step's info which thread stepped it; each step sleeps ``delay`` s (an env that
+    waits), or with ``spin`` computes for as long (an env that computes)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay: float = 0.002, spin: bool = False):
+        self.delay, self.spin = delay, spin
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        import threading
+
+        if self.spin:
+            end = time.perf_counter() + self.delay
+            while time.perf_counter() < end:
+                pass
+        else:
+            time.sleep(self.delay)
+        return np.zeros(2, np.float32), 0.0, False, False, {"thread": threading.get_ident()}

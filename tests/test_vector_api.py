@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import gymnasium as gym
@@ -15,7 +16,7 @@ import rlay
 from rlay import BrokerError, RemoteEnvError, RlayEnv, RlayTimeoutError, RlayVectorEnv
 from rlay.values import WireError
 from tests.conftest import assert_same
-from tests.envs import BadObsEnv, DictEnv, EndingEnv, FailingEnv, ObjectInfoEnv, SlowEnv
+from tests.envs import BadObsEnv, DictEnv, EndingEnv, FailingEnv, ObjectInfoEnv, SlowEnv, ThreadReportingEnv
 from workers.worker import ChunkRunner
 
 
@@ -293,7 +294,7 @@ def test_env_threads_step_blocking_envs_concurrently_with_the_same_results():
     finally:
         envs.close()
         sync.close()
-    with pytest.raises(ValueError, match="env_threads must be >= 1"):
+    with pytest.raises(ValueError, match=r"env_threads must be None \(auto\) or >= 1"):
         RlayVectorEnv(fns, env_threads=0)
 
 
@@ -320,3 +321,24 @@ def test_chunk_runner_runs_chunks_at_once_in_order_and_hands_back_errors():
     finally:
         runner.close()
     assert not any(thread.is_alive() for thread in runner.threads)
+
+
+@pytest.mark.parametrize("spin, threaded", [(False, True), (True, False)], ids=["waiting", "computing"])
+def test_by_default_a_worker_steps_envs_that_wait_on_threads_and_envs_that_compute_in_turn(spin, threaded):
+    """env_threads=None (the default): a worker times its envs' first steps (StepTiming), then
+    steps envs that wait one thread each, and envs that compute in turn (threads would only
+    contend for the GIL)."""
+    from workers.worker import StepTiming
+
+    envs = RlayVectorEnv([functools.partial(ThreadReportingEnv, 0.002, spin)] * 4, envs_per_worker=4)
+    try:
+        envs.reset(seed=0)
+        action = np.zeros(4, np.int64)
+        first = envs.step(action)[4]["thread"]
+        for _ in range(StepTiming.PROBE):
+            envs.step(action)
+        later = envs.step(action)[4]["thread"]
+    finally:
+        envs.close()
+    assert len(set(first.tolist())) == 1  # in turn while deciding
+    assert len(set(later.tolist())) == (4 if threaded else 1)

@@ -196,6 +196,11 @@ class WorkerBase:
         # refused outright (a CURVE key the broker does not know): then the send itself must wait.
         while not self.stopping:
             if time.monotonic() > deadline:
+                if self._refusal:
+                    raise RegistrationError(
+                        f"the broker kept refusing the registration of {self.env_id!r} for "
+                        f"{self.register_timeout:g} s: {self._refusal}"
+                    )
                 raise RegistrationError(
                     f"could not send the registration of {self.env_id!r} to {self.broker} within "
                     f"{self.register_timeout:g} s: no connection"
@@ -290,6 +295,7 @@ class WorkerBase:
             ]
         try:
             send_frames(self.sock, frames)
+            self.heartbeat.sent()
         except zmq.Again:
             log.warning(
                 "could not send a reply to %s within %g s (no connection); dropped it", self.broker, P.SEND_TIMEOUT
@@ -371,6 +377,8 @@ class WorkerBase:
         cannot cross the wire.
         """
         envs = request.envs
+        infos = list(enumerate(columns.get("info", [])))
+        infos += [(n, final[1]) for n, final in enumerate(columns.get("final", [])) if final is not None]
         wrong = [
             {
                 "env": envs[n],
@@ -378,7 +386,7 @@ class WorkerBase:
                 "traceback": "",
                 "message": f"info: an env's info must be a dict, got {type(info).__name__}",
             }
-            for n, info in enumerate(columns.get("info", []))
+            for n, info in infos
             if not isinstance(info, dict)
         ]
         if wrong:

@@ -254,6 +254,7 @@ class PushWorker(WorkerBase):
             return
         while self.sock is not None and self.sock.poll(0):
             frames = self.sock.recv_multipart(copy=False)
+            self.heartbeat.received()
             request = self.read(frames)
             if isinstance(request, Request):
                 reply = self._start(request)

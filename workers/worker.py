@@ -13,15 +13,18 @@ keeps serving.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
+import zmq
 
 from rlay import protocol as P
 from rlay.shm import remove_stale
@@ -33,18 +36,30 @@ from workers.base import EnvFailures, RegistrationError, Request, WorkerBase, ea
 
 __all__ = ["Worker", "RegistrationError", "worker_process"]
 
+log = logging.getLogger("rlay.worker")
+
 
 class Worker(WorkerBase):
     """Hosts ``len(env_fns)`` envs and serves the broker's batched calls on them."""
 
     def __init__(
-        self, env_fns: Sequence[Callable[[], gym.Env]], broker: str, *, env_id: str, threads: int = 1, **kwargs: Any
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        broker: str,
+        *,
+        env_id: str,
+        threads: int | None = None,
+        **kwargs: Any,
     ):
-        """``threads`` > 1 steps the envs of one request concurrently, in that many chunks:
-        for envs that block (sleep, I/O, a game waiting on its frame) and release the GIL."""
+        """``threads`` > 1 steps the envs of one request concurrently, in that many chunks: for envs
+        that block (sleep, I/O, a game waiting on its frame) and release the GIL. None (auto) decides
+        by timing the envs' first steps (StepTiming)."""
         self.envs = [fn() for fn in env_fns]
-        self.pool = ChunkRunner(threads) if threads > 1 else None
-        self.threads = threads
+        self.pool: ChunkRunner | None = None
+        self.threads = 1
+        self.timing = StepTiming() if threads is None and len(self.envs) > 1 else None
+        if threads is not None and threads > 1:
+            self._use_threads(threads)
         first = self.envs[0]
         for i, env in enumerate(self.envs):
             if env.observation_space != first.observation_space or env.action_space != first.action_space:
@@ -84,14 +99,21 @@ class Worker(WorkerBase):
         signal.signal(signal.SIGINT, self.stop)
 
     def serve(self) -> None:
+        timed = None  # the socket whose receives time out (a new one after registering again)
         while not self.stopping:
             lost = self.broker_lost()
             if lost:
                 self.register_again(lost)
-            if not self.sock.poll(P.IDLE_POLL_MS):
+            if self.sock is not timed:  # one blocking receive per message, not a poll and a receive
+                self.sock.setsockopt(zmq.RCVTIMEO, P.IDLE_POLL_MS)
+                timed = self.sock
+            try:
+                frames = self.sock.recv_multipart(copy=False)
+            except zmq.Again:
                 self.check_parent()
                 continue
-            reply = self.handle(self.sock.recv_multipart(copy=False))
+            self.heartbeat.received()
+            reply = self.handle(frames)
             if reply is not None:
                 self.send_to_broker(reply)
 
@@ -169,7 +191,21 @@ class Worker(WorkerBase):
                 finals.append(final)
             return obs, rewards, terminations, truncations, infos, finals, failures
 
-        obs, rewards, terminations, truncations, infos, finals, failures = self._in_chunks(len(envs), step_range)
+        if self.timing is None:
+            obs, rewards, terminations, truncations, infos, finals, failures = self._in_chunks(len(envs), step_range)
+        else:  # (still in turn: deciding whether the envs wait more than they compute)
+            with self.timing:
+                obs, rewards, terminations, truncations, infos, finals, failures = step_range(range(len(envs)))
+            if self.timing.decided:
+                if self.timing.waits:
+                    log.info(
+                        "worker %s: its envs wait %.0f%% of their step time: stepping them on %d threads",
+                        self.name,
+                        100 * self.timing.waiting_share,
+                        len(self.envs),
+                    )
+                    self._use_threads(len(self.envs))
+                self.timing = None
         if failures:
             raise EnvFailures(failures)
         return self.reply(
@@ -177,6 +213,10 @@ class Worker(WorkerBase):
             obs,
             {"reward": rewards, "terminated": terminations, "truncated": truncations, "info": infos, "final": finals},
         )
+
+    def _use_threads(self, threads: int) -> None:
+        self.threads = threads
+        self.pool = ChunkRunner(threads)
 
     def _in_chunks(self, count: int, run: Callable[[range], tuple[list, ...]]) -> tuple[list, ...]:
         """``run(range(count))``, or with threads: contiguous chunks concurrently, joined in order."""
@@ -206,6 +246,42 @@ class Worker(WorkerBase):
             raise WireError("set_attr needs 'name' (str) and 'values', one per env")
         each(request.envs, lambda i, n: self.envs[i].set_wrapper_attr(name, values[n]))
         return self.plain_reply(request, {})
+
+
+class StepTiming:
+    """Whether a worker's envs wait more than they compute, from their first PROBE step requests:
+    their steps, in turn, take more than WAITING times the CPU time the stepping thread used
+    (time.sleep, I/O, a game waiting on its frame release the CPU, and the GIL). Such envs are
+    then stepped one thread each; envs that compute (CartPole, MuJoCo) stay in turn, where threads
+    would only contend for the GIL."""
+
+    PROBE = 16  # step requests timed before deciding
+    WAITING = 2.0  # wall time over CPU time above which the envs count as waiting
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.wall = self.cpu = 0.0
+        self._start = (0.0, 0.0)
+
+    def __enter__(self) -> None:
+        self._start = (time.perf_counter(), time.thread_time())
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall += time.perf_counter() - self._start[0]
+        self.cpu += time.thread_time() - self._start[1]
+        self.requests += 1
+
+    @property
+    def decided(self) -> bool:
+        return self.requests >= self.PROBE
+
+    @property
+    def waits(self) -> bool:
+        return self.wall > self.WAITING * self.cpu
+
+    @property
+    def waiting_share(self) -> float:
+        return 1.0 - self.cpu / self.wall if self.wall > 0 else 0.0
 
 
 class ChunkRunner:
@@ -294,7 +370,7 @@ def worker_process(
     parent_pid: int | None = None,
     error_queue: Any = None,
     register_timeout: float = 60.0,
-    threads: int = 1,
+    threads: int | None = None,
     curve: Any = None,
     parent_tmpdir: str | None = None,
 ) -> None:
