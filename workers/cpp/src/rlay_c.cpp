@@ -15,6 +15,22 @@
 struct rlay_value {
     rlay::value v;
 };
+
+// rlay_value_kind casts rlay::value::kind to rlay_kind: the two enums must list the kinds alike.
+#define RLAY_SAME_KIND(c, cpp) static_assert(static_cast<int>(c) == static_cast<int>(rlay::value::kind::cpp), #c)
+RLAY_SAME_KIND(RLAY_NIL, nil);
+RLAY_SAME_KIND(RLAY_BOOL, boolean);
+RLAY_SAME_KIND(RLAY_INT, integer);
+RLAY_SAME_KIND(RLAY_BIG_INT, big_integer);
+RLAY_SAME_KIND(RLAY_FLOAT, floating);
+RLAY_SAME_KIND(RLAY_STR, str);
+RLAY_SAME_KIND(RLAY_BIN, bin);
+RLAY_SAME_KIND(RLAY_LIST, list);
+RLAY_SAME_KIND(RLAY_MAP, map);
+RLAY_SAME_KIND(RLAY_TUPLE, tuple);
+RLAY_SAME_KIND(RLAY_NDARRAY, ndarray);
+RLAY_SAME_KIND(RLAY_SCALAR, scalar);
+#undef RLAY_SAME_KIND
 struct rlay_space {
     rlay::space s;
 };
@@ -575,8 +591,10 @@ rlay_status rlay_push_commands(rlay_push_worker* game, double timeout_s, rlay_co
         rlay::push_worker& g = *need(game, "game").game;
         if (!commands) throw std::invalid_argument("commands is NULL");
         auto got = g.commands(seconds(timeout_s));
-        for (int j = 0; j < g.num_agents(); ++j) commands[j] = nullptr;
-        for (const auto& [j, c] : got) commands[j] = command_handle(c);
+        // made first, handed out after: an out-of-memory leaves the array untouched, and leaks nothing
+        std::vector<std::unique_ptr<rlay_command>> made(static_cast<std::size_t>(g.num_agents()));
+        for (const auto& [j, c] : got) made[static_cast<std::size_t>(j)].reset(command_handle(c));
+        for (int j = 0; j < g.num_agents(); ++j) commands[j] = made[static_cast<std::size_t>(j)].release();
         if (count) *count = got.size();
     });
 }

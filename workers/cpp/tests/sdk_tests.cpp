@@ -3,11 +3,22 @@
 // both forms (3.8); autoreset plans (6.2, 10.2). No broker needed: `ctest` runs it.
 #include <rlay/worker.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 
 namespace {
 
@@ -476,6 +487,379 @@ void fuzz() {
     CHECK(decoded > 0 && refused_ > 0);
 }
 
+
+/// Seconds `fn` takes.
+template <class Fn>
+double timed(Fn fn) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// What the broker (or any trainer, through it: bodies pass the broker untouched) can send
+/// must not make the game allocate more than the message holds, or hang it.
+void hostile_sizes() {
+    // An ext 1 array of 20 bytes whose shape claims 8 GiB (or 1 TiB) of |u1: refused before
+    // anything is allocated. It allocated and zeroed the 8 GiB (35 s, 8 GB resident), and 1 TiB
+    // threw std::bad_alloc (an abort under AddressSanitizer).
+    auto claim = [](std::uint64_t dim) {
+        mp::writer inner;
+        inner.array(3);
+        inner.str("|u1");
+        inner.array(2);
+        inner.uint(dim);
+        inner.uint(1024);
+        inner.bin("x");
+        mp::writer w;
+        w.ext(1, inner.out);
+        return w.out;
+    };
+    for (std::uint64_t dim : {std::uint64_t(1) << 23, std::uint64_t(1) << 30, std::uint64_t(1) << 53}) {
+        bool refused_ = false;
+        double took = timed([&] {
+            try {
+                mp::decode(claim(dim));
+            } catch (const rlay::error& e) {
+                refused_ = e.code() == rlay::errc::bad_message;
+            } catch (...) {
+            }
+        });
+        CHECK(refused_);
+        CHECK(took < 0.1);
+    }
+    // the same claim in a step's action descriptor (one frame of 8 bytes)
+    rlay::space act = rlay::spaces::box(-1, 1, {2}, rlay::dtype::float32());
+    auto act_leaves = act.leaves();
+    rlay::detail::message m;
+    m.emplace_back();
+    m.emplace_back();
+    m.push_back(rlay::detail::frame_of(std::string(8, '\0')));
+    for (value desc : {value::map({{"dtype", "<f4"}, {"shape", value::list({1, std::uint64_t(1) << 40})}}),
+                       value::map({{"dtype", "<f4"}, {"shape", value::list({1, std::uint64_t(1) << 40})}, {"rows", true}})}) {
+        value leaves = value::list({desc});
+        bool refused_ = false;
+        double took = timed([&] {
+            try {
+                rlay::detail::decode_actions(&leaves, m, 2, act, act_leaves, 1);
+            } catch (const rlay::error& e) {
+                refused_ = e.code() == rlay::errc::bad_message;
+            } catch (...) {
+            }
+        });
+        CHECK(refused_);
+        CHECK(took < 0.1);
+    }
+
+    // Each decoded value takes ~170 bytes: a body of 3 million nils (3 MB) took 500 MB, and
+    // 100 MB took 24 GB. A decode makes at most max_decoded_values values (default 2^21).
+    auto nils = [](std::size_t n) {
+        mp::writer w;
+        w.array(n);
+        return w.out + std::string(n, '\xc0');
+    };
+    bool over = false;
+    try {
+        mp::decode(nils(3000000));
+    } catch (const rlay::error& e) {
+        over = e.code() == rlay::errc::bad_message;
+    }
+    CHECK(over);
+    CHECK(mp::decode(nils(1000000)).size() == 1000000);  // a seeds list of 1,000,000 envs passes
+    over = false;
+    try {
+        mp::decode(nils(1000), 999);  // a lower limit (rlay::config::max_decoded_values)
+    } catch (const rlay::error& e) {
+        over = e.code() == rlay::errc::bad_message;
+    }
+    CHECK(over);
+    // the budget is shared with nested ext payloads: 20 tuples of 100,000 nils each
+    {
+        mp::writer tuple_payload;
+        tuple_payload.array(100000);
+        tuple_payload.out += std::string(100000, '\xc0');
+        mp::writer one;
+        one.ext(3, tuple_payload.out);
+        mp::writer list;
+        list.array(30);
+        for (int i = 0; i < 30; ++i) list.out += one.out;
+        bool refused_ = false;
+        try {
+            mp::decode(list.out, 2000000);
+        } catch (const rlay::error& e) {
+            refused_ = e.code() == rlay::errc::bad_message;
+        }
+        CHECK(refused_);
+        CHECK(mp::decode(list.out, 3100000).size() == 30);
+    }
+
+    // A header naming K distinct env indices is checked in O(K), not O(K^2) (it took minutes
+    // for a worker of 1,000,000 envs).
+    {
+        rlay::config cfg;
+        cfg.env_id = "Test-v0";
+        cfg.observation_space = rlay::spaces::discrete(2);
+        cfg.action_space = rlay::spaces::discrete(2);
+        cfg.logger = [](rlay::log_level, std::string_view) {};
+        std::size_t k = 300000;
+        rlay::detail::link link(cfg, "command", k);
+        value envs = value::list();
+        for (std::size_t i = 0; i < k; ++i) envs.push_back(static_cast<std::uint64_t>(k - 1 - i));
+        std::string head = rlay::detail::header_writer("reset", 2).field("req", 5).field("envs", envs).done();
+        value seeds = value::map();  // read() checks the header; the body is the call's business
+        std::atomic<bool> stopping{false};
+        rlay::detail::reading r;
+        rlay::detail::message msg;
+        msg.push_back(rlay::detail::frame_of(head));
+        msg.push_back(rlay::detail::frame_of(mp::encode(seeds)));
+        double took = timed([&] { r = link.read(std::move(msg), stopping); });
+        auto* req = std::get_if<rlay::detail::request>(&r);
+        CHECK(req && req->envs.size() == k && req->envs[0] == static_cast<std::int64_t>(k - 1));
+        CHECK(took < 5.0);  // 9 s in a release build before (O(K^2)), 0.1 s now
+        envs.push_back(std::uint64_t(7));  // a repeat is still refused
+        head = rlay::detail::header_writer("reset", 2).field("req", 5).field("envs", envs).done();
+        rlay::detail::message again;
+        again.push_back(rlay::detail::frame_of(head));
+        again.push_back(rlay::detail::frame_of(mp::encode(seeds)));
+        r = link.read(std::move(again), stopping);
+        auto* answer = std::get_if<rlay::detail::message>(&r);
+        CHECK(answer && rlay::detail::decode_header(rlay::detail::bytes_of((*answer)[0])).find("code")->as_str() == "bad_message");
+    }
+}
+
+/// The heartbeat thread never dies while its worker lives: a socket that fails is made again.
+/// (It ended on the first exception, and its worker then registered again, and was lost
+/// again, every expiry for the rest of its life.)
+void heartbeat_survives() {
+    zmq::context_t ctx;
+    std::vector<std::string> lines;
+    std::mutex lock;
+    rlay::detail::logger log([&](rlay::log_level, std::string_view line) {
+        std::lock_guard<std::mutex> hold(lock);
+        lines.emplace_back(line);
+    });
+    {
+        rlay::detail::heartbeat hb(ctx, "bogus://endpoint", "rtestid", std::nullopt, log);  // connect() throws
+        std::this_thread::sleep_for(std::chrono::milliseconds(350));
+        double took = timed([&] { hb.stop(); });
+        CHECK(took < 0.5);
+    }
+    std::lock_guard<std::mutex> hold(lock);
+    int stopped = 0, failed = 0;
+    for (const auto& l : lines) {
+        if (l.find("heartbeat thread stopped") != std::string::npos) ++stopped;
+        if (l.find("heartbeat socket failed") != std::string::npos) ++failed;
+    }
+    CHECK(stopped == 0);
+    CHECK(failed == 1);  // logged once, retried quietly
+}
+
+/// 3.9: rows land in the trainer's segment, and a segment that shrinks between check 3 and the
+/// write (a trainer, or any process of this user, truncating it) cannot SIGBUS the game.
+void shared_memory() {
+#if defined(__linux__)
+    char name[64];
+    std::snprintf(name, sizeof name, "rlay-%ld-%016llx", static_cast<long>(::getpid()), 0x1234abcdULL + static_cast<unsigned long long>(::getpid()));
+    std::string path = std::string("/dev/shm/") + name;
+    ::unlink(path.c_str());
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        std::fprintf(stderr, "  (no /dev/shm here: shared-memory test skipped)\n");
+        return;
+    }
+    const std::size_t row = 64 * 64, size = 4096 + 2 * row;
+    CHECK(::posix_fallocate(fd, 0, size) == 0);
+    CHECK(::flock(fd, LOCK_EX) == 0);
+    std::string token = "0123456789abcdef";
+    CHECK(::pwrite(fd, token.data(), 16, 0) == 16);
+    void* view = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);  // the trainer's view
+
+    rlay::space obs = rlay::spaces::box(0, 255, {64, 64}, rlay::dtype::uint8());
+    auto leaves = obs.leaves();
+    value offer = value::map({{"name", name}, {"token", value::bin(token)},
+                              {"leaves", value::list({value::list({0, value::list({4096, 4096 + row})})})}});
+    auto env_obs = [&](int fill) {
+        rlay::ndarray a(rlay::dtype::uint16(), {64, 64});  // uint16: cast to uint8 on the way
+        for (std::size_t i = 0; i < a.size(); ++i) a.mutable_data<std::uint16_t>()[i] = static_cast<std::uint16_t>(fill);
+        return rlay::detail::check_observation(obs, leaves, value(a));
+    };
+    rlay::detail::segment_cache cache;
+    auto placed = cache.place(&offer, leaves, 2);
+    CHECK(placed.has_value() && placed->size() == 1);
+    if (placed && view != MAP_FAILED) {
+        auto enc = rlay::detail::encode_observations(leaves, {env_obs(7), env_obs(9)}, &*placed);
+        CHECK(enc.frames.empty() && enc.descriptors[0].at("shm").as_bool());
+        CHECK(enc.write_shared_memory());
+        const auto* bytes = static_cast<const unsigned char*>(view);
+        CHECK(bytes[4096] == 7 && bytes[4096 + row - 1] == 7 && bytes[4096 + row] == 9 && bytes[size - 1] == 9);
+        // the file shrinks after check 3: writing the rows must not raise SIGBUS
+        auto again = cache.place(&offer, leaves, 2);
+        CHECK(again.has_value());
+        if (again) {
+            auto enc2 = rlay::detail::encode_observations(leaves, {env_obs(1), env_obs(2)}, &*again);
+            CHECK(::ftruncate(fd, 4096) == 0);
+            enc2.write_shared_memory();  // survived: that is the check
+            CHECK(true);
+        }
+        // check 4: a wrong token is no offer
+        value wrong = offer;
+        wrong["token"] = value::bin("fedcba9876543210");
+        CHECK(!cache.place(&wrong, leaves, 2));
+        // check 5: an offset whose row would pass the end
+        value past = offer;
+        past["leaves"] = value::list({value::list({0, value::list({4096, size})})});
+        CHECK(!cache.place(&past, leaves, 2));
+    }
+    if (view != MAP_FAILED) ::munmap(view, size);
+    ::close(fd);
+    ::unlink(path.c_str());
+#endif
+}
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+/// A broker back end on loopback that follows a script: answers each `register` with the next
+/// of `answers` (the last one again once they run out), answers pings with `known`, and sends
+/// `flood` error messages to the worker's main socket when asked.
+struct fake_broker {
+    zmq::context_t ctx;
+    zmq::socket_t sock{ctx, zmq::socket_type::router};
+    std::string endpoint;
+    std::vector<value> answers;
+    std::atomic<bool> known{true}, stop{false};
+    std::atomic<int> flood{0};
+    std::mutex lock;
+    std::vector<double> registers, pings;  // when they arrived
+    std::thread thread;
+
+    explicit fake_broker(std::vector<value> script) : answers(std::move(script)) {
+        sock.set(zmq::sockopt::router_handover, 1);
+        sock.set(zmq::sockopt::linger, 0);
+        sock.bind("tcp://127.0.0.1:*");
+        endpoint = sock.get(zmq::sockopt::last_endpoint);
+        thread = std::thread([this] { run(); });
+    }
+    ~fake_broker() {
+        stop = true;
+        thread.join();
+    }
+    void send(const std::string& id, const std::string& bytes) {
+        sock.send(zmq::buffer(id), zmq::send_flags::sndmore);
+        sock.send(zmq::buffer(bytes), zmq::send_flags::dontwait);
+    }
+    void run() {
+        std::string worker;
+        std::size_t answered = 0;
+        while (!stop) {
+            if (int n = flood.exchange(0); n > 0 && !worker.empty()) {
+                std::string e = mp::encode_plain(value::map({{"v", 1}, {"type", "error"}, {"req", value()}, {"code", "bad_message"}, {"message", "flood"}}));
+                for (int i = 0; i < n; ++i) send(worker, e);
+            }
+            zmq::pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
+            zmq::poll(&item, 1, std::chrono::milliseconds(5));
+            if (!(item.revents & ZMQ_POLLIN)) continue;
+            std::vector<zmq::message_t> frames = rlay::detail::recv_message(sock);
+            if (frames.size() < 2) continue;
+            std::string id = frames[0].to_string();
+            rlay::detail::header h;
+            try {
+                h = rlay::detail::decode_header(rlay::detail::bytes_of(frames[1]));
+            } catch (...) {
+                continue;
+            }
+            std::lock_guard<std::mutex> hold(lock);
+            if (h.type() == "heartbeat") {
+                if (id.size() > 3 && id.compare(id.size() - 3, 3, "|hb") == 0) pings.push_back(now_s());
+                send(id, mp::encode_plain(value::map({{"v", 1}, {"type", "heartbeat"}, {"known", known.load()}})));
+            } else if (h.type() == "register") {
+                worker = id;
+                registers.push_back(now_s());
+                send(id, mp::encode_plain(answers[std::min(answered++, answers.size() - 1)]));
+            }
+        }
+    }
+};
+
+value registered(std::vector<std::pair<value, value>> extra = {}) {
+    value m = value::map({{"v", 1}, {"type", "registered"}, {"worker", "w1"}, {"slots", value::list({0})}});
+    for (auto& e : extra) m.as_map().push_back(e);
+    return m;
+}
+
+rlay::config fake_config(const fake_broker& broker, std::vector<std::string>* lines, std::mutex* lock) {
+    rlay::config cfg;
+    cfg.broker = broker.endpoint;
+    cfg.env_id = "Test-v0";
+    cfg.observation_space = rlay::spaces::discrete(2);
+    cfg.action_space = rlay::spaces::discrete(2);
+    cfg.register_timeout = std::chrono::seconds(5);
+    cfg.logger = [lines, lock](rlay::log_level, std::string_view line) {
+        std::lock_guard<std::mutex> hold(*lock);
+        lines->emplace_back(line);
+    };
+    return cfg;
+}
+
+/// 8.3/5.2: a `limit` refusal with retry_after is retried on the same socket after that long;
+/// 8.5 rule 2: known: false after the grace makes the worker register again; 5.3: a
+/// `registered` without heartbeat settings keeps the last ones announced (it reset them to
+/// 0.5 s, and a broker expecting 0.1 s then lost the worker over and over).
+void registration_and_heartbeat_settings() {
+    fake_broker broker({mp::decode_plain(mp::encode_plain(value::map({{"v", 1}, {"type", "error"}, {"req", value()}, {"code", "limit"},
+                                                                      {"message", "too many registrations"}, {"retry_after", 0.3}}))),
+                        registered({{"heartbeat_interval", 0.1}, {"heartbeat_liveness", 20}}), registered()});
+    std::vector<std::string> lines;
+    std::mutex lock;
+    rlay::push_worker game(fake_config(broker, &lines, &lock), 1);
+    {
+        std::lock_guard<std::mutex> hold(broker.lock);
+        CHECK(broker.registers.size() == 2 && broker.registers[1] - broker.registers[0] >= 0.29);
+    }
+    broker.known = false;  // the broker forgot the worker: it must register again (rule 2)
+    double until = now_s() + 1.0;
+    while (now_s() < until) {
+        game.commands(std::chrono::milliseconds(0));
+        bool again;
+        {
+            std::lock_guard<std::mutex> hold(broker.lock);
+            again = broker.registers.size() >= 3;
+        }
+        if (again) broker.known = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    double since;
+    {
+        std::lock_guard<std::mutex> hold(broker.lock);
+        CHECK(broker.registers.size() == 3);
+        since = broker.registers.back();
+        broker.pings.clear();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    std::lock_guard<std::mutex> hold(broker.lock);
+    CHECK(broker.pings.size() >= 5);  // every 0.1 s still, not every 0.5 s
+    (void)since;
+}
+
+/// A broker sending without pause must not keep the game inside commands(0): one call reads
+/// at most a bounded number of messages (it read until the socket was empty, for ever).
+void push_flood() {
+    fake_broker broker({registered()});
+    std::vector<std::string> lines;
+    std::mutex lock;
+    rlay::push_worker game(fake_config(broker, &lines, &lock), 1);
+    broker.flood = 3000;
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    auto reports = [&] {
+        std::lock_guard<std::mutex> hold(lock);
+        int n = 0;
+        for (const auto& l : lines) n += l.find("broker reports: flood") != std::string::npos;
+        return n;
+    };
+    int before = reports();
+    game.commands(std::chrono::milliseconds(0));
+    int read = reports() - before;
+    CHECK(read > 0 && read <= 256);
+}
+
 }  // namespace
 
 int main() {
@@ -488,6 +872,11 @@ int main() {
     plans();
     seeds();
     fuzz();
+    hostile_sizes();
+    heartbeat_survives();
+    shared_memory();
+    registration_and_heartbeat_settings();
+    push_flood();
     std::printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

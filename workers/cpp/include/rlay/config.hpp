@@ -97,6 +97,12 @@ struct config {
     std::optional<curve_keys> curve;
     /// Where this worker's log lines go; empty: the handler of rlay::set_log_handler, or stderr.
     log_handler logger;
+    /// The most values (array items, map keys and values) one header or body from the broker
+    /// may decode to; a message with more is answered bad_message. Each decoded value takes
+    /// ~170 bytes of memory, so this bounds what one message can make the game allocate
+    /// (the default, 2^21, ~350 MB; 2^16 is plenty for a worker that serves no call/set_attr
+    /// with large values and hosts at most a few thousand envs).
+    std::size_t max_decoded_values = std::size_t(1) << 21;
 };
 
 namespace detail {

@@ -143,7 +143,7 @@ private:
 
 /// numpy's `can_cast(from, to, "same_kind")` for the numeric kinds: what SyncVectorEnv's
 /// batching allows when it casts an observation into the space's dtype (5.10). float64 ->
-/// float32 and int64 -> uint8 pass; float -> int and int -> bool do not.
+/// float32, int64 -> int8 and uint16 -> uint8 pass; int64 -> uint8, float -> int and int -> bool do not.
 inline bool can_cast_same_kind(const dtype& from, const dtype& to) noexcept {
     using k = dtype::kind;
     if (from == to) return true;

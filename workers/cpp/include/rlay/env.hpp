@@ -100,7 +100,9 @@ struct step_result {
 /// numbers) for a Box, MultiDiscrete or MultiBinary; an int for a Discrete; a str for a Text;
 /// a map with the Dict's keys; a tuple (or list) for a Tuple. The worker casts each array leaf
 /// to the space's dtype as numpy's same_kind rule allows (float64 into a float32 Box, int64
-/// into a uint8 Box); a float into an integer Box fails the env with a TypeError (5.10).
+/// into an int8 Box); a float into an integer Box, and a signed int into an unsigned one (a
+/// list of ints, which is int64, into a uint8 Box) fail the env with a TypeError (5.10): hand
+/// such a Box an rlay::ndarray of its own dtype.
 ///
 /// Actions arrive as values of the action space, converted to its dtypes: an int for a
 /// Discrete, an ndarray for a Box, MultiDiscrete or MultiBinary, a str for a Text, a map for a

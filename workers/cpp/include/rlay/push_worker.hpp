@@ -282,7 +282,9 @@ private:
             link_.idle();
             return;
         }
-        while (link_.connected() && link_.poll(0)) {
+        // At most so many messages a call: a broker (or trainers, through it) sending without
+        // pause must not keep the game inside commands(0) for ever; the rest wait for the next call.
+        for (int n = 0; n < max_reads_per_call && link_.connected() && link_.poll(0); ++n) {
             detail::reading r = link_.read(link_.receive(), stopping_);
             if (auto* answer = std::get_if<detail::message>(&r)) link_.send(std::move(*answer), "\xc0");
             else if (auto* req = std::get_if<detail::request>(&r)) start(std::move(*req));
@@ -381,8 +383,10 @@ private:
     detail::message finish(batch& b) {
         const detail::request& r = b.request;
         if (!b.failures.empty()) {
+            std::vector<std::size_t> position(agents_.size(), 0);  // agent -> its row in envs
+            for (std::size_t n = 0; n < r.envs.size(); ++n) position[static_cast<std::size_t>(r.envs[n])] = n;
             std::stable_sort(b.failures.begin(), b.failures.end(), [&](const detail::env_report& x, const detail::env_report& y) {
-                return std::find(r.envs.begin(), r.envs.end(), x.env) < std::find(r.envs.begin(), r.envs.end(), y.env);
+                return position[static_cast<std::size_t>(x.env)] < position[static_cast<std::size_t>(y.env)];
             });
             return link_.env_error_message(r.raw_req, b.failures);
         }
@@ -407,6 +411,8 @@ private:
             return link_.env_error_message(r.raw_req, {detail::report_current(r.envs.at(0))});
         }
     }
+
+    static constexpr int max_reads_per_call = 256;
 
     std::atomic<bool> stopping_{false};
     detail::link link_;

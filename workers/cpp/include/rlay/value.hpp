@@ -60,13 +60,19 @@ public:
     }
 
     /// A copy of `nbytes` bytes at `data`.
+    /// The size is checked before anything is allocated: the shape may come from the wire, and
+    /// a 20-byte body must not make the worker allocate (and zero) what its shape claims.
     static ndarray copy_of(rlay::dtype dt, shape_type shape, const void* data, std::size_t nbytes) {
-        ndarray a(dt, std::move(shape));
-        if (a.nbytes_ != nbytes) {
+        std::size_t expected = checked_nbytes(dt, shape);
+        if (expected != nbytes) {
             throw error(errc::bad_message, "array data holds " + std::to_string(nbytes) + " bytes but dtype " + dt.str() +
-                                               " and shape " + shape_text(a.shape_) + " need " + std::to_string(a.nbytes_));
+                                               " and shape " + shape_text(shape) + " need " + std::to_string(expected));
         }
-        if (nbytes) std::memcpy(const_cast<unsigned char*>(a.data_), data, nbytes);
+        auto storage = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(data),
+                                                                    static_cast<const unsigned char*>(data) + nbytes);
+        const void* at = storage->data();
+        ndarray a(dt, std::move(shape), std::shared_ptr<const void>(std::move(storage)), at, nbytes);
+        a.writable_ = true;
         return a;
     }
 

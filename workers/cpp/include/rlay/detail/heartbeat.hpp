@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -108,43 +109,44 @@ public:
 private:
     static constexpr std::int64_t none = std::numeric_limits<std::int64_t>::min();
 
-    void run() {
-        try {
-            int hwm = liveness_;
-            auto open = [&] {
-                zmq::socket_t sock(ctx_, zmq::socket_type::dealer);
-                sock.set(zmq::sockopt::linger, 0);
-                sock.set(zmq::sockopt::routing_id, zmq::buffer(identity_ + "|hb"));
-                sock.set(zmq::sockopt::sndhwm, hwm);  // a broker that is away gets no backlog of pings
-                secure(sock, curve_);
-                sock.connect(endpoint_);
-                return sock;
-            };
-            zmq::socket_t sock = open();
-            const std::string ping = header_writer(type::heartbeat, 0).done();
-            std::int64_t next = ticks(clock::now());
-            while (!stop_) {
+    /// Ping until stop(). Nothing ends the thread early: a socket that fails (a host name that
+    /// does not resolve when the socket is made again, an out-of-memory) is logged and made
+    /// again 100 ms later. A thread that died would leave its worker registering again, and
+    /// being lost again, every expiry for the rest of its life.
+    void run() noexcept {
+        int hwm = liveness_;
+        std::optional<zmq::socket_t> sock;
+        bool failing = false;
+        std::int64_t next = ticks(clock::now());
+        while (!stop_) {
+            try {
+                if (!sock) {
+                    hwm = liveness_;
+                    sock.emplace(open(hwm));
+                }
                 std::int64_t now = ticks(clock::now());
                 if (changed_.exchange(false)) {
                     next = std::min(next, now + interval_ns_.load());
                     if (liveness_ != hwm) {  // ZMQ_SNDHWM applies to new connections only: a new socket
+                        sock.reset();
                         hwm = liveness_;
-                        sock = open();
+                        sock.emplace(open(hwm));
                     }
                 }
                 if (now >= next) {
                     try {
-                        sock.send(zmq::buffer(ping), zmq::send_flags::dontwait);  // EAGAIN: dropped
+                        sock->send(zmq::buffer(ping_), zmq::send_flags::dontwait);  // EAGAIN: dropped
                     } catch (const zmq::error_t& e) {
                         if (!interrupted(e)) throw;
                     }
                     next = now + interval_ns_;
                 }
+                failing = false;
                 long wait_ms = static_cast<long>(std::clamp<std::int64_t>((next - ticks(clock::now())) / 1000000, 0, 50));
-                if (!poll_one(sock, ZMQ_POLLIN, wait_ms)) continue;
-                message answer = recv_message(sock);
+                if (!poll_one(*sock, ZMQ_POLLIN, wait_ms)) continue;
+                message answer = recv_message(*sock);
                 try {
-                    header h = decode_header(bytes_of(answer[0]));
+                    header h = decode_header(bytes_of(answer[0]), 256);  // an answer has 3 keys
                     if (h.type() == type::heartbeat) {
                         std::int64_t at = ticks(clock::now());
                         last_answer_ = at;
@@ -154,16 +156,36 @@ private:
                 } catch (const error& e) {
                     log_(log_level::warning, std::string("unreadable answer to a heartbeat: ") + e.what());
                 }
+            } catch (const std::exception& e) {
+                try {
+                    if (!failing) log_(log_level::error, std::string("the heartbeat socket failed (making it again): ") + e.what());
+                } catch (...) {
+                }
+                failing = true;
+                sock.reset();
+                for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            } catch (...) {
+                failing = true;
+                sock.reset();
+                for (int i = 0; i < 10 && !stop_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
             }
-        } catch (const std::exception& e) {
-            // the owner sees the silence grow and registers again; say why
-            log_(log_level::error, std::string("the heartbeat thread stopped: ") + e.what());
         }
+    }
+
+    zmq::socket_t open(int hwm) {
+        zmq::socket_t sock(ctx_, zmq::socket_type::dealer);
+        sock.set(zmq::sockopt::linger, 0);
+        sock.set(zmq::sockopt::routing_id, zmq::buffer(identity_ + "|hb"));
+        sock.set(zmq::sockopt::sndhwm, hwm);  // a broker that is away gets no backlog of pings
+        secure(sock, curve_);
+        sock.connect(endpoint_);
+        return sock;
     }
 
     zmq::context_t& ctx_;
     std::string endpoint_;
     std::string identity_;
+    std::string ping_ = header_writer(type::heartbeat, 0).done();
     std::optional<curve_keys> curve_;
     logger log_;
     std::atomic<std::int64_t> interval_ns_{static_cast<std::int64_t>(default_heartbeat_interval * 1e9)};

@@ -9,12 +9,18 @@
 
 #include <zmq.hpp>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
 
 namespace rlay {
 namespace detail {
@@ -146,19 +152,58 @@ inline obs_leaves check_observation(const space& s, const std::vector<leaf_info>
     return out;
 }
 
+/// Where one env's row goes in a trainer's segment (3.9): the segment's open file and the offset.
+struct shm_row {
+    int fd = -1;
+    std::uint64_t offset = 0;
+};
+
 /// Rows the trainer's shared memory takes instead of frames: leaf index -> one target per env.
-using placement = std::map<std::size_t, std::vector<unsigned char*>>;
+using placement = std::map<std::size_t, std::vector<shm_row>>;
+
+/// Write `n` bytes at `offset` of a segment's file with pwrite, not through a mapping: past
+/// the end of a file that shrank after check 3 a pwrite extends it, and on a full tmpfs it
+/// fails (false), where a write through a mapping is a SIGBUS that kills the game.
+inline bool write_row(int fd, std::uint64_t offset, const unsigned char* bytes, std::size_t n) {
+#if defined(__linux__)
+    while (n > 0) {
+        ssize_t wrote = ::pwrite(fd, bytes, n, static_cast<off_t>(offset));
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote <= 0) return false;
+        bytes += wrote;
+        n -= static_cast<std::size_t>(wrote);
+        offset += static_cast<std::uint64_t>(wrote);
+    }
+    return true;
+#else
+    (void)fd; (void)offset; (void)bytes;
+    return n == 0;
+#endif
+}
 
 /// A part's observations on the wire: descriptors for the body, the array frames, and the
 /// shared-memory writes to make once the reply is sure (3.9).
 struct obs_encoding {
     value descriptors = value::list();
     message frames;
-    struct write { ndarray rows; dtype to; unsigned char* target; };
+    struct write { ndarray rows; dtype to; shm_row target; };
     std::vector<write> writes;
 
-    void write_shared_memory() const {
-        for (const write& w : writes) convert_items(w.rows.dtype(), w.rows.bytes(), w.to, w.target, w.rows.size());
+    /// Write the rows placed in shared memory (cast to the leaf's dtype); false if one failed.
+    bool write_shared_memory() const {
+        std::vector<unsigned char> cast;
+        for (const write& w : writes) {
+            const unsigned char* bytes = w.rows.bytes();
+            std::size_t n = w.rows.nbytes();
+            if (w.rows.dtype() != w.to) {
+                cast.resize(w.rows.size() * w.to.itemsize());
+                convert_items(w.rows.dtype(), w.rows.bytes(), w.to, cast.data(), w.rows.size());
+                bytes = cast.data();
+                n = cast.size();
+            }
+            if (!write_row(w.target.fd, w.target.offset, bytes, n)) return false;
+        }
+        return true;
     }
 };
 
@@ -220,7 +265,9 @@ inline ndarray::shape_type wire_shape(const value* shape, std::size_t skip = 0) 
     for (std::size_t i = skip; i < shape->size(); ++i) {
         const value& d = (*shape)[i];
         if (!d.is_int() || d.is_negative()) throw bad();
-        out.push_back(static_cast<std::size_t>(d.as_uint()));
+        std::uint64_t n = d.as_uint();
+        if (static_cast<std::uint64_t>(static_cast<std::size_t>(n)) != n) throw bad();  // 32-bit hosts
+        out.push_back(static_cast<std::size_t>(n));
     }
     return out;
 }

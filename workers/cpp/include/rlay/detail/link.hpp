@@ -57,9 +57,11 @@ inline std::string host_name() {
 /// "r" and 11 random bytes (8.5): never a leading zero byte, never ending in "|hb".
 inline std::string new_identity() {
     std::random_device rd;
-    std::string id = "r";
-    for (int i = 0; i < 11; ++i) id += static_cast<char>(rd() & 0xff);
-    return id;
+    for (;;) {
+        std::string id = "r";
+        for (int i = 0; i < 11; ++i) id += static_cast<char>(rd() & 0xff);
+        if (id.compare(id.size() - 3, 3, "|hb") != 0) return id;  // 1 in 2^24 would end so (8.5: MUST NOT)
+    }
 }
 
 /// A value as a header may carry it (3.2, 5.2 metadata): tuples and arrays become lists,
@@ -280,7 +282,7 @@ public:
     reading read(message m, std::atomic<bool>& stopping) {
         std::string raw_req(1, '\xc0');
         try {
-            header h = decode_header(bytes_of(m.at(0)));
+            header h = decode_header(bytes_of(m.at(0)), cfg_.max_decoded_values);
             raw_req = h.raw_req;
             const std::string& kind = h.type();
             if (kind == type::disconnect) {
@@ -303,20 +305,22 @@ public:
             r.kind = kind;
             r.raw_req = raw_req;
             const value* envs = h.find("envs");
-            bool ok = envs && envs->is_list() && envs->size() > 0;
+            bool ok = envs && envs->is_list() && envs->size() > 0 && envs->size() <= num_envs_;
             if (ok) {
+                std::vector<bool> seen(num_envs_, false);  // linear: a list of K indices is checked in O(K)
+                r.envs.reserve(envs->size());
                 for (const value& i : envs->as_list()) {
-                    if (!i.is_int() || i.is_negative() || i.as_uint() >= num_envs_ ||
-                        std::find(r.envs.begin(), r.envs.end(), static_cast<std::int64_t>(i.as_uint())) != r.envs.end()) {
+                    if (!i.is_int() || i.is_negative() || i.as_uint() >= num_envs_ || seen[static_cast<std::size_t>(i.as_uint())]) {
                         ok = false;
                         break;
                     }
+                    seen[static_cast<std::size_t>(i.as_uint())] = true;
                     r.envs.push_back(static_cast<std::int64_t>(i.as_uint()));
                 }
             }
             if (!ok) throw error(errc::bad_message, "'envs' must be a non-empty list of distinct env indices below " + std::to_string(num_envs_));
             if (m.size() < 2) throw error(errc::bad_message, "a " + kind + " message needs a body frame");
-            r.body = msgpack::decode(bytes_of(m[1]));
+            r.body = msgpack::decode(bytes_of(m[1]), cfg_.max_decoded_values);
             if (!r.body.is_map()) throw error(errc::bad_message, std::string("body must be a msgpack map, got ") + value::kind_name(r.body.type()));
             r.frames = std::move(m);
             return r;
@@ -366,11 +370,22 @@ public:
         value body = value::map();
         body.as_map().emplace_back(value("obs"), std::move(enc.descriptors));
         for (auto& [key, column] : columns) body.as_map().emplace_back(value(key), std::move(column));
-        message m;
-        m.push_back(frame_of(reply_header(r.raw_req)));
-        m.push_back(frame_of(pack_body(r.envs, body)));
-        for (zmq::message_t& f : enc.frames) m.push_back(std::move(f));
-        enc.write_shared_memory();  // only now: a reply that fails writes nothing
+        auto build = [&](obs_encoding& e) {
+            message out;
+            out.push_back(frame_of(reply_header(r.raw_req)));
+            out.push_back(frame_of(pack_body(r.envs, body)));
+            for (zmq::message_t& f : e.frames) out.push_back(std::move(f));
+            return out;
+        };
+        message m = build(enc);
+        if (!enc.writes.empty() && !enc.write_shared_memory()) {  // only now: a reply that fails writes nothing
+            // the segment shrank or its tmpfs is full: forget it, and send frames after all
+            log(log_level::warning, "could not write observation rows into the trainer's shared memory; sending frames");
+            for (const auto& leaf : *placed) if (!leaf.second.empty()) segments_.forget(leaf.second.front().fd);
+            obs_encoding frames = encode_observations(obs_leaves_, checked, nullptr);
+            body.as_map()[0].second = std::move(frames.descriptors);
+            m = build(frames);
+        }
         return m;
     }
 
@@ -540,9 +555,10 @@ private:
         max_frame_.reset();
         if (limit && limit->is_int() && !limit->is_negative()) max_frame_ = limit->as_uint();
         // 5.3: an interval of 0.01 to 3600 s and a liveness of 1 to 1000; a setting that is
-        // missing or out of range leaves this worker's own (0.5 s and 4).
-        double interval = default_heartbeat_interval;
-        int liveness = default_heartbeat_liveness;
+        // missing or out of range keeps the one this worker had: the last one announced (the
+        // heartbeat lives across registrations), or its own default (0.5 s and 4) before any.
+        double interval = heartbeat_->interval();
+        int liveness = heartbeat_->liveness();
         const value* hi = h.find("heartbeat_interval");
         if (hi && (hi->is_float() || hi->is_int()) && hi->to_double() >= 0.01 && hi->to_double() <= 3600) interval = hi->to_double();
         const value* hl = h.find("heartbeat_liveness");

@@ -27,6 +27,11 @@ namespace msgpack {
 constexpr int max_tuple_depth = 16;      // 3.7 item 4
 constexpr int max_container_depth = 1024;  // arrays and maps within one decode call (3.7 item 4)
 constexpr std::size_t max_big_integer_bytes = 1024;
+/// Array items and map keys and values one decode may make, ext payloads and tuples included.
+/// A decoded value takes ~170 bytes for each byte of input (a nil), so without a bound a 100 MB
+/// body of nils takes ~24 GB. 2^21 fits a seeds list of the 1,000,000 envs 5.2 allows; lower
+/// it with rlay::config::max_decoded_values.
+constexpr std::size_t default_max_values = std::size_t(1) << 21;
 constexpr const char* msgpack_numpy_refusal =
     "refusing a msgpack-numpy array map: its decoder runs pickle on object arrays; "
     "rlay carries arrays as raw frames or as ext type 1";
@@ -233,7 +238,11 @@ enum class mode {
 
 class reader {
 public:
-    reader(std::string_view data, mode m, int tuple_depth = 0) : data_(data), mode_(m), tuple_depth_(tuple_depth) {}
+    /// `max_values`: the array items and map keys and values this decode may make in all.
+    reader(std::string_view data, mode m, std::size_t max_values = default_max_values)
+        : data_(data), mode_(m), tuple_depth_(0), own_budget_(max_values), budget_(&own_budget_) {}
+    reader(const reader&) = delete;
+    reader& operator=(const reader&) = delete;
 
     /// Decode one value that spans all of the data (trailing bytes are refused).
     /// `capture`: the top-level map key whose value's raw bytes to keep (a header's "req").
@@ -326,6 +335,11 @@ private:
         }
         // every item needs at least one byte: a count beyond the data is malformed (and not allocated)
         if (count > (data_.size() - pos_) / (is_map ? 2 : 1) + 0) throw malformed("the data ends inside a container");
+        std::size_t values = is_map ? 2 * count : count;  // <= the data's size: no overflow
+        if (values > *budget_) {
+            throw error(errc::bad_message, "the message holds more values than a decode may make (rlay::config::max_decoded_values)");
+        }
+        *budget_ -= values;
         target = is_map ? value::map() : value::list();
         if (is_map) target.as_map().reserve(count);
         else target.items().reserve(count);
@@ -413,7 +427,7 @@ private:
         }
         switch (code) {
             case 1: case 2: {
-                value fields = reader(payload, mode::plain).read_all();
+                value fields = reader(payload, mode::plain, 0, budget_).read_all();
                 std::size_t want = code == 1 ? 3 : 2;
                 if (!fields.is_list() || fields.size() != want || !fields.as_list().back().is_bin()) {
                     throw error(errc::bad_message, code == 1 ? "ndarray extension must hold [dtype, shape, data]"
@@ -434,7 +448,7 @@ private:
                 if (tuple_depth_ >= max_tuple_depth) {
                     throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) + " deep");
                 }
-                value items = reader(payload, mode::values, tuple_depth_ + 1).read_all();
+                value items = reader(payload, mode::values, tuple_depth_ + 1, budget_).read_all();
                 if (!items.is_list()) throw error(errc::bad_message, "tuple extension must hold an array");
                 target = value::tuple(std::move(items.items()));
                 return;
@@ -462,7 +476,9 @@ private:
         ndarray::shape_type out;
         for (const value& d : shape.as_list()) {
             if (!d.is_int() || d.is_negative()) throw bad();
-            out.push_back(static_cast<std::size_t>(d.as_uint()));
+            std::uint64_t n = d.as_uint();
+            if (static_cast<std::uint64_t>(static_cast<std::size_t>(n)) != n) throw bad();  // 32-bit hosts
+            out.push_back(static_cast<std::size_t>(n));
         }
         return out;
     }
@@ -499,13 +515,23 @@ private:
     int tuple_depth_;
     std::string captured_;
     bool has_capture_ = false;
+    std::size_t own_budget_;
+    std::size_t* budget_;  // own_budget_, or the outermost reader's (a nested ext payload)
+
+    /// The reader of a nested ext payload: it spends the outer decode's budget.
+    reader(std::string_view data, mode m, int tuple_depth, std::size_t* budget)
+        : data_(data), mode_(m), tuple_depth_(tuple_depth), own_budget_(0), budget_(budget) {}
 };
 
 /// Decode a body (value codec); refuses everything 3.7 lists.
-inline value decode(std::string_view data) { return reader(data, mode::values).read_all(); }
+inline value decode(std::string_view data, std::size_t max_values = default_max_values) {
+    return reader(data, mode::values, max_values).read_all();
+}
 
 /// Decode plain msgpack (a header): extension values read as nil.
-inline value decode_plain(std::string_view data) { return reader(data, mode::plain).read_all(); }
+inline value decode_plain(std::string_view data, std::size_t max_values = default_max_values) {
+    return reader(data, mode::plain, max_values).read_all();
+}
 
 }  // namespace msgpack
 }  // namespace detail

@@ -2,14 +2,17 @@
 //
 // A trainer on the same host may offer the memory where it keeps its batch of large
 // observation leaves. The worker uses an offer only after the five checks of 3.9 pass, and
-// otherwise sends frames (which the trainer always accepts). Elsewhere than Linux every
-// offer is ignored.
+// otherwise sends frames (which the trainer always accepts). It writes the rows with pwrite
+// on the open file (the same pages the trainer maps), never through a mapping of its own, so
+// nothing the trainer does to the file can raise SIGBUS in the game. Elsewhere than Linux
+// every offer is ignored.
 #pragma once
 
 #include <rlay/detail/leaves.hpp>
 #include <rlay/spaces.hpp>
 #include <rlay/value.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <list>
@@ -21,7 +24,6 @@
 #if defined(__linux__)
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define RLAY_SHARED_MEMORY 1
@@ -49,7 +51,10 @@ inline bool segment_name_ok(const std::string& name) {
     return true;
 }
 
-/// The trainers' segments this worker has opened (at most 8, mapped or remembered as unusable).
+/// The trainers' segments this worker has opened (at most 8, open or remembered as unusable).
+/// It reads and writes them with pread and pwrite, never through a mapping: a trainer (or any
+/// process of this user) may shrink the file at any moment after check 3, and a write through
+/// a mapping past the file's end is a SIGBUS that kills the game.
 class segment_cache {
 public:
     segment_cache() = default;
@@ -77,7 +82,11 @@ public:
             drop(name->as_str());
             return std::nullopt;
         }
-        if (std::memcmp(seg->memory, token->as_bin().data(), shm_token_bytes) != 0) return std::nullopt;  // check 4
+        char head[shm_token_bytes];
+        if (::pread(seg->fd, head, shm_token_bytes, 0) != static_cast<ssize_t>(shm_token_bytes) ||
+            std::memcmp(head, token->as_bin().data(), shm_token_bytes) != 0) {
+            return std::nullopt;  // check 4
+        }
         placement placed;
         for (const value& item : offered->as_list()) {  // check 5
             if (!item.is_list() || item.size() != 2 || !item[0].is_int() || item[0].is_negative() || !item[1].is_list()) return std::nullopt;
@@ -85,12 +94,12 @@ public:
             if (index >= leaves.size() || placed.count(index) || item[1].size() != k) return std::nullopt;
             const leaf_info& leaf = leaves[index];
             if (leaf.text || leaf.space.type() != space::kind::box) return std::nullopt;
-            std::vector<unsigned char*> rows;
+            std::vector<shm_row> rows;
             for (const value& offset : item[1].as_list()) {
                 if (!offset.is_int() || offset.is_negative()) return std::nullopt;
                 std::uint64_t at = offset.as_uint();
                 if (at < shm_header_bytes || at > seg->size || leaf.row_bytes > seg->size - at) return std::nullopt;
-                rows.push_back(static_cast<unsigned char*>(seg->memory) + at);
+                rows.push_back(shm_row{seg->fd, at});
             }
             placed[index] = std::move(rows);
         }
@@ -98,6 +107,17 @@ public:
 #else
         (void)offer; (void)leaves; (void)k;
         return std::nullopt;
+#endif
+    }
+
+    /// Close a segment whose rows could not be written (it shrank, or its tmpfs is full).
+    void forget(int fd) {
+#if defined(RLAY_SHARED_MEMORY)
+        for (auto it = open_.begin(); it != open_.end(); ++it) {
+            if (it->second && it->second->fd == fd) { unmap(it); return; }
+        }
+#else
+        (void)fd;
 #endif
     }
 
@@ -131,8 +151,7 @@ private:
 #if defined(RLAY_SHARED_MEMORY)
     struct segment {
         int fd = -1;
-        void* memory = nullptr;
-        std::size_t size = 0;
+        std::size_t size = 0;  // at check 2
     };
     using entry = std::pair<std::string, std::optional<segment>>;
 
@@ -151,8 +170,7 @@ private:
                 bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid() && (st.st_mode & 077) == 0 &&
                           static_cast<std::size_t>(st.st_size) > shm_header_bytes &&
                           static_cast<long long>(st.st_blocks) * 512 >= static_cast<long long>(st.st_size);
-                void* memory = ok ? ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-                if (memory != MAP_FAILED) seg = segment{fd, memory, static_cast<std::size_t>(st.st_size)};
+                if (ok) seg = segment{fd, static_cast<std::size_t>(st.st_size)};
                 else ::close(fd);
             }
         }
@@ -168,10 +186,7 @@ private:
     }
 
     void unmap(std::list<entry>::iterator it) {
-        if (it->second) {
-            ::munmap(it->second->memory, it->second->size);
-            ::close(it->second->fd);
-        }
+        if (it->second) ::close(it->second->fd);
         open_.erase(it);
     }
 

@@ -71,8 +71,8 @@ inline std::string_view bytes_of(const zmq::message_t& frame) {
 }
 
 /// Decode and check a header frame (3.2): a map, no bin key "nd", `v` the int 1, `type` a str.
-inline header decode_header(std::string_view frame) {
-    msgpack::reader r(frame, msgpack::mode::plain);
+inline header decode_header(std::string_view frame, std::size_t max_values = msgpack::default_max_values) {
+    msgpack::reader r(frame, msgpack::mode::plain, max_values);
     header h;
     h.fields = r.read_all("req");
     if (r.has_capture()) h.raw_req = r.captured();
