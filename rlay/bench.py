@@ -92,17 +92,26 @@ def workloads(scale: float) -> list[Workload]:
         Workload("CartPole-v1 x8", cartpole, 8, 1.0 * scale),
         Workload("CartPole-v1 x64", cartpole, 64, 1.0 * scale),
         # Envs that block: several per worker, stepped by as many threads (README, RlayVectorEnv docs).
+        # Envs that block, with default arguments: the worker finds they wait, and steps them on threads.
+        Workload("sleep 1 ms x64", functools.partial(SleepEnv, 0.001), 64, 1.0 * scale, sleep_floor=0.001),
+        # Game instances: one env per process, each step waiting 1 ms on its frame.
         Workload(
-            "sleep 1 ms x64",
+            "game instances x64",
             functools.partial(SleepEnv, 0.001),
             64,
             1.0 * scale,
-            rlay_kwargs={"envs_per_worker": 16, "env_threads": 16},
+            rlay_kwargs={"envs_per_worker": 1},
             sleep_floor=0.001,
         ),
         Workload("uint8[84,84,3] x8", functools.partial(FrameEnv, (84, 84, 3)), 8, 1.0 * scale, 84 * 84 * 3),
         Workload("uint8[1080,1920,4] x8", functools.partial(FrameEnv, big), 8, 1.5 * scale, int(np.prod(big))),
     ]
+
+
+def default_envs_per_worker(num_envs: int) -> int:
+    from rlay.vector import default_envs_per_worker as default
+
+    return default(num_envs)
 
 
 def make_vector(kind: str, w: Workload):
@@ -116,12 +125,12 @@ def make_vector(kind: str, w: Workload):
     return RlayVectorEnv(fns, copy=False, **w.rlay_kwargs)
 
 
-def steps_per_second(envs, seconds: float) -> float:
+def steps_per_second(envs, seconds: float, warmup: int = 3) -> float:
     """Env-steps/s of envs.step over about ``seconds`` (actions sampled beforehand)."""
     actions = [envs.action_space.sample() for _ in range(64)]
     envs.reset(seed=0)
-    for a in actions[:3]:  # warm up
-        envs.step(a)
+    for n in range(warmup):
+        envs.step(actions[n % 64])
     gc.collect()
     n, start = 0, time.perf_counter()
     deadline = start + seconds
@@ -255,49 +264,36 @@ def rlay_round_trips(count: int) -> list[float]:
 NOOP_ENV_ID = "rlay/Noop-v0"  # what the C++ example worker registers with --env noop
 
 
-def remote_round_trips(worker: list[str], count: int) -> list[float]:
-    """Round-trip seconds of one env's step through a broker process (ipc) and the worker process
-    ``worker`` hosting NOOP_ENV_ID: the deployed path, two hops, for a worker of any language."""
+@contextlib.contextmanager
+def remote_deployment(worker: list[str], copies: int):
+    """A broker process (ipc) and ``copies`` worker processes ``worker`` hosting NOOP_ENV_ID one env each;
+    yields a lease of all of them and the pids of the processes that serve them (as they registered:
+    `rlay worker` serves from a child). Everything is stopped afterwards."""
     import subprocess
     import sys
 
     from rlay import RlayVectorEnv
+    from rlay import protocol as P
+    from rlay.client import BrokerClient
 
     with tempfile.TemporaryDirectory(prefix="rlay-bench-") as tmp:
         front, back = f"ipc://{tmp}/front", f"ipc://{tmp}/back"
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rlay.cli",
-                    "--log-level",
-                    "ERROR",
-                    "broker",
-                    "--frontend",
-                    front,
-                    "--backend",
-                    back,
-                ],
-                stdin=subprocess.DEVNULL,
-            )
-        ]
+        cli = [sys.executable, "-m", "rlay.cli", "--log-level", "ERROR"]
+        procs = [subprocess.Popen([*cli, "broker", "--frontend", front, "--backend", back], stdin=subprocess.DEVNULL)]
         try:
-            procs.append(
-                subprocess.Popen(
-                    worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, "RLAY_BROKER": back}
-                )
-            )
-            envs = RlayVectorEnv.remote(NOOP_ENV_ID, 1, broker=front, copy=False, timeout=30)
+            client = BrokerClient(front)
+            try:  # (up before leasing: a lease gives up on a broker silent for a heartbeat expiry)
+                client.request(P.STATUS, 60, f"the status of the bench's broker at {front}")
+            finally:
+                client.close()
+            env = {**os.environ, "RLAY_BROKER": back}
+            procs += [
+                subprocess.Popen(worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+                for _ in range(copies)
+            ]
+            envs = RlayVectorEnv.remote(NOOP_ENV_ID, copies, broker=front, copy=False, timeout=60)
             try:
-                envs.reset(seed=0)
-                action = np.zeros(1, np.int64)
-                times = []
-                for _ in range(count):
-                    t = time.perf_counter()
-                    envs.step(action)
-                    times.append(time.perf_counter() - t)
-                return times
+                yield envs, sorted({slot["pid"] for slot in envs._slot_info.values()})  # (the workers' own pids)
             finally:
                 envs.close()
         finally:
@@ -308,6 +304,43 @@ def remote_round_trips(worker: list[str], count: int) -> list[float]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+
+
+def remote_round_trips(worker: list[str], count: int) -> list[float]:
+    """Round-trip seconds of one env's step through a broker process (ipc) and the worker process
+    ``worker`` hosting NOOP_ENV_ID: the deployed path, two hops, for a worker of any language."""
+    with remote_deployment(worker, 1) as (envs, _):
+        envs.reset(seed=0)
+        action = np.zeros(1, np.int64)
+        times = []
+        for _ in range(count):
+            t = time.perf_counter()
+            envs.step(action)
+            times.append(time.perf_counter() - t)
+        return times
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_cpu_per_message(worker: list[str], copies: int = 8, seconds: float = 2.0) -> float:
+    """Microseconds of CPU a worker process spends per message (a step request in, its reply out), with
+    a no-op env: all of it, its I/O and heartbeat threads included; ``copies`` workers stepped at once."""
+    with remote_deployment(worker, copies) as (envs, pids):
+        envs.reset(seed=0)
+        action = np.zeros(copies, np.int64)
+        for _ in range(20):
+            envs.step(action)
+        before, batches, start = [cpu_seconds(p) for p in pids], 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or batches < 10:
+            envs.step(action)
+            batches += 1
+        spent = sum(cpu_seconds(p) - b for p, b in zip(pids, before))
+        return spent / copies / batches * 1e6
 
 
 def python_noop_worker() -> list[str]:
@@ -367,7 +400,8 @@ def run(
                 try:
                     if kind == "rlay":
                         shared = envs._segment is not None  # large observations in shared memory (rlay/shm.py)
-                    rates[kind].append(steps_per_second(envs, w.seconds))
+                    # (rlay's workers time their envs' first steps to choose how to step them)
+                    rates[kind].append(steps_per_second(envs, w.seconds, warmup=20 if kind == "rlay" else 3))
                 finally:
                     envs.close()
         entry = {
@@ -383,7 +417,7 @@ def run(
             shape = w.make().observation_space.shape
             entry["bare_pyzmq_gbps"] = bare_frames_gbps(shape, w.num_envs, w.seconds)
         if w.sleep_floor:
-            per = w.rlay_kwargs["envs_per_worker"]
+            per = w.rlay_kwargs.get("envs_per_worker") or default_envs_per_worker(w.num_envs)
             entry["floor"] = sleep_floor(w.num_envs // per, per, w.sleep_floor, w.seconds)
             entry["floor_layout"] = f"{w.num_envs // per} processes x {per} threads"
             entry["ideal"] = w.num_envs / w.sleep_floor
@@ -394,10 +428,11 @@ def run(
         "rlay": percentiles(rlay_round_trips(latency_count)),
         "broker_python_worker": percentiles(remote_round_trips(python_noop_worker(), latency_count)),
     }
+    report["worker_cpu_us"] = {"python": worker_cpu_per_message(python_noop_worker(), seconds=2 * scale)}
     if cpp_worker is not None:
-        report["latency"]["broker_cpp_worker"] = percentiles(
-            remote_round_trips([cpp_worker, "--env", "noop", "--envs", "1"], latency_count)
-        )
+        cpp = [cpp_worker, "--env", "noop", "--envs", "1"]
+        report["latency"]["broker_cpp_worker"] = percentiles(remote_round_trips(cpp, latency_count))
+        report["worker_cpu_us"]["cpp"] = worker_cpu_per_message(cpp, seconds=2 * scale)
     return report
 
 
@@ -486,6 +521,12 @@ LATENCY_ROWS = {  # report key -> what it measured
     "broker_python_worker": "rlay via a broker process, Python worker",
     "broker_cpp_worker": "rlay via a broker process, C++ worker",
 }
+
+
+def format_worker_cpu(cpu: dict[str, float]) -> str:
+    return "worker CPU per message, no-op env, 8 workers: " + ", ".join(
+        f"{kind} {us:.0f} us" for kind, us in cpu.items()
+    )
 
 
 def format_latency(lat: dict[str, dict[str, float]]) -> str:

@@ -720,6 +720,7 @@ def bench(
         if "rlay_gbps" in entry:
             out(b.format_bandwidth(entry))
     out(b.format_latency(report["latency"]))
+    out(b.format_worker_cpu(report["worker_cpu_us"]))
     if as_json:
         click.echo(json.dumps(report, indent=2))
 

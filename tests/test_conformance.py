@@ -32,7 +32,7 @@ def test_the_python_command_worker_conforms():
         "--no-restart",
     )
     assert code == 0, out
-    assert "21 checks: 21 passed, 0 failed" in out, out
+    assert "23 checks: 23 passed, 0 failed" in out, out
 
 
 @pytest.mark.timeout(CONFORMANCE_TIMEOUT + 30)

@@ -43,6 +43,8 @@ __all__ = ["WorkerBase", "Request", "RegistrationError", "EnvFailures", "failure
 
 log = logging.getLogger("rlay.worker")
 
+MIN_RETRY_AFTER = 0.01  # s: a broker's retry_after of 0 must not make a worker send `register` in a busy loop
+
 
 class RegistrationError(RuntimeError):
     """The broker refused this worker, or never answered its registration."""
@@ -251,7 +253,7 @@ class WorkerBase:
                 retry_after = head.get("retry_after")
                 if head.get("code") == P.E_LIMIT and type(retry_after) in (int, float) and 0 <= retry_after <= 60:
                     self._refusal = str(head.get("message"))
-                    return float(retry_after)
+                    return max(float(retry_after), MIN_RETRY_AFTER)
                 raise RegistrationError(f"broker refused registration: {head.get('message')}")
             log.warning("ignoring %r before registration", head[P.TYPE])
         return None

@@ -129,6 +129,11 @@ def malformed(k: int, mode: str) -> list[Case]:
         "a <U1 array holding U+110000",
         msgpack.ExtType(EXT_NDARRAY, _plain(["<U1", [1], (0x110000).to_bytes(4, "little")])),
     )
+    options("an ext 1 array claiming 2**40 items", msgpack.ExtType(EXT_NDARRAY, _plain(["|u1", [2**40], b"\x00"])))
+    reset(
+        "an array32 claiming 2**32 - 1 items",
+        b"\x82\xa5seeds" + _plain([None] * k) + b"\xa7options\xdd\xff\xff\xff\xff",
+    )
     options("an empty ext 4 integer", msgpack.ExtType(EXT_BIGINT, b""))
     options("an ext 4 integer of 1025 bytes", msgpack.ExtType(EXT_BIGINT, b"\x01" * 1025))
     # Steps (5.10, 3.8).
@@ -151,6 +156,11 @@ def malformed(k: int, mode: str) -> list[Case]:
     )
     step("a missing action frame", {"autoreset": "NextStep", "actions": [leaf]}, [])
     step("an extra frame after the actions", {"autoreset": "NextStep", "actions": [leaf]}, [frame, frame])
+    step(
+        "an action leaf claiming 2**40 bytes a row",
+        {"autoreset": "NextStep", "actions": [{"dtype": "|u1", "shape": [k, 2**40]}]},
+        [frame],
+    )
     step("an action frame a byte short", {"autoreset": "NextStep", "actions": [leaf]}, [frame[:-1]])
     step("an action dtype |O", {"autoreset": "NextStep", "actions": [{"dtype": "|O", "shape": [k]}]}, [frame])
     step(

@@ -190,6 +190,7 @@ class RawBroker:
         self.worker: bytes | None = None  # the registered worker's routing id
         self.pings: list[float] = []  # when the registered worker's pings arrived
         self.registered_at: float | None = None
+        self.forgotten = False  # answer pings known: false (as a broker that restarted)
         self.alive: Callable[[], None] = lambda: None  # raises CheckFailed once the worker has exited
 
     def close(self) -> None:
@@ -212,8 +213,8 @@ class RawBroker:
             except WireError:
                 head = None
             if head is not None and head[P.TYPE] == P.HEARTBEAT:
-                known = main == self.worker
-                if known:
+                known = main == self.worker and not self.forgotten
+                if main == self.worker:
                     self.pings.append(time.monotonic())
                 self.sock.send_multipart([ident, header(P.HEARTBEAT, known=known)])
                 continue
@@ -232,20 +233,32 @@ class RawBroker:
                 head["routing_id"] = ident
                 return head
 
-    def registered(self, num_envs: int) -> None:
+    def registered(self, num_envs: int, announce: bool = True) -> None:
+        """Answer the worker's `register`; ``announce``: with this broker's heartbeat settings (5.3)."""
+        settings = {"heartbeat_interval": self.interval, "heartbeat_liveness": self.liveness} if announce else {}
+        self.sock.send_multipart(
+            [self.worker, header(P.REGISTERED, worker="w1", slots=list(range(num_envs)), **settings)]
+        )
+        self.registered_at = time.monotonic()
+        self.forgotten = False
+
+    def refuse_registration(self, retry_after: float) -> None:
+        """Answer the worker's `register` as a broker over its registration rate (protocol 8.6)."""
         self.sock.send_multipart(
             [
                 self.worker,
                 header(
-                    P.REGISTERED,
-                    worker="w1",
-                    slots=list(range(num_envs)),
-                    heartbeat_interval=self.interval,
-                    heartbeat_liveness=self.liveness,
+                    P.ERROR,
+                    req=None,
+                    code=P.E_LIMIT,
+                    retry_after=retry_after,
+                    message=f"too many registrations; try again in {retry_after} s",
                 ),
             ]
         )
-        self.registered_at = time.monotonic()
+
+    def forget(self) -> None:
+        self.forgotten = True
 
     def ask(self, frames: list[bytes], timeout: float, what: str) -> tuple[dict, list[bytes]]:
         """Send ``frames`` to the worker; its answer: (header, frames after it)."""

@@ -46,6 +46,7 @@ __all__ = ["Suite", "Result", "HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS"]
 # that ignores the announcement (protocol 5.3) is found.
 HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS = 0.2, 5
 RAW_INTERVAL, RAW_LIVENESS = 0.2, 4
+RETRY_AFTER = 0.3  # s the raw broker tells the first registration to wait (code `limit`)
 REGISTER_TIMEOUT = 30.0  # s for the worker under test to register
 CALL_TIMEOUT = 15.0  # s for a call through the broker (a push game answers at its decision points)
 ANSWER_TIMEOUT = 10.0  # s for an answer to a raw request
@@ -158,12 +159,14 @@ class Suite:
         raw.alive = self._alive
         try:
             self.check("registers with the conformance env's spaces", lambda: self._register(raw), needed=True)
+            self.check("told to wait (limit, retry_after), registers again then", lambda: self._retry(raw), needed=True)
             self.check("pings at the interval the broker announces", lambda: self._pings(raw))
             if self.mode == P.PUSH_MODE:
                 self.check("refuses a step before an agent's first reset", lambda: self._step_before_reset(raw))
             self.check("answers malformed requests with the right error", lambda: self._malformed(raw))
             self.check("never answers an error or a heartbeat answer", lambda: self._unanswered(raw))
             self.check("serves a valid request after bad ones", lambda: self._valid_reset(raw), needed=True)
+            self.check("forgotten, registers again and keeps the announced interval", lambda: self._forgotten(raw))
         finally:
             raw.close()
 
@@ -211,8 +214,19 @@ class Suite:
         if problems:
             raise CheckFailed("; ".join(problems))
         self.mirrors = [ConformanceEnv() for _ in range(k)]
-        raw.registered(k)
+        raw.refuse_registration(RETRY_AFTER)
         return f"{k} envs, routing id of {len(ident)} bytes"
+
+    def _retry(self, raw: RawBroker) -> str:
+        refused = time.monotonic()
+        head = raw.expect_register(REGISTER_TIMEOUT)
+        waited = time.monotonic() - refused
+        if head["routing_id"] != self.registration["routing_id"]:
+            raise CheckFailed("the registration came again from another routing id")
+        if waited < RETRY_AFTER * 0.9:
+            raise CheckFailed(f"registered again after {waited:.2f} s; the broker said to wait {RETRY_AFTER} s")
+        raw.registered(len(self.mirrors))
+        return f"after {waited:.2f} s"
 
     def _pings(self, raw: RawBroker) -> str:
         raw.pump(2.0)
@@ -261,6 +275,25 @@ class Suite:
         raw.silent_for(0.5, "an `error` message")
         raw.sock.send_multipart([raw.worker, header(P.HEARTBEAT, known=True)])
         raw.silent_for(0.5, "a heartbeat answer on its main socket")
+        return ""
+
+    def _forgotten(self, raw: RawBroker) -> str:
+        """The raw broker answers pings `known: false` (as a restarted broker does): the worker must send
+        `register` again with its routing id (8.5); answered without heartbeat settings, it must keep the
+        interval announced before (5.3)."""
+        raw.forget()
+        head = raw.expect_register(RAW_INTERVAL * RAW_LIVENESS * 3 + 5)
+        if head["routing_id"] != self.registration["routing_id"]:
+            raise CheckFailed("it registered again from another routing id (protocol 8.5 keeps the id)")
+        raw.registered(len(self.mirrors), announce=False)
+        raw.pings.clear()
+        raw.pump(2.0)
+        gaps = np.diff([raw.registered_at, *raw.pings])
+        if len(raw.pings) < 3 or gaps.max() > 2 * RAW_INTERVAL:
+            raise CheckFailed(
+                f"{len(raw.pings)} pings in 2 s after a `registered` without heartbeat settings "
+                f"(largest gap {gaps.max():.2f} s): it must keep the {RAW_INTERVAL} s announced before"
+            )
         return ""
 
     def _valid_reset(self, raw: RawBroker) -> str:
