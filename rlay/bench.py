@@ -288,7 +288,9 @@ def remote_deployment(worker: list[str], copies: int):
                 client.close()
             env = {**os.environ, "RLAY_BROKER": back}
             procs += [
-                subprocess.Popen(worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+                subprocess.Popen(
+                    worker, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+                )
                 for _ in range(copies)
             ]
             envs = RlayVectorEnv.remote(NOOP_ENV_ID, copies, broker=front, copy=False, timeout=60)
