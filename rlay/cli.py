@@ -452,7 +452,7 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
         client.close()
     report = {
         k: head[k]
-        for k in ("broker", "workers", "trainers", "pending_leases", "failures", "recent_losses")
+        for k in ("broker", "workers", "trainers", "pending_leases", "failures", "refusals", "recent_losses")
         if k in head
     }
     if as_json:
@@ -488,6 +488,15 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
         f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
         f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other"
     )
+    r = report.get("refusals") or {}
+    if any(r.values()):
+        click.echo(
+            "refused since start (over the broker's limits): "
+            f"{r.get('registrations_too_many_envs', 0)} registration(s) of too many envs, "
+            f"{r.get('registrations_too_many_slots', 0)} past max_slots, "
+            f"{r.get('registrations_rate_limited', 0)} rate-limited; "
+            f"{r.get('leases_too_many_pending', 0)} lease request(s) past max_pending_leases"
+        )
     for loss in report["recent_losses"][-RECENT_LOSSES_SHOWN:]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loss["time"]))
         click.echo(

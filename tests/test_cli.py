@@ -180,13 +180,16 @@ def test_bench_smoke_prints_a_table_and_json():
         "CartPole-v1 x8",
         "CartPole-v1 x64",
         "sleep 1 ms x64",
+        "game instances x64",
         "uint8[84,84,3] x8",
         "uint8[1080,1920,4] x8",
     ]
     for w in report["workloads"]:
         assert w["rlay"] > 0 and w["sync"] > 0 and w["async"] > 0, w
     assert report["workloads"][-1]["bare_pyzmq_gbps"] > 0 and report["workloads"][-1]["memcpy_gbps"] > 0
-    assert report["workloads"][2]["floor"] > 0 and "floor without rlay (4 processes x 16 threads" in result.stderr
+    assert report["workloads"][2]["floor"] > 0 and "floor without rlay (2 processes x 32 threads" in result.stderr
+    assert report["workloads"][3]["floor"] > 0 and "floor without rlay (64 processes x 1 threads" in result.stderr
+    assert report["worker_cpu_us"]["python"] > 0
     latency = report["latency"]
     assert latency["rlay"]["median_us"] > 0 and latency["bare_pyzmq"]["p99_us"] > 0
     assert latency["broker_python_worker"]["median_us"] > 0

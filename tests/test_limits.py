@@ -15,7 +15,7 @@ from rlay import RlayVectorEnv
 from rlay import protocol as P
 from rlay.spaces import encode_space
 from rlay.wire import decode_header, header
-from tests.conftest import RLAY, ROOT, Proc, broker_status, deployment, free_port, subprocess_env, wait_for
+from tests.conftest import RLAY, ROOT, Proc, broker_status, deployment, free_port, run_cli, subprocess_env, wait_for
 
 DISCRETE = encode_space(__import__("gymnasium").spaces.Discrete(2))
 
@@ -77,6 +77,8 @@ def test_a_registration_of_a_million_envs_is_refused_at_once_while_a_trainer_ste
         status = broker_status(front)
         assert status["refusals"]["registrations_too_many_envs"] == 1
         assert [w["env_id"] for w in status["workers"]] == ["CartPole-v1"]
+        shown = run_cli("status", "--broker", front).stdout
+        assert "refused since start (over the broker's limits): 1 registration(s) of too many envs" in shown, shown
 
 
 def test_pending_leases_that_cannot_be_met_do_not_slow_a_live_trainer(sockets):
