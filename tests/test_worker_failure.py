@@ -231,10 +231,10 @@ def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back():
         try:
             envs.reset(seed=0)
             victim = envs._groups[1].pid
-            envs.step_async(np.zeros(2, np.int64))
-            os.kill(victim, signal.SIGSTOP)  # hung: no reply, no heartbeat
+            os.kill(victim, signal.SIGSTOP)  # hung: it will not reply to the step, nor ping
             try:
                 stopped = time.monotonic()
+                envs.step_async(np.zeros(2, np.int64))
                 _, _, _, truncs, infos = envs.step_wait()
                 waited = time.monotonic() - stopped
             finally:
