@@ -256,3 +256,148 @@ class ThreadReportingEnv(gym.Env):
         else:
             time.sleep(self.delay)
         return np.zeros(2, np.float32), 0.0, False, False, {"thread": threading.get_ident()}
+
+
+class SpacesEnv(gym.Env):
+    """Every kind of space of protocol 4.1 and its edge cases, deterministic: the Python twin of
+    `rlay_example_command --env spaces` ("rlay/Spaces-v0", workers/cpp/examples/spaces_env.hpp),
+    which must agree with it bit for bit. ``index`` is the env's index in its worker. Integer
+    arithmetic only; the floats are exact (multiples of 1/8, float32 doubled or negated). Each
+    step puts the action it received into its info. (gymnasium refuses an infinite bound for an
+    unsigned Box, so "huge" spells out uint64's maximum.)"""
+
+    OBS_CHARSET = "zabcxyé"  # unsorted, with a 2-byte UTF-8 character
+    ACT_CHARSET = "ba01"
+
+    def __init__(self, index: int = 0):
+        self.index = index
+        self.observation_space = spaces.Dict(
+            {
+                "bits": spaces.MultiBinary(4),
+                "bits_2d": spaces.MultiBinary([2, 3]),
+                "choice": spaces.Discrete(5, start=-2),
+                "choice_i32": spaces.Discrete(3, start=10, dtype=np.int32),
+                "extremes": spaces.Box(-np.inf, np.inf, (2,), np.int16),  # bounds: int16's limits
+                "flag": spaces.Box(0, 1, (2,), np.bool_),
+                "grid": spaces.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=np.array([[-1, 0], [1, 2]])),
+                "half": spaces.Box(-2.0, 2.0, (2,), np.float16),
+                "huge": spaces.Box(0, np.iinfo(np.uint64).max, (1,), np.uint64),
+                "image": spaces.Box(0, 255, (2, 3), np.uint8),
+                "nested": spaces.Dict(
+                    {
+                        "deeper": spaces.Dict({"env": spaces.Discrete(8), "seed": spaces.Box(0, 999, (1,), np.int64)}),
+                        "t": spaces.Discrete(50),
+                        "trail": spaces.Tuple(
+                            (
+                                spaces.Discrete(2),
+                                spaces.Tuple((spaces.MultiBinary(2), spaces.Text(3, min_length=0, charset="ab"))),
+                            )
+                        ),
+                    }
+                ),
+                "pair": spaces.Tuple((spaces.Box(0, 100, (2,), np.int32), spaces.Discrete(7, start=3))),
+                "real": spaces.Box(-10.0, 10.0, (), np.float64),
+                "small": spaces.Box(
+                    np.array([-1000, -5, 0], np.int16), np.array([1000, 5, 7], np.int16), dtype=np.int16
+                ),
+                "swapped": spaces.Box(-1.0, 1.0, (2,), np.dtype(">f4")),  # big-endian
+                "text": spaces.Text(6, min_length=1, charset=self.OBS_CHARSET),
+                "tiny": spaces.Box(-np.inf, np.inf, (), np.int8),  # bounds: int8's limits
+                "unbounded": spaces.Box(-np.inf, np.inf, (2,), np.float32),
+            }
+        )
+        self.action_space = spaces.Dict(
+            {
+                "choice": spaces.Discrete(3, start=-1),
+                "flip": spaces.Box(0, 1, (2,), np.bool_),
+                "label": spaces.Text(4, min_length=0, charset=self.ACT_CHARSET),
+                "level": spaces.Box(-1.0, 1.0, (), np.float64),
+                "move": spaces.Box(-1.0, 1.0, (2,), np.float32),
+                "multi": spaces.MultiDiscrete(
+                    np.array([[3], [4]], np.int32), dtype=np.int32, start=np.array([[1], [-1]], np.int32)
+                ),
+                "pick": spaces.Discrete(4, start=5, dtype=np.int32),
+                "switches": spaces.MultiBinary([2, 2]),
+            }
+        )
+        self.s = self.t = self.score = 0
+        self.move = np.zeros(2, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.s = seed % 1000
+        k = (options or {}).get("k", 0)
+        self.t = self.score = 0
+        self.move = np.zeros(2, np.float32)
+        return self._obs(), {"seed": self.s, "k": k if type(k) is int else 0}
+
+    def step(self, action):
+        choice = int(action["choice"])
+        pick = int(action["pick"])
+        flip = np.array(action["flip"], np.bool_)
+        level = np.array(action["level"], np.float64)
+        move = np.array(action["move"], np.float32)
+        multi = np.array(action["multi"], np.int32)
+        switches = np.array(action["switches"], np.int8)
+        label = str(action["label"])
+        self.t += 1
+        self.score += (
+            3 * choice
+            + int(multi[0, 0])
+            - 2 * int(multi[1, 0])
+            + 5 * int(switches.sum())
+            + 7 * int(flip[0])
+            + pick
+            + len(label)
+        )
+        self.move = move
+        info = {
+            "t": self.t,
+            "score": self.score,
+            "half": self.score / 2,
+            "action": {
+                "choice": choice,
+                "flip": flip,
+                "label": label,
+                "level": level,
+                "move": move,
+                "multi": multi,
+                "pick": pick,
+                "switches": switches,
+            },
+        }
+        terminated = self.t >= 2 and (self.score + self.index) % 3 == 0
+        return self._obs(), self.score / 4 + self.t, terminated, self.t >= 4, info
+
+    def _obs(self):
+        u = (self.s + 7 * self.index + 13 * self.t + 31 * self.score) % 65536
+        text = "".join(self.OBS_CHARSET[(u + 3 * j + self.index) % 7] for j in range(1 + u % 6))
+        return {
+            "bits": np.array([(u >> j) & 1 for j in range(4)], np.int8),
+            "bits_2d": np.array([((u >> (j + 1)) + self.index) & 1 for j in range(6)], np.int8).reshape(2, 3),
+            "choice": u % 5 - 2,
+            "choice_i32": 10 + (u // 5) % 3,
+            "extremes": np.array([-32768 + u % 7, 32767 - self.index], np.int16),
+            "flag": np.array([u % 2 == 0, self.t % 2 == 1], np.bool_),
+            "grid": np.array([[-1 + u % 2, (u + 1) % 3], [1 + (u + 2) % 4, 2 + (u + 3) % 5]], np.int64),
+            "half": np.array([(u % 16) / 8 - 1, -self.t / 4], np.float16),
+            "huge": np.array([2**64 - 1 - u], np.uint64),
+            "image": np.array([(u + 37 * j + self.index) % 256 for j in range(6)], np.uint8).reshape(2, 3),
+            "nested": {
+                "deeper": {"env": self.index, "seed": np.array([self.s], np.int64)},
+                "t": self.t,
+                "trail": (self.t % 2, (np.array([u & 1, (u >> 1) & 1], np.int8), "ab"[u % 2] * (self.t % 4))),
+            },
+            "pair": (np.array([self.score % 101, self.t], np.int32), 3 + u % 7),
+            "real": np.array((u % 160) / 8 - 10, np.float64),
+            "small": np.array([u % 2001 - 1000, u % 11 - 5, u % 8], np.int16),
+            "swapped": np.array([(u % 8) / 8, -1.0], np.dtype(">f4")),
+            "text": text,
+            "tiny": np.array(-128 + u % 256, np.int8),
+            "unbounded": (
+                np.array([np.inf, -np.inf], np.float32)
+                if self.t == 0
+                else np.array([self.move[0] * 2, -self.move[1]], np.float32)
+            ),
+        }

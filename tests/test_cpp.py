@@ -3,16 +3,18 @@ pass `rlay conformance`, and a game project links it through find_package(rlay).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
 import rlay.vector
 from rlay import RlayVectorEnv
-from tests.conftest import ROOT, Proc, broker_status, free_port, run_cli, wait_for
+from tests.conftest import ROOT, Proc, assert_same, broker_status, free_port, run_cli, wait_for
 
 BUILD = ROOT / "build" / "cpp"
 BUILD_TIMEOUT = 900  # s: a first build on 2 cores
@@ -183,3 +185,117 @@ def test_the_readme_line_walker_builds_installs_and_trains(cpp_build, tmp_path):
         code, _, err = broker.stop()  # the broker's disconnect ends the walker
         assert code == 0, err
         assert walker.wait(15) == 0, walker.stderr.read()
+
+
+SPACES_ENVS = 3
+SPACES_STEPS = 30
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
+    """`rlay_example_command --env spaces` ("rlay/Spaces-v0": every space kind of protocol 4.1 and its
+    edge cases, its action echoed in its info) leased through a broker equals SyncVectorEnv over its
+    Python twin, tests.envs:SpacesEnv, in every autoreset mode: its spaces encode to the very maps
+    `encode_space` writes, its observations and infos arrive exactly, its actions are decoded exactly."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from rlay.spaces import encode_space
+    from tests.envs import SpacesEnv
+
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Proc("broker", "--frontend", front, "--backend", back)
+    worker = Proc(
+        "--broker",
+        back,
+        "--envs",
+        str(SPACES_ENVS),
+        "--env",
+        "spaces",
+        command=[str(cpp_build / "rlay_example_command")],
+    )
+    ends = {"terminated": 0, "truncated": 0}
+    try:
+        wait_for(lambda: len(broker_status(front)["workers"]) == 1, 30, "the C++ worker to register")
+        for mode in AutoresetMode:
+            sync = SyncVectorEnv([functools.partial(SpacesEnv, i) for i in range(SPACES_ENVS)], autoreset_mode=mode)
+            envs = RlayVectorEnv.remote("rlay/Spaces-v0", SPACES_ENVS, broker=front, autoreset_mode=mode, timeout=10)
+            try:
+                python = (sync.single_observation_space, sync.single_action_space)
+                assert_same(envs._lease_spaces, tuple(encode_space(s) for s in python), "leased spaces")
+                assert (envs.single_observation_space, envs.single_action_space) == python
+                assert_same(envs.reset(seed=11), sync.reset(seed=11), f"{mode.value} reset")
+                sync.action_space.seed(3)
+                for t in range(SPACES_STEPS):
+                    action = sync.action_space.sample()
+                    expected = sync.step(action)
+                    assert_same(envs.step(action), expected, f"{mode.value} step {t}")
+                    done = expected[2] | expected[3]
+                    ends["terminated"] += int(expected[2].sum())
+                    ends["truncated"] += int(expected[3].sum())
+                    if mode == AutoresetMode.DISABLED and done.any():
+                        seeds = [100 * t + i for i in range(SPACES_ENVS)]
+                        assert_same(
+                            envs.reset(seed=seeds, options={"reset_mask": done.copy()}),
+                            sync.reset(seed=seeds, options={"reset_mask": done.copy()}),
+                            f"{mode.value} masked reset at {t}",
+                        )
+                    if t == SPACES_STEPS // 2:  # unseeded, with options, in every mode
+                        assert_same(envs.reset(options={"k": 5}), sync.reset(options={"k": 5}), f"{mode.value} reset")
+            finally:
+                envs.close()
+                sync.close()
+    finally:
+        results = [(p, p.stop()) for p in (worker, broker)]
+        for proc, (code, _, err) in results:
+            assert code == 0, f"{proc.args} exited with {code}:\n{err}"
+    assert min(ends.values()) > 0, f"the runs must end episodes both ways to mean anything: {ends}"
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_a_cpp_worker_speaks_curve_and_one_without_keys_is_kept_out(cpp_build, tmp_path):
+    """A broker started with --curve: the C++ worker given the keys registers and steps exactly as
+    SyncVectorEnv for a trainer with the client keys; one started without --curve never registers,
+    and still exits 0 on SIGTERM."""
+    import gymnasium as gym
+
+    from rlay import protocol as P
+    from rlay.client import BrokerClient
+    from rlay.security import Curve
+
+    keys = tmp_path / "keys"
+    done = run_cli("keys", "generate", str(keys))
+    assert done.returncode == 0, done.stdout + done.stderr
+    curve = Curve.from_dir(str(keys), "client")
+
+    def workers() -> list:
+        client = BrokerClient(front, curve=curve)
+        try:
+            return client.request(P.STATUS, 5.0, "status")["workers"]
+        finally:
+            client.close()
+
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = Proc("broker", "--frontend", front, "--backend", back, "--curve", str(keys))
+    command = [str(cpp_build / "rlay_example_command")]
+    worker = Proc("--broker", back, "--envs", "2", "--curve", str(keys), command=command)
+    outsider = None
+    try:
+        wait_for(lambda: len(workers()) == 1, 30, "the C++ CURVE worker to register")
+        outsider = Proc("--broker", back, "--envs", "2", command=command)
+        sync = gym.vector.SyncVectorEnv([lambda: gym.make("rlay/Conformance-v0")] * 2)
+        envs = RlayVectorEnv.remote("rlay/Conformance-v0", 2, broker=front, curve=curve, timeout=10)
+        try:
+            assert_same(envs.reset(seed=5), sync.reset(seed=5), "reset")
+            for t, action in enumerate([[0, 2], [1, 1], [2, 0], [2, 2], [0, 1]]):
+                action = np.array(action, np.int64)
+                assert_same(envs.step(action), sync.step(action), f"step {t}")
+        finally:
+            envs.close()
+            sync.close()
+        time.sleep(1.5)  # the outsider has had time to try
+        assert outsider.popen.poll() is None, "the worker without keys must keep waiting, not give up"
+        assert len(workers()) == 1, "a worker without the keys must not register"
+    finally:
+        results = [(p, p.stop()) for p in (outsider, worker, broker) if p is not None]
+        for proc, (code, _, err) in results:
+            assert code == 0, f"{proc.args} exited with {code}:\n{err}"
