@@ -329,6 +329,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def worker_cpu_per_message(worker: list[str], copies: int = 8, seconds: float = 2.0) -> float:
     """Microseconds of CPU a worker process spends per message (a step request in, its reply out), with
     a no-op env: all of it, its I/O and heartbeat threads included; ``copies`` workers stepped at once."""

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from rlay import protocol as P
+from rlay.bench import cpu_seconds, rss_mb
 
 __all__ = ["run_scale", "format_scale", "SCALE_ENV_ID"]
 
 SCALE_ENV_ID = "rlay/Scale-v0"
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _spaces() -> tuple[dict, dict]:
@@ -99,20 +99,6 @@ def _simulated_workers(backend: str, count: int, ready: Any, stop: Any) -> None:
     ctx.term()
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime + stime
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(count: int, seconds: float) -> dict[str, float]:
     """One broker process and ``count`` simulated workers: per-batch time, broker CPU and memory."""
     from rlay import RlayVectorEnv
@@ -143,24 +129,24 @@ def measure(count: int, seconds: float) -> dict[str, float]:
             if not ready.wait(120):
                 raise RuntimeError(f"the {count} simulated workers did not all register within 120 s")
             envs = RlayVectorEnv.remote(SCALE_ENV_ID, count, broker=front, copy=False, timeout=120)
-            rss_registered = _rss_mb(broker.pid)
-            idle_start, cpu0 = time.perf_counter(), _cpu_seconds(broker.pid)
+            rss_registered = rss_mb(broker.pid)
+            idle_start, cpu0 = time.perf_counter(), cpu_seconds(broker.pid)
             time.sleep(min(2.0, seconds))  # heartbeats only: what being idle costs the broker
-            idle_rate = (_cpu_seconds(broker.pid) - cpu0) / (time.perf_counter() - idle_start)
+            idle_rate = (cpu_seconds(broker.pid) - cpu0) / (time.perf_counter() - idle_start)
             envs.reset(seed=0)
             action = np.zeros(count, np.int64)
             envs.step(action)
-            batches, start, cpu0 = 0, time.perf_counter(), _cpu_seconds(broker.pid)
+            batches, start, cpu0 = 0, time.perf_counter(), cpu_seconds(broker.pid)
             while time.perf_counter() - start < seconds or batches < 3:
                 envs.step(action)
                 batches += 1
-            elapsed, cpu = time.perf_counter() - start, _cpu_seconds(broker.pid) - cpu0
+            elapsed, cpu = time.perf_counter() - start, cpu_seconds(broker.pid) - cpu0
             return {
                 "workers": count,
                 "batch_ms": elapsed / batches * 1e3,
                 "broker_cpu_us_per_part": max(0.0, cpu - idle_rate * elapsed) / (batches * count) * 1e6,
                 "broker_idle_cpu_percent": idle_rate * 100,
-                "broker_rss_mb": max(rss_registered, _rss_mb(broker.pid)),
+                "broker_rss_mb": max(rss_registered, rss_mb(broker.pid)),
             }
         finally:
             if envs is not None:

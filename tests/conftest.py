@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rlay.conformance.compare import assert_same  # noqa: F401  (the tests import it from here)
+from rlay.conformance.harness import wait_until as wait_for  # noqa: F401  (polls a condition, with a timeout)
 
 ROOT = Path(__file__).resolve().parent.parent
 RLAY = [sys.executable, "-m", "rlay.cli"]
@@ -42,18 +42,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``condition()`` until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     """Every test must stop the processes it started."""
@@ -69,6 +57,45 @@ def no_leftover_processes():
             except ProcessLookupError:
                 pass
         raise AssertionError(f"test left processes running: {sorted(left)}") from None
+
+
+@pytest.fixture
+def dealers():
+    """connect(address): a raw DEALER socket to it (closed after the test): a peer speaking the protocol by hand."""
+    import zmq
+
+    ctx = zmq.Context()
+    made = []
+
+    def connect(address: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        made.append(sock)
+        return sock
+
+    yield connect
+    for sock in made:
+        sock.close()
+    ctx.term()
+
+
+@pytest.fixture
+def leaf_paths(monkeypatch):
+    """How each observation leaf of each reply the trainer decodes travelled: shm, rows or frame."""
+    import rlay.vector
+
+    seen: list[list[str]] = []
+    decode = rlay.vector.decode_leaves
+
+    def spy(descriptors, *args, **kwargs):
+        seen.append(
+            ["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame" for d in descriptors]
+        )
+        return decode(descriptors, *args, **kwargs)
+
+    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
+    return seen
 
 
 def own_segments() -> set[str]:

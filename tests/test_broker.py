@@ -22,24 +22,6 @@ def cartpoles():
         yield addresses
 
 
-@pytest.fixture
-def raw():
-    ctx = zmq.Context()
-    socks = []
-
-    def connect(addr: str) -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(addr)
-        socks.append(sock)
-        return sock
-
-    yield connect
-    for sock in socks:
-        sock.close()
-    ctx.term()
-
-
 def ask(sock: zmq.Socket, frames: list[bytes], timeout: float = 5.0) -> dict:
     sock.send_multipart(frames)
     assert sock.poll(timeout * 1000), f"no reply within {timeout} s to {frames!r:.80}"
@@ -56,9 +38,9 @@ def assert_serves(front: str) -> None:
         envs.close()
 
 
-def test_malformed_trainer_messages_get_error_replies(cartpoles, raw, tmp_path):
+def test_malformed_trainer_messages_get_error_replies(cartpoles, dealers, tmp_path):
     front, _ = cartpoles
-    sock, leased = raw(front), raw(front)
+    sock, leased = dealers(front), dealers(front)
     assert ask(leased, [header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=1)])[P.TYPE] == P.LEASED
     marker = tmp_path / "owned"
     cases = [  # (socket, frames, code): `leased` holds a lease of one slot, `sock` none
@@ -88,9 +70,9 @@ def test_malformed_trainer_messages_get_error_replies(cartpoles, raw, tmp_path):
     assert_serves(front)
 
 
-def test_malformed_worker_messages_get_error_replies(cartpoles, raw, tmp_path):
+def test_malformed_worker_messages_get_error_replies(cartpoles, dealers, tmp_path):
     front, back = cartpoles
-    sock = raw(back)
+    sock = dealers(back)
     marker = tmp_path / "owned"
     good = dict(
         env_id="X",
@@ -123,10 +105,10 @@ def test_malformed_worker_messages_get_error_replies(cartpoles, raw, tmp_path):
     assert_serves(front)
 
 
-def test_a_worker_error_with_odd_reports_still_reaches_the_trainer(cartpoles, raw):
+def test_a_worker_error_with_odd_reports_still_reaches_the_trainer(cartpoles, dealers):
     """The broker names each report's slot where it can; a report it cannot place passes on as it is."""
     front, back = cartpoles
-    worker, trainer = raw(back), raw(front)
+    worker, trainer = dealers(back), dealers(front)
     discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
     assert (
         ask(
@@ -190,13 +172,13 @@ def test_a_request_over_max_message_size_is_refused_before_sending_and_loses_not
             envs.close()
 
 
-def test_a_new_replace_supersedes_one_still_pending(cartpoles, raw):
+def test_a_new_replace_supersedes_one_still_pending(cartpoles, dealers):
     """A trainer that stopped waiting for a replacement (an error, an interrupt) asks again: the new
     request takes the old one's place, and only it is answered."""
     front, back = cartpoles
     discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
     game = dict(env_id="Lossy", num_envs=1, host="h", pid=1, obs_space=discrete, act_space=discrete)
-    first, trainer = raw(back), raw(front)
+    first, trainer = dealers(back), dealers(front)
     assert ask(first, [header(P.REGISTER, **game)])[P.TYPE] == P.REGISTERED
     slot = ask(trainer, [header(P.LEASE, req=1, env_id="Lossy", num_envs=1, timeout=5)])["slots"][0]["slot"]
     first.send_multipart([header(P.DISCONNECT)])  # its slot is LOST now
@@ -208,7 +190,7 @@ def test_a_new_replace_supersedes_one_still_pending(cartpoles, raw):
     trainer.send_multipart([header(P.REPLACE, req=2, slots=[slot], timeout=30)])  # no free slot: it waits
     trainer.send_multipart([header(P.REPLACE, req=3, slots=[slot], timeout=30)])  # the trainer asks again
     wait_for(lambda: broker_status(front)["pending_leases"] == 1, 10, "one pending replacement")
-    assert ask(raw(back), [header(P.REGISTER, **{**game, "pid": 2})])[P.TYPE] == P.REGISTERED
+    assert ask(dealers(back), [header(P.REGISTER, **{**game, "pid": 2})])[P.TYPE] == P.REGISTERED
     assert trainer.poll(10_000), "no answer to the replace"
     answer = decode_header(trainer.recv_multipart()[0])
     assert answer[P.TYPE] == P.REPLACED and answer[P.REQ] == 3 and answer["replaces"] == [slot], answer
@@ -277,12 +259,12 @@ def test_cached_parts_still_refuse_non_int_slot_ids(cartpoles):
         envs.close()
 
 
-def test_a_released_call_is_never_answered_even_after_a_new_lease(raw):
+def test_a_released_call_is_never_answered_even_after_a_new_lease(dealers):
     """Release while a step runs, lease again on the same connection: the old step's reply must not
     come (protocol 5.6), though the trainer is known to the broker again when it arrives."""
     slow = ["tests.envs:SlowEnv", "--env-kwargs", '{"delay": 2.0}', "-p", "1", "-k", "2"]
     with deployment([slow], workers=1) as (front, _):
-        sock = raw(front)
+        sock = dealers(front)
         leased = ask(sock, [header(P.LEASE, req=1, env_id="tests.envs:SlowEnv", num_envs=2, timeout=10)])
         first, second = (s["slot"] for s in leased["slots"])
         descriptors, frames = encode_leaves([np.zeros(1, np.int64)])
@@ -304,9 +286,9 @@ def test_a_released_call_is_never_answered_even_after_a_new_lease(raw):
         assert ask(sock, [header(P.RELEASE, req=6)])[P.TYPE] == P.RELEASED
 
 
-def test_replace_takes_only_lost_slots_of_the_lease(cartpoles, raw):
+def test_replace_takes_only_lost_slots_of_the_lease(cartpoles, dealers):
     front, _ = cartpoles
-    sock = raw(front)
+    sock = dealers(front)
     leased = ask(sock, [header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=2, timeout=5)])
     assert leased[P.TYPE] == P.LEASED
     mine = [s["slot"] for s in leased["slots"]]
@@ -324,11 +306,11 @@ def test_replace_takes_only_lost_slots_of_the_lease(cartpoles, raw):
     assert_serves(front)
 
 
-def test_a_malformed_worker_reply_in_first_ready_stepping_is_a_broker_error(cartpoles, raw):
+def test_a_malformed_worker_reply_in_first_ready_stepping_is_a_broker_error(cartpoles, dealers):
     """First-ready results are checked as a step's are (protocol 5.9): one value per env under each
     key, and maps for infos. A worker that breaks this gets its reply refused by name."""
     front, back = cartpoles
-    worker = raw(back)
+    worker = dealers(back)
     discrete = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
     assert (
         ask(

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import rlay.vector
 from rlay import RlayVectorEnv
 from tests.conftest import ROOT, Proc, assert_same, broker_status, free_port, run_cli, wait_for
 
@@ -95,22 +94,6 @@ def test_a_game_project_links_the_installed_sdk_with_find_package(cpp_build, tmp
     env = {**os.environ, "LD_LIBRARY_PATH": str(prefix / "lib")}
     assert run([game / "build" / "game_cpp"], 10).stdout.strip() == "linked"
     assert run([game / "build" / "game_c"], 10, env=env).stdout.strip() == "protocol 1"
-
-
-@pytest.fixture
-def leaf_paths(monkeypatch):
-    """How each observation leaf of each reply the trainer decodes travelled: shm, rows or frame."""
-    seen: list[list[str]] = []
-    decode = rlay.vector.decode_leaves
-
-    def spy(descriptors, *args, **kwargs):
-        seen.append(
-            ["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame" for d in descriptors]
-        )
-        return decode(descriptors, *args, **kwargs)
-
-    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
-    return seen
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 120)

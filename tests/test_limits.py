@@ -8,11 +8,11 @@ import subprocess
 import time
 
 import numpy as np
-import pytest
 import zmq
 
 from rlay import RlayVectorEnv
 from rlay import protocol as P
+from rlay.bench import rss_mb
 from rlay.spaces import encode_space
 from rlay.wire import decode_header, header
 from tests.conftest import RLAY, ROOT, Proc, broker_status, deployment, free_port, run_cli, subprocess_env, wait_for
@@ -22,24 +22,6 @@ DISCRETE = encode_space(__import__("gymnasium").spaces.Discrete(2))
 
 def register(env_id: str = "Abuse-v0", num_envs: int = 1) -> bytes:
     return header(P.REGISTER, env_id=env_id, num_envs=num_envs, host="h", pid=1, obs_space=DISCRETE, act_space=DISCRETE)
-
-
-@pytest.fixture
-def sockets():
-    ctx = zmq.Context()
-    made = []
-
-    def connect(address: str) -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        made.append(sock)
-        return sock
-
-    yield connect
-    for sock in made:
-        sock.close()
-    ctx.term()
 
 
 def answer(sock: zmq.Socket, timeout: float = 5.0) -> dict:
@@ -57,13 +39,13 @@ def timed_steps(envs, count: int) -> list[float]:
     return times
 
 
-def test_a_registration_of_a_million_envs_is_refused_at_once_while_a_trainer_steps(sockets):
+def test_a_registration_of_a_million_envs_is_refused_at_once_while_a_trainer_steps(dealers):
     with deployment([["CartPole-v1", "-k", "4"]], workers=1) as (front, back):
         envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=10)
         try:
             envs.reset(seed=0)
             before = timed_steps(envs, 50)
-            abuser = sockets(back)
+            abuser = dealers(back)
             sent = time.perf_counter()
             abuser.send(register(num_envs=1_000_000))
             during = timed_steps(envs, 100)
@@ -81,7 +63,7 @@ def test_a_registration_of_a_million_envs_is_refused_at_once_while_a_trainer_ste
         assert "refused since start (over the broker's limits): 1 registration(s) of too many envs" in shown, shown
 
 
-def test_pending_leases_that_cannot_be_met_do_not_slow_a_live_trainer(sockets):
+def test_pending_leases_that_cannot_be_met_do_not_slow_a_live_trainer(dealers):
     """Pending leases are looked at again only when slots of their env id free up, not on every reply."""
     with deployment([["CartPole-v1", "-k", "4"]], workers=1) as (front, back):
         envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=10)
@@ -89,7 +71,7 @@ def test_pending_leases_that_cannot_be_met_do_not_slow_a_live_trainer(sockets):
             envs.reset(seed=0)
             timed_steps(envs, 20)
             alone = np.median(timed_steps(envs, 200))
-            waiting = [sockets(front) for _ in range(100)]
+            waiting = [dealers(front) for _ in range(100)]
             for n, sock in enumerate(waiting):
                 sock.send(header(P.LEASE, req=n, env_id="CartPole-v1", num_envs=1000, timeout=60))
             wait_for(lambda: broker_status(front)["pending_leases"] == 100, 5, "100 leases to wait at the broker")
@@ -101,14 +83,14 @@ def test_pending_leases_that_cannot_be_met_do_not_slow_a_live_trainer(sockets):
         assert crowded < 2 * alone + 0.001, f"median step {alone * 1e3:.2f} ms alone, {crowded * 1e3:.2f} ms crowded"
 
 
-def test_too_many_pending_leases_are_refused_and_counted(sockets, tmp_path):
+def test_too_many_pending_leases_are_refused_and_counted(dealers, tmp_path):
     config = tmp_path / "broker.toml"
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\nmax_pending_leases = 3\n')
     broker = Proc("broker", "--config", str(config))
     try:
         wait_for(lambda: broker_status(front), 10, "the broker")
-        socks = [sockets(front) for _ in range(4)]
+        socks = [dealers(front) for _ in range(4)]
         for n, sock in enumerate(socks):
             sock.send(header(P.LEASE, req=n, env_id="None-v0", num_envs=1, timeout=30))
         refused = wait_for(lambda: [s for s in socks if s.poll(0)], 5, "one lease request to be refused")
@@ -122,14 +104,14 @@ def test_too_many_pending_leases_are_refused_and_counted(sockets, tmp_path):
         assert code == 0, err
 
 
-def test_a_trainer_that_leaves_without_release_has_its_lease_freed(sockets):
+def test_a_trainer_that_leaves_without_release_has_its_lease_freed(dealers):
     """A connection that leased and went away (no release, no more pings) loses its lease after the
     heartbeat expiry: its slots serve the next trainer. Its pending lease, likewise."""
     with deployment([["CartPole-v1", "-k", "2"]], workers=1) as (front, back):
-        gone = sockets(front)
+        gone = dealers(front)
         gone.send(header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=2))
         assert answer(gone)[P.TYPE] == P.LEASED
-        waiting = sockets(front)
+        waiting = dealers(front)
         waiting.send(header(P.LEASE, req=1, env_id="CartPole-v1", num_envs=2, timeout=60))
         gone.close()  # neither releases nor pings: both are let go
         waiting.close()
@@ -142,12 +124,7 @@ def test_a_trainer_that_leaves_without_release_has_its_lease_freed(sockets):
         envs.close()
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
-def test_broker_memory_stays_bounded_under_a_registration_storm(sockets, tmp_path):
+def test_broker_memory_stays_bounded_under_a_registration_storm(dealers, tmp_path):
     """20,000 registrations of 100 envs from 200 connections that never ping: the rate limit and
     max_slots refuse most at once, and the ones taken expire; the broker's memory stays bounded and
     its refusals take a few log lines, not one each."""
@@ -168,7 +145,7 @@ def test_broker_memory_stays_bounded_under_a_registration_storm(sockets, tmp_pat
     try:
         wait_for(lambda: broker_status(front), 10, "the broker")
         before = rss_mb(broker.pid)
-        storm = [sockets(back) for _ in range(200)]
+        storm = [dealers(back) for _ in range(200)]
         for _ in range(100):
             for sock in storm:
                 sock.send(register(env_id=f"Storm-{os.urandom(2).hex()}", num_envs=100))

@@ -14,7 +14,6 @@ import pytest
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-import rlay.vector
 from rlay import RlayVectorEnv
 from rlay.shm import SHM_DIR, ObsSegment, SegmentCache
 from rlay.values import WireError
@@ -28,25 +27,9 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason=f"no {SHM_DIR
 IMAGE = spaces.Box(0, 255, (128, 128, 4), np.uint8)  # 64 KiB per env: a large leaf
 
 
-@pytest.fixture
-def paths(monkeypatch):
-    """Record, for every reply the trainer decodes, how each observation leaf travelled."""
-    seen: list[list[str]] = []
-    decode = rlay.vector.decode_leaves
-
-    def spy(descriptors, *args, **kwargs):
-        seen.append(
-            ["shm" if d.get("shm") is True else "rows" if d.get("rows") is True else "frame" for d in descriptors]
-        )
-        return decode(descriptors, *args, **kwargs)
-
-    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
-    return seen
-
-
 @pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
 @pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "frames"])
-def test_large_observations_equal_sync_in_shared_memory_or_frames(paths, shared_memory, mode):
+def test_large_observations_equal_sync_in_shared_memory_or_frames(leaf_paths, shared_memory, mode):
     envs = RlayVectorEnv([ImageDictEnv] * 3, envs_per_worker=2, autoreset_mode=mode, shared_memory=shared_memory)
     try:
         assert (envs._segment is not None) == shared_memory
@@ -54,7 +37,9 @@ def test_large_observations_equal_sync_in_shared_memory_or_frames(paths, shared_
     finally:
         envs.close()
     # Dict leaves in order: image (large), pos (small, always one frame).
-    assert paths and all(p == (["shm", "frame"] if shared_memory else ["rows", "frame"]) for p in paths), paths[:3]
+    assert leaf_paths and all(p == (["shm", "frame"] if shared_memory else ["rows", "frame"]) for p in leaf_paths), (
+        leaf_paths[:3]
+    )
 
 
 def test_copy_false_returns_the_shared_buffer_and_copy_true_a_copy():
@@ -70,7 +55,7 @@ def test_copy_false_returns_the_shared_buffer_and_copy_true_a_copy():
             envs.close()
 
 
-def test_first_ready_results_from_shared_memory_are_each_envs_own(paths):
+def test_first_ready_results_from_shared_memory_are_each_envs_own(leaf_paths):
     import gymnasium as gym
 
     sync = gym.vector.SyncVectorEnv([ImageDictEnv] * 4)
@@ -93,7 +78,7 @@ def test_first_ready_results_from_shared_memory_are_each_envs_own(paths):
     finally:
         envs.close()
         sync.close()
-    assert paths and all(p[0] == "shm" for p in paths)
+    assert leaf_paths and all(p[0] == "shm" for p in leaf_paths)
 
 
 @pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "frames"])
@@ -143,7 +128,7 @@ def test_a_lost_envs_truncation_reports_its_last_observation_not_the_new_envs(mo
         envs.close()
 
 
-def test_a_worker_that_cannot_see_the_segment_sends_frames(paths):
+def test_a_worker_that_cannot_see_the_segment_sends_frames(leaf_paths):
     """A worker in its own mount namespace, with a /dev/shm of its own: another host, as far as
     shared memory goes. The trainer offers its segment, the worker cannot open it, and frames
     carry the observations; the results are the same."""
@@ -170,7 +155,7 @@ def test_a_worker_that_cannot_see_the_segment_sends_frames(paths):
         results = [worker.stop(), broker.stop()]
     for code, _, err in results:
         assert code == 0, err
-    assert paths and all(p == ["rows", "frame"] for p in paths), paths[:3]
+    assert leaf_paths and all(p == ["rows", "frame"] for p in leaf_paths), leaf_paths[:3]
 
 
 TOO_SMALL = """
@@ -569,7 +554,7 @@ def test_a_forked_child_does_not_hold_its_parents_segment():
         made.close()
 
 
-def test_images_from_8_kib_per_env_go_through_shared_memory(paths):
+def test_images_from_8_kib_per_env_go_through_shared_memory(leaf_paths):
     """Atari-sized frames (84x84x3, 21 KiB) take shared memory; smaller leaves, where the offer
     would cost what it saves, stay frames."""
     import functools
@@ -584,4 +569,4 @@ def test_images_from_8_kib_per_env_go_through_shared_memory(paths):
             np.testing.assert_array_equal(obs, np.stack([FrameEnv(shape).frame] * 2))
         finally:
             envs.close()
-    assert [p[0] for p in paths] == ["shm", "frame"]
+    assert [p[0] for p in leaf_paths] == ["shm", "frame"]
