@@ -41,7 +41,7 @@ from broker.leases import SlotTable, check_registration
 from broker.limits import Limits, TokenBucket
 from broker.liveness import Liveness
 from broker.records import Batch, Part, PendingLease, Refusal, WorkerRecord, slot_info
-from broker.status import FailureLog, LogLimiter, table_report
+from broker.status import FailureLog, FleetReports, LogLimiter, table_report
 from rlay import protocol as P
 from rlay.heartbeat import HEARTBEAT_SUFFIX
 from rlay.values import VersionError, WireError
@@ -96,6 +96,7 @@ class Broker:
         self.calls = CallBook(self.table)
         self.liveness = Liveness(self.heartbeat_interval, heartbeat_liveness)
         self.failures = FailureLog()
+        self.fleet = FleetReports()
         self.limited_log = LogLimiter(log)
         self.registrations = TokenBucket(limits.registrations_per_second, limits.registration_burst)
         self.local_pids: set[int] = set()  # embedded: pids of the workers that ever registered
@@ -294,10 +295,28 @@ class Broker:
         elif kind == P.RELEASE:
             self._release(ident)
             self._send(self.front, ident, [header(P.RELEASED, req=head.get(P.REQ))])
+        elif kind == P.FLEET:
+            self._fleet(ident, head)
         elif kind == P.STATUS:
             self._send(self.front, ident, [header(P.STATUS, req=head.get(P.REQ), **self.status())])
         else:
             self._error(self.front, ident, head.get(P.REQ), P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+
+    def _fleet(self, ident: bytes, head: dict) -> None:
+        """A supervisor's report of the programs it runs (rlay up): kept for `status`."""
+        programs = FleetReports.check(head.get("programs"))
+        if programs is None:
+            self._error(
+                self.front,
+                ident,
+                head.get(P.REQ),
+                P.E_BAD_MESSAGE,
+                "fleet needs 'programs': a list of maps with a str name and int counts (count, running, "
+                "restarts, unregistered, given_up)",
+            )
+            return
+        self.fleet.report(ident, programs)
+        self._send(self.front, ident, [header(P.FLEET, req=head.get(P.REQ))])
 
     def _lease(self, ident: bytes, head: dict) -> None:
         req, env_id, num_envs = head.get(P.REQ), head.get("env_id"), head.get("num_envs")
@@ -612,7 +631,12 @@ class Broker:
             "version": P.PROTOCOL_VERSION,
             "limits": asdict(self.limits),
         }
-        return {"broker": broker, **table_report(self.table), **self.failures.report()}
+        return {
+            "broker": broker,
+            **table_report(self.table),
+            "programs": self.fleet.status(self.table.workers.values()),
+            **self.failures.report(),
+        }
 
 
 def serve(frontend: str, backend: str, *, bound: Any = None, **kwargs: Any) -> None:

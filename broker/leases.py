@@ -20,6 +20,7 @@ from rlay import protocol as P
 
 __all__ = ["SlotTable", "check_registration"]
 
+MAX_NAME = 200  # characters of a program name (registrations and fleet reports)
 REGISTER_FIELDS = {"env_id": str, "num_envs": int, "host": str, "pid": int, "obs_space": dict, "act_space": dict}
 
 
@@ -215,10 +216,20 @@ def check_registration(head: dict, limits: Limits, table: SlotTable) -> dict[str
     if other is not None:
         raise Refusal(P.E_REGISTRATION, f"spaces differ from those of {other.describe()} for env id {other.env_id!r}")
     rank, metadata = head.get("rank", 0), head.get("metadata")
+    program, instance = head.get("program"), head.get("instance")
+    if (program is not None or instance is not None) and not (
+        isinstance(program, str) and 0 < len(program) <= MAX_NAME and type(instance) is int and instance >= 0
+    ):
+        raise Refusal(
+            P.E_REGISTRATION,
+            f"program must be a str of 1 to {MAX_NAME} characters and instance an int >= 0, both or neither",
+        )
     return {
         **fields,
         "mode": mode,
         "rank": rank if type(rank) is int else 0,
+        "program": program,
+        "instance": instance,
         "metadata": metadata if isinstance(metadata, dict) else {},
         "render_mode": head.get("render_mode"),
     }

@@ -36,6 +36,8 @@ class WorkerRecord:
     act_space: Any
     metadata: dict
     render_mode: Any
+    program: str | None = None  # the fleet program it is an instance of (rlay up), and which
+    instance: int | None = None
     slots: list[int] = field(default_factory=list)
 
     def describe(self) -> str:

@@ -10,7 +10,11 @@ from typing import Any
 
 from rlay import protocol as P
 
-__all__ = ["FailureLog", "LogLimiter", "table_report", "FAILURE_COUNTS", "REFUSAL_COUNTS"]
+__all__ = ["FailureLog", "LogLimiter", "FleetReports", "table_report", "FAILURE_COUNTS", "REFUSAL_COUNTS"]
+
+MAX_REPORTERS = 64  # supervisors whose latest fleet report the broker keeps
+MAX_PROGRAMS = 1024  # programs in one report
+PROGRAM_COUNTS = ("count", "running", "restarts", "unregistered", "given_up")
 
 RECENT_LOSSES = 20  # worker losses `status` lists
 FAILURE_COUNTS = (
@@ -103,6 +107,7 @@ def table_report(table: Any) -> dict[str, Any]:
                 "slots": len(mine),
                 "leased": sum(s.lease is not None for s in mine),
                 "busy": sum(s.busy is not None for s in mine),
+                **({"program": w.program, "instance": w.instance} if w.program is not None else {}),
             }
         )
     trainers = [
@@ -116,3 +121,53 @@ def table_report(table: Any) -> dict[str, Any]:
         for t in table.trainers.values()
     ]
     return {"workers": workers, "trainers": trainers, "pending_leases": len(table.pending)}
+
+
+class FleetReports:
+    """The latest `fleet` report of each supervisor (rlay up): the programs it runs, how many
+    instances it wants and has running, and their restarts (protocol 5.16). The broker adds what it
+    knows itself: how many are registered."""
+
+    def __init__(self) -> None:
+        self.reports: dict[bytes, tuple[float, list[dict]]] = {}  # supervisor ident -> (when, programs)
+
+    @staticmethod
+    def check(programs: Any) -> list[dict] | None:
+        """The programs of a report, or None if it is malformed."""
+        if not isinstance(programs, list) or len(programs) > MAX_PROGRAMS:
+            return None
+        for entry in programs:
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("name"), str)
+                and 0 < len(entry["name"]) <= 200
+                and all(type(entry.get(key, 0)) is int and entry.get(key, 0) >= 0 for key in PROGRAM_COUNTS)
+            ):
+                return None
+        return [{"name": e["name"], **{key: e.get(key, 0) for key in PROGRAM_COUNTS}} for e in programs]
+
+    def report(self, ident: bytes, programs: list[dict]) -> None:
+        if ident not in self.reports and len(self.reports) >= MAX_REPORTERS:  # forget the stalest
+            del self.reports[min(self.reports, key=lambda i: self.reports[i][0])]
+        self.reports[ident] = (time.monotonic(), programs)
+
+    def forget(self, ident: bytes) -> None:
+        self.reports.pop(ident, None)
+
+    def status(self, workers: Any) -> list[dict]:
+        """Every reported program with its registered instances (the instance indices below its count that
+        workers registered under its name: one registered again counts once), and the report's age."""
+        registered: dict[str, set[int]] = collections.defaultdict(set)
+        for worker in workers:
+            if worker.program is not None:
+                registered[worker.program].add(worker.instance)
+        now = time.monotonic()
+        return [
+            {
+                **program,
+                "registered": sum(i < program["count"] for i in registered[program["name"]]),
+                "age": round(now - when, 1),
+            }
+            for when, programs in sorted(self.reports.values(), key=lambda r: -r[0])
+            for program in programs
+        ]

@@ -8,8 +8,6 @@ import os
 import signal
 import sys
 import time
-import tomllib
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -19,57 +17,6 @@ from rlay import protocol as P
 DEFAULT_CPP_WORKER = "build/cpp/rlay_example_command"  # where the C++ SDK's CMake build puts it (README)
 RECENT_LOSSES_SHOWN = 5  # worker losses `rlay status` lists (the JSON has all the broker keeps)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-# What a peer may ask of a broker (broker/limits.py), each a [broker] key.
-LIMIT_KEYS = {
-    "max_envs_per_worker",
-    "max_slots",
-    "max_pending_leases",
-    "registrations_per_second",
-    "registration_burst",
-}
-BROKER_KEYS = {
-    "frontend",
-    "backend",
-    "max_message_size",
-    "heartbeat_interval",
-    "heartbeat_liveness",
-    "curve",
-    *LIMIT_KEYS,
-}
-WORKER_KEYS = {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name"}
-
-
-def _is_int(value: Any) -> bool:
-    return type(value) is int  # (a TOML bool is not a count)
-
-
-# What each deployment-file key must hold: (as the error says it, the check).
-CONFIG_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "frontend": ("an address string", lambda v: isinstance(v, str)),
-    "backend": ("an address string", lambda v: isinstance(v, str)),
-    "curve": ("a key directory (a string)", lambda v: isinstance(v, str)),
-    "max_message_size": ("a number of bytes >= 1, or -1 for no limit", lambda v: _is_int(v) and (v == -1 or v >= 1)),
-    "heartbeat_interval": (
-        f"a number of seconds from {P.MIN_HEARTBEAT_INTERVAL} to {P.MAX_HEARTBEAT_INTERVAL:g}",
-        lambda v: type(v) in (int, float) and P.MIN_HEARTBEAT_INTERVAL <= v <= P.MAX_HEARTBEAT_INTERVAL,
-    ),
-    "heartbeat_liveness": (
-        f"an integer from 1 to {P.MAX_HEARTBEAT_LIVENESS}",
-        lambda v: _is_int(v) and 1 <= v <= P.MAX_HEARTBEAT_LIVENESS,
-    ),
-    "max_envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "max_slots": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "max_pending_leases": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "registrations_per_second": ("a number > 0", lambda v: type(v) in (int, float) and v > 0),
-    "registration_burst": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "env": ("a gymnasium id or package.module:factory (a string)", lambda v: isinstance(v, str)),
-    "num_workers": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "envs_per_worker": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
-    "threads": ('an integer >= 1, or "auto"', lambda v: v == "auto" or (_is_int(v) and v >= 1)),
-    "env_kwargs": ("a table of keyword arguments", lambda v: isinstance(v, dict)),
-    "name": ("a string", lambda v: isinstance(v, str)),
-}
 
 
 @click.group(context_settings=CONTEXT)
@@ -95,38 +42,13 @@ def main(ctx: click.Context, log_level: str | None) -> None:
 
 
 def load_config(path: str) -> dict[str, Any]:
-    """Read and check a deployment TOML file (see configs/)."""
+    """Read and check a deployment file (rlay/deployment.py); a bad one is a usage error naming it."""
+    from rlay.deployment import ConfigError, read_deployment
+
     try:
-        with open(path, "rb") as f:
-            config = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}") from None
-    unknown = set(config) - {"broker", "workers"}
-    if unknown:
-        raise click.BadParameter(f"{path}: unknown sections {sorted(unknown)} (expected [broker] and [[workers]])")
-    broker = config.get("broker", {})
-    if not isinstance(broker, dict):
-        raise click.BadParameter(f"{path}: [broker] must be a table")
-    if set(broker) - BROKER_KEYS:
-        raise click.BadParameter(f"{path}: unknown [broker] keys {sorted(set(broker) - BROKER_KEYS)}")
-    _check_values(path, "[broker]", broker)
-    groups = config.get("workers", [])
-    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
-        raise click.BadParameter(f"{path}: workers must be [[workers]] tables")
-    for n, group in enumerate(groups):
-        if set(group) - WORKER_KEYS:
-            raise click.BadParameter(f"{path}: unknown keys {sorted(set(group) - WORKER_KEYS)} in [[workers]] #{n + 1}")
-        if "env" not in group:
-            raise click.BadParameter(f"{path}: [[workers]] #{n + 1} has no 'env'")
-        _check_values(path, f"[[workers]] #{n + 1}", group)
-    return config
-
-
-def _check_values(path: str, where: str, section: dict) -> None:
-    for key, value in section.items():
-        what, ok = CONFIG_VALUES[key]
-        if not ok(value):
-            raise click.BadParameter(f"{path}: {where} {key} must be {what}, got {value!r}")
+        return read_deployment(path)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 class ThreadsParam(click.ParamType):
@@ -299,6 +221,7 @@ def broker_settings(
 ) -> dict:
     """serve() keyword arguments from a [broker] section, command-line values first."""
     from broker.limits import Limits
+    from rlay.deployment import LIMIT_KEYS
 
     return {
         "max_message_size": section.get("max_message_size", -1),
@@ -389,9 +312,11 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
 @with_options(restart_options)
 def up(config_path: str, restart: bool, max_restarts: int) -> None:
-    """Run the broker and workers a TOML file lists, until Ctrl-C or SIGTERM."""
+    """Run the broker, workers and programs a TOML file lists, until Ctrl-C or SIGTERM."""
+    from rlay import deployment
     from rlay.cluster import Cluster
     from rlay.errors import BrokerError
+    from rlay.fleet import Fleet
 
     config = load_config(config_path)
     section = config.get("broker", {})
@@ -408,6 +333,18 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
         )
         for g in config.get("workers", [])
     ]
+    curve = load_curve(section.get("curve"), "client")
+    programs = deployment.programs(config, config_path)
+    fleet = None
+    if programs:
+        fleet = Fleet(
+            programs,
+            backend,
+            deployment.log_dir(config, config_path),
+            supervision=supervision(restart, max_restarts),
+            frontend=frontend,
+            curve=curve,
+        )
     try:
         cluster = Cluster(
             backend,
@@ -415,14 +352,18 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
             frontend=frontend,
             supervision=supervision(restart, max_restarts),
             broker_kwargs=broker_settings(section),
-            curve=load_curve(section.get("curve"), "client"),
+            curve=curve,
+            fleet=fleet,
         )
     except BrokerError as exc:  # (its addresses are taken: no worker was started)
         raise click.ClickException(str(exc)) from None
     total = sum(len(g.env_fns) for g in groups)
+    instances = sum(p.count for p in programs)
     click.echo(
         f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
-        f"{len(cluster.workers)} worker process(es). Ctrl-C stops everything."
+        f"{len(cluster.workers)} worker process(es)"
+        + (f", {instances} program instance(s) (logs in {fleet.log_dir})" if fleet else "")
+        + ". Ctrl-C stops everything."
     )
     run_cluster(cluster)
 
@@ -452,7 +393,16 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
         client.close()
     report = {
         k: head[k]
-        for k in ("broker", "workers", "trainers", "pending_leases", "failures", "refusals", "recent_losses")
+        for k in (
+            "broker",
+            "workers",
+            "trainers",
+            "pending_leases",
+            "programs",
+            "failures",
+            "refusals",
+            "recent_losses",
+        )
         if k in head
     }
     if as_json:
@@ -488,6 +438,24 @@ def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | Non
         f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
         f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other"
     )
+    if report.get("programs"):
+        click.echo(
+            table(
+                ["PROGRAM", "COUNT", "RUNNING", "REGISTERED", "RESTARTS", "LATE", "GIVEN UP"],
+                [
+                    [
+                        p["name"],
+                        p["count"],
+                        p["running"],
+                        p["registered"],
+                        p["restarts"],
+                        p["unregistered"],
+                        p["given_up"],
+                    ]
+                    for p in report["programs"]
+                ],
+            )
+        )
     r = report.get("refusals") or {}
     if any(r.values()):
         click.echo(

@@ -44,6 +44,49 @@ class Supervision:
     max_delay: float = 30.0
 
 
+class Restarts:
+    """When to start again what died, under a Supervision policy: after ``delay`` s, doubling with each
+    restart in the window up to ``max_delay``, at most ``max_restarts`` per ``window`` s; after that the
+    label is given up on. Labels name what is supervised ("CartPole-v1#0", "arena#3")."""
+
+    def __init__(self, policy: Supervision):
+        self.policy = policy
+        self.times: dict[str, list[float]] = {}  # label -> when it was restarted
+        self.due: dict[str, float] = {}  # label -> when to restart it
+        self.gave_up: set[str] = set()
+
+    def died(self, label: str, now: float) -> float | None:
+        """``label`` died: when to restart it (seconds from now), or None if it is given up on now."""
+        policy = self.policy
+        recent = [t for t in self.times.get(label, []) if now - t < policy.window]
+        self.times[label] = recent
+        if len(recent) >= policy.max_restarts:
+            self.gave_up.add(label)
+            return None
+        delay = min(policy.max_delay, policy.delay * 2 ** len(recent))
+        self.due[label] = now + delay
+        return delay
+
+    def ready(self, label: str, now: float) -> bool:
+        """Whether ``label`` is due to start again now (it then counts as restarted)."""
+        if label not in self.due or now < self.due[label]:
+            return False
+        del self.due[label]
+        self.times.setdefault(label, []).append(now)
+        return True
+
+    def waiting(self, label: str) -> bool:
+        return label in self.due
+
+    def count(self, label: str) -> int:
+        """Restarts of ``label`` within the window."""
+        return len(self.times.get(label, []))
+
+    @property
+    def next_due(self) -> float | None:
+        return min(self.due.values(), default=None)
+
+
 @dataclass
 class WorkerGroup:
     """``len(env_fns)`` envs of one env id, ``envs_per_worker`` to a worker process."""
@@ -71,7 +114,10 @@ class Cluster:
         supervision: Supervision | None = None,
         broker_kwargs: dict | None = None,
         curve: Any = None,
+        fleet: Any = None,
     ):
+        """``fleet``: an rlay.fleet.Fleet of programs, started once the broker is up, tended while
+        waiting and stopped first."""
         # Imported here: rlay (the trainer's package) only launches broker and workers.
         from workers.worker import worker_process
 
@@ -80,9 +126,7 @@ class Cluster:
         self.daemon = daemon
         self._worker_target = worker_process
         self._worker_args: dict[str, tuple] = {}
-        self._restarts: dict[str, list[float]] = {}  # label -> when it was restarted
-        self._due: dict[str, float] = {}  # label -> when to restart it
-        self.gave_up: set[str] = set()
+        self.restarts = Restarts(supervision or Supervision())
         self._reported: set = set()  # dead worker processes the inline broker has been told of
         self.ctx = multiprocessing.get_context(context)
         self.errors = self.ctx.Queue()
@@ -117,12 +161,15 @@ class Cluster:
                 )
                 self.workers.append((label, self._new_worker(label)))
         self.inline_broker = None  # embedded: a broker object the trainer's thread runs (rlay.client)
+        self.fleet = fleet
         try:
             if self.broker is not None:
                 self.broker.start()
                 self._await_broker(frontend, backend)  # workers must not find another broker there
             for _, proc in self.workers:
                 proc.start()
+            if self.fleet is not None:
+                self.fleet.start()
             if inline_broker:
                 from broker.broker import Broker
                 from broker.limits import Limits
@@ -199,15 +246,15 @@ class Cluster:
             why = f"its process exited with code {proc.exitcode}"
             if self.inline_broker is not None and self.inline_broker.worker_exited(proc.pid, why):
                 self._reported.add(proc)
-            elif self.supervision is None or proc.exitcode >= 0 or label in self.gave_up:
+            elif self.supervision is None or proc.exitcode >= 0 or label in self.restarts.gave_up:
                 raise RlayError(
                     f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}"
                 )
         if self.supervision is not None:
             self._supervise(time.monotonic())
-            if self.gave_up:
+            if self.restarts.gave_up:
                 raise WorkerLostError(
-                    f"local worker(s) {', '.join(sorted(self.gave_up))} died too often; not restarted again"
+                    f"local worker(s) {', '.join(sorted(self.restarts.gave_up))} died too often; not restarted again"
                 )
         if self.broker is not None and self.broker.exitcode is not None:
             raise RlayError(f"the local broker (pid {self.broker.pid}) exited with code {self.broker.exitcode}")
@@ -255,55 +302,54 @@ class Cluster:
                 break
             if self.supervision is not None:
                 self._supervise(time.monotonic())
-            # Done when every worker is dead for good (unsupervised, or given up on under supervision).
+            if self.fleet is not None:
+                self.fleet.tend(time.monotonic())
+            # Done when every worker is dead for good (unsupervised, or given up on under supervision);
+            # a fleet runs until it is stopped.
             if (
-                self.workers
-                and not self._due
+                self.fleet is None
+                and self.workers
+                and not self.restarts.due
                 and all(
-                    p.exitcode is not None and (self.supervision is None or label in self.gave_up)
+                    p.exitcode is not None and (self.supervision is None or label in self.restarts.gave_up)
                     for label, p in self.workers
                 )
             ):
                 break
             live = [p.sentinel for p in self.processes if p.exitcode is None]
-            due = min(self._due.values(), default=None)
+            due = self.restarts.next_due
             wait = poll if due is None else max(0.0, min(poll, due - time.monotonic()))
             multiprocessing.connection.wait(live, timeout=wait)
         report()  # a child may have exited since the last look
         # Under supervision a worker that died and was restarted is not a failure; giving up is.
-        failed = self.gave_up if self.supervision is not None else reported
+        failed = self.restarts.gave_up if self.supervision is not None else reported
+        if self.fleet is not None and self.fleet.gave_up:
+            failed = failed | self.fleet.gave_up
         return 1 if failed else 0
 
     def _supervise(self, now: float) -> None:
         """Restart workers that died, after a growing delay, at most max_restarts per window."""
-        policy = self.supervision
         for n, (label, proc) in enumerate(self.workers):
-            if proc.exitcode is None or label in self.gave_up:
+            if proc.exitcode is None or label in self.restarts.gave_up:
                 continue
-            if label not in self._due:
-                recent = [t for t in self._restarts.get(label, []) if now - t < policy.window]
-                self._restarts[label] = recent
-                if len(recent) >= policy.max_restarts:
-                    self.gave_up.add(label)
+            if not self.restarts.waiting(label):
+                delay = self.restarts.died(label, now)
+                if delay is None:
                     log.error(
                         "worker %s died %d times in %g s; not restarting it again",
                         label,
-                        len(recent) + 1,
-                        policy.window,
+                        self.restarts.count(label) + 1,
+                        self.restarts.policy.window,
                     )
-                    continue
-                delay = min(policy.max_delay, policy.delay * 2 ** len(recent))
-                log.warning(
-                    "worker %s (pid %s) exited with code %s; restarting it in %.1f s",
-                    label,
-                    proc.pid,
-                    proc.exitcode,
-                    delay,
-                )
-                self._due[label] = now + delay
-            elif now >= self._due[label]:
-                del self._due[label]
-                self._restarts[label].append(now)
+                else:
+                    log.warning(
+                        "worker %s (pid %s) exited with code %s; restarting it in %.1f s",
+                        label,
+                        proc.pid,
+                        proc.exitcode,
+                        delay,
+                    )
+            elif self.restarts.ready(label, now):
                 replacement = self._new_worker(label)
                 replacement.start()
                 self.workers[n] = (label, replacement)
@@ -313,6 +359,8 @@ class Cluster:
         if self.stopped:
             return
         self.stopped = True
+        if self.fleet is not None:  # (first: while the broker is up, its instances leave it cleanly)
+            self.fleet.stop(timeout)
         if self.inline_broker is not None:
             self.inline_broker.close()  # tells its workers to disconnect
         procs = [p for p in self.processes if p.pid is not None]

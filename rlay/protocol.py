@@ -41,6 +41,7 @@ LEASE = "lease"
 RELEASE = "release"
 STATUS = "status"
 REPLACE = "replace"  # move LOST slots of a lease to free slots (on_worker_failure="replace")
+FLEET = "fleet"  # a supervisor (rlay up) reports the programs it runs; answered with `fleet`
 
 # Trainer -> broker -> worker: the batched calls.
 RESET = "reset"
@@ -75,6 +76,9 @@ E_LIMIT = "limit"  # a request over one of the broker's limits (broker/limits.py
 
 # Env methods that call() must not reach: they have their own messages.
 RESERVED_CALLS = ("reset", "step", "close")
+
+# What a launcher tells the programs it starts (they put it in `register`: protocol 5.2).
+PROGRAM_ENV, INSTANCE_ENV = "RLAY_PROGRAM", "RLAY_INSTANCE"
 
 # How long a send may block (ZeroMQ blocks a DEALER that has no connection at all, e.g. after a
 # refused CURVE handshake) before the peer counts as unreachable (s).

@@ -15,31 +15,11 @@ import pytest
 
 from rlay.conformance.compare import assert_same  # noqa: F401  (the tests import it from here)
 from rlay.conformance.harness import wait_until as wait_for  # noqa: F401  (polls a condition, with a timeout)
+from rlay.fleet import descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 RLAY = [sys.executable, "-m", "rlay.cli"]
 GAME = [sys.executable, "-m", "workers.examples.tick_game"]
-
-
-def descendants(pid: int) -> set[int]:
-    """Live descendants of ``pid``, from /proc (zombies excluded)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, stack = set(), [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
 
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,7 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[broker]\nfrontend = "tcp://127.0.0.1:1"\nport = 3\n')
     result = run_cli("up", str(config))
-    assert result.returncode == 2 and "unknown [broker] keys ['port']" in result.stderr
+    assert result.returncode == 2 and "unknown keys ['port'] in [broker]" in result.stderr
     result = run_cli("worker", "CartPole-v1", "--env-kwargs", "{not json")
     assert result.returncode == 2 and "not JSON" in result.stderr
     # Values are checked too, before anything starts (these used to end in a traceback from `up`).
@@ -108,6 +108,14 @@ def test_bad_config_and_bad_kwargs_are_usage_errors(tmp_path):
             "[broker]\nheartbeat_interval = 0\n",
             "[broker] heartbeat_interval must be a number of seconds from 0.01 to 3600",
         ),
+        ('[[programs]]\nname = "game"\n', "[[programs]] #1 has no 'command'"),
+        ('[[programs]]\nname = "game"\ncommand = "./game.sh"\n', "command must be a non-empty list of strings"),
+        ('[[programs]]\nname = "game"\ncommand = ["g"]\ncount = 0\n', "count must be an integer >= 1, got 0"),
+        ('[[programs]]\nname = "game"\ncommand = ["g"]\nenv = { N = 3 }\n', "env must be a table of environment"),
+        ('[[programs]]\nname = "a b"\ncommand = ["g"]\n', "name must be a string of letters, digits"),
+        ('[[programs]]\nname = "g"\ncommand = ["g"]\n[[programs]]\nname = "g"\ncommand = ["h"]\n', "same name"),
+        ('[[programs]]\nname = "g"\ncommand = ["g"]\nresources = { GPU = -1 }\n', "resources must be a table"),
+        ("[fleet]\nlog_dir = 3\n", "[fleet] log_dir must be a directory"),
     ]:
         config.write_text(body)
         result = run_cli("up", str(config))

@@ -150,6 +150,7 @@ class WorkerBase:
             act_space=encode_space(self.act_space),
             metadata=self.metadata,
             render_mode=self.render_mode,
+            **launched_as(),
         )
         try:
             self._await_registration(registration)
@@ -470,6 +471,15 @@ def _pack_reply(envs: list[int], body: dict) -> bytes:
         raise EnvFailures(
             failures or [{"env": envs[0], "type": "TypeError", "message": "reply cannot be encoded", "traceback": ""}]
         ) from None
+
+
+def launched_as() -> dict[str, Any]:
+    """`program` and `instance` for `register`, when a launcher (rlay up) says which instance of which
+    program this process is (RLAY_PROGRAM, RLAY_INSTANCE): the broker counts its registered instances."""
+    program, instance = os.environ.get(P.PROGRAM_ENV), os.environ.get(P.INSTANCE_ENV, "")
+    if not program or not instance.isdigit():
+        return {}
+    return {"program": program, "instance": int(instance)}
 
 
 def _is_plain(value: Any) -> bool:
