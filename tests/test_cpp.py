@@ -282,3 +282,17 @@ def test_a_cpp_worker_speaks_curve_and_one_without_keys_is_kept_out(cpp_build, t
         results = [(p, p.stop()) for p in (outsider, worker, broker) if p is not None]
         for proc, (code, _, err) in results:
             assert code == 0, f"{proc.args} exited with {code}:\n{err}"
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 120)
+def test_cpp_game_instances_launched_by_rlay_up_name_their_program(cpp_build, tmp_path):
+    """A fleet of C++ workers: each sends the program and instance rlay up put in its environment."""
+    from tests.test_fleet import fleet, programs_of, toml_list
+
+    command = toml_list([str(cpp_build / "rlay_example_command"), "--envs", "1"])
+    with fleet(tmp_path, f'[[programs]]\nname = "native"\ncommand = {command}\ncount = 2\n') as (front, _):
+        wait_for(lambda: programs_of(front).get("native", {}).get("registered") == 2, 60, "2 instances to register")
+        assert sorted((w["program"], w["instance"]) for w in broker_status(front)["workers"]) == [
+            ("native", 0),
+            ("native", 1),
+        ]

@@ -9,6 +9,7 @@
 #include <zmq.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <fstream>
 #include <optional>
@@ -72,6 +73,19 @@ struct curve_keys {
     }
 };
 
+/// An environment variable, or `fallback` if it is not set.
+inline std::string env_or(const char* name, const char* fallback) {
+    const char* value = std::getenv(name);
+    return value ? value : fallback;
+}
+
+/// RLAY_INSTANCE as an index, or -1 if it is not set or not a non-negative integer.
+inline std::int64_t instance_from_env() {
+    std::string text = env_or("RLAY_INSTANCE", "");
+    if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) return -1;
+    return std::stoll(text);
+}
+
 /// What a worker registers with (5.2), and how it connects.
 struct config {
     /// The broker's back end (workers' address), e.g. "tcp://127.0.0.1:5556".
@@ -89,6 +103,10 @@ struct config {
     value render_mode;
     /// Leases take free slots sorted by (rank, registration order, env index).
     std::int64_t rank = 0;
+    /// The fleet program this process is an instance of, and which (5.2, 5.16): a launcher
+    /// (`rlay up`) says so in RLAY_PROGRAM and RLAY_INSTANCE, the defaults. Sent when both are set.
+    std::string program = env_or("RLAY_PROGRAM", "");
+    std::int64_t instance = instance_from_env();
     /// Shown in errors and `rlay status`; empty: gethostname().
     std::string host;
     /// How long to wait for `registered` (8.3), at start and when registering again.

@@ -438,8 +438,10 @@ private:
     }
 
     std::string registration() const {
-        return header_writer(type::register_, 10)
-            .field("mode", mode_)
+        const bool launched = !cfg_.program.empty() && cfg_.instance >= 0;  // 5.2: both or neither
+        header_writer h(type::register_, launched ? 12 : 10);
+        if (launched) h.field("program", cfg_.program).field("instance", cfg_.instance);
+        return h.field("mode", mode_)
             .field("env_id", cfg_.env_id)
             .field("num_envs", num_envs_)
             .field("host", cfg_.host)
