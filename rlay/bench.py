@@ -295,7 +295,7 @@ def remote_deployment(worker: list[str], copies: int):
             ]
             envs = RlayVectorEnv.remote(NOOP_ENV_ID, copies, broker=front, copy=False, timeout=60)
             try:
-                yield envs, sorted({slot["pid"] for slot in envs._slot_info.values()})  # (the workers' own pids)
+                yield envs, sorted({slot["pid"] for slot in envs._lease.slot_info.values()})  # (the workers' own pids)
             finally:
                 envs.close()
         finally:
@@ -407,7 +407,7 @@ def run(
                 envs = make_vector(kind, w)
                 try:
                     if kind == "rlay":
-                        shared = envs._segment is not None  # large observations in shared memory (rlay/shm.py)
+                        shared = envs._buffer.segment is not None  # large observations in shared memory (rlay/shm.py)
                     # (rlay's workers time their envs' first steps to choose how to step them)
                     rates[kind].append(steps_per_second(envs, w.seconds, warmup=20 if kind == "rlay" else 3))
                 finally:

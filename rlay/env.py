@@ -63,7 +63,7 @@ class RlayEnv(gym.Env):
         self._vec.reset_async(seed=[seed], options=options)
         columns, _ = self._vec._collect(None, RESET_KEYS)
         self._needs_reset = False
-        return self._vec._row_obs(0), columns["info"][0]
+        return self._vec._buffer.row_obs(0), columns["info"][0]
 
     def step(self, action: Any):
         if self._needs_reset:
@@ -74,7 +74,7 @@ class RlayEnv(gym.Env):
         self._vec.step_async(_batch_of_one(self.action_space, action))
         c, _ = self._vec._collect(None, STEP_KEYS)
         self._needs_reset = c["terminated"][0] or c["truncated"][0]
-        return self._vec._row_obs(0), c["reward"][0], c["terminated"][0], c["truncated"][0], c["info"][0]
+        return self._vec._buffer.row_obs(0), c["reward"][0], c["terminated"][0], c["truncated"][0], c["info"][0]
 
     def render(self):
         return self._vec.call("render")[0]

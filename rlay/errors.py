@@ -9,6 +9,8 @@ from typing import Any
 import gymnasium.error
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 
+from rlay import protocol as P
+
 __all__ = [
     "RlayError",
     "RlayTimeoutError",
@@ -20,6 +22,8 @@ __all__ = [
     "AlreadyPendingCallError",
     "ClosedEnvironmentError",
     "NoAsyncCallError",
+    "remote_env_error",
+    "error_from_reply",
 ]
 
 
@@ -92,3 +96,38 @@ def remote_env_error(
     if cls is RemoteEnvError:
         err.remote_type = type_name
     return err
+
+
+def error_from_reply(head: dict[str, Any], what: str, lease: Any) -> Exception:
+    """The exception a trainer raises for the broker's `error` (or failed parts) during ``what``: env errors
+    as RemoteEnvError naming each env by its row (``lease``: rlay.trainer.lease.Lease), timeouts,
+    lost workers and a forgotten lease as their own classes, anything else as BrokerError."""
+    code, message = head.get("code"), str(head.get("message", ""))
+    failures = head.get("failures") or []
+    if code == P.E_ENV:
+        details, lines = [], []
+        for failure in failures:
+            for err in failure.get("errors") or []:
+                row = lease.row_of_slot.get(err.get("slot"))
+                details.append({**err, "row": row, "worker": failure.get("worker"), "host": failure.get("host")})
+                lines.append(
+                    f"env {row} (slot {err.get('slot')}, env {err.get('env')} of worker {failure.get('worker')}, "
+                    f"pid {failure.get('pid')} on host {failure.get('host')}) raised "
+                    f"{err.get('type')}: {err.get('message')}\n--- remote traceback ---\n{err.get('traceback', '')}"
+                )
+        type_name = details[0]["type"] if details else "Exception"
+        module = details[0].get("module") if details else None
+        return remote_env_error(
+            str(type_name),
+            f"during {what}:\n" + "\n".join(lines or [message]),
+            details,
+            module if isinstance(module, str) else None,
+        )
+    message = lease.name_rows(message)
+    if code == P.E_TIMEOUT:
+        return RlayTimeoutError(f"timed out during {what}: {message}")
+    if code == P.E_WORKER_LOST:
+        return WorkerLostError(f"during {what}: {message}")
+    if code == P.E_NO_LEASE:
+        return BrokerLostError(f"during {what}: {message}")
+    return BrokerError(f"the broker refused {what}: [{code}] {message}")

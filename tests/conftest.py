@@ -63,10 +63,10 @@ def dealers():
 @pytest.fixture
 def leaf_paths(monkeypatch):
     """How each observation leaf of each reply the trainer decodes travelled: shm, rows or frame."""
-    import rlay.vector
+    import rlay.trainer.obs_buffer as obs_buffer
 
     seen: list[list[str]] = []
-    decode = rlay.vector.decode_leaves
+    decode = obs_buffer.decode_leaves
 
     def spy(descriptors, *args, **kwargs):
         seen.append(
@@ -74,7 +74,7 @@ def leaf_paths(monkeypatch):
         )
         return decode(descriptors, *args, **kwargs)
 
-    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
+    monkeypatch.setattr(obs_buffer, "decode_leaves", spy)
     return seen
 
 

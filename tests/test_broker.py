@@ -204,7 +204,7 @@ def test_pickle_payload_forwarded_to_a_worker_runs_nothing(cartpoles, tmp_path):
     envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=10)
     try:
         envs.reset(seed=0)
-        group = envs._groups[0]
+        group = envs._lease.groups[0]
         req = envs._client.send(P.STEP, [pickle_payload(marker)], parts=[[group.slots, 1]], timeout=5)
         head, _ = envs._client.wait(req, 10, "the forged step")
         assert head[P.TYPE] == P.ERROR and head["code"] == P.E_BAD_MESSAGE
@@ -249,7 +249,7 @@ def test_cached_parts_still_refuse_non_int_slot_ids(cartpoles):
     try:
         envs.reset(seed=0)
         envs.step(np.zeros(2, dtype=np.int64))  # the broker has now validated and cached this part
-        group = envs._groups[0]
+        group = envs._lease.groups[0]
         forged = [float(s) for s in group.slots]  # equal to the cached key, but not slot ids
         req = envs._client.send(P.STEP, [b"\x80"], parts=[[forged, 1]], timeout=5)
         head, _ = envs._client.wait(req, 10, "the forged step")

@@ -204,7 +204,7 @@ def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
             envs = RlayVectorEnv.remote("rlay/Spaces-v0", SPACES_ENVS, broker=front, autoreset_mode=mode, timeout=10)
             try:
                 python = (sync.single_observation_space, sync.single_action_space)
-                assert_same(envs._lease_spaces, tuple(encode_space(s) for s in python), "leased spaces")
+                assert_same(envs._lease.spaces, tuple(encode_space(s) for s in python), "leased spaces")
                 assert (envs.single_observation_space, envs.single_action_space) == python
                 assert_same(envs.reset(seed=11), sync.reset(seed=11), f"{mode.value} reset")
                 sync.action_space.seed(3)

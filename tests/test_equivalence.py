@@ -117,7 +117,7 @@ def test_remote_equals_sync(cli_deployment, name, mode):
     env_id = ENVS[name][0]
     envs = RlayVectorEnv.remote(env_id, NUM_ENVS, broker=cli_deployment, autoreset_mode=mode, timeout=30)
     try:
-        assert len({g.worker for g in envs._groups}) == 2, "the lease must span both worker processes"
+        assert len({g.worker for g in envs._lease.groups}) == 2, "the lease must span both worker processes"
         compare_runs(envs, name, mode)
     finally:
         envs.close()

@@ -60,7 +60,7 @@ def test_stopped_worker_fails_the_step_in_flight_naming_it(addresses):
     envs = RlayVectorEnv.remote("tests.envs:SlowEnv", 2, broker=front, timeout=30)
     try:
         envs.reset(seed=0)
-        victim = envs._groups[1].pid
+        victim = envs._lease.groups[1].pid
         envs.step_async(np.array([0, 0]))
         os.kill(victim, signal.SIGSTOP)  # hangs mid-step: no reply, no heartbeat
         stopped = time.monotonic()

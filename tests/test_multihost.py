@@ -86,7 +86,7 @@ from rlay import RlayVectorEnv
 from rlay.security import Curve
 envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=sys.argv[1], timeout=30, on_worker_failure="replace",
                             curve=Curve.from_dir(sys.argv[2], "client"))
-print("hosts", ",".join(sorted({g.host for g in envs._groups})), flush=True)
+print("hosts", ",".join(sorted({g.host for g in envs._lease.groups})), flush=True)
 sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4)
 assert np.array_equal(envs.reset(seed=3)[0], sync.reset(seed=3)[0])
 for _ in range(100):
@@ -104,7 +104,7 @@ while steps < 200:
         lost = np.flatnonzero(infos["_worker_lost"]).tolist()
         assert truncated[lost].all()
 print(f"replaced envs {lost} after {replaced_at:.1f} s; {steps} steps; hosts now",
-      ",".join(sorted({g.host for g in envs._groups})), flush=True)
+      ",".join(sorted({g.host for g in envs._lease.groups})), flush=True)
 envs.close()
 """
 

@@ -102,7 +102,8 @@ def test_push_and_hosted_slots_mix_in_one_vector_env(broker, games, mode):
         games.start("CartPole-v1", env_id, agents=2)
         envs = RlayVectorEnv.remote(env_id, 4, broker=broker[0], autoreset_mode=mode, timeout=30)
         try:
-            assert sorted(envs._slot_info[s]["mode"] for s in envs.slots) == ["command", "command", "push", "push"]
+            modes = sorted(envs._lease.slot_info[s]["mode"] for s in envs.slots)
+            assert modes == ["command", "command", "push", "push"]
             compare_runs(envs, "CartPole-v1", mode, num_envs=4)
         finally:
             envs.close()
@@ -229,23 +230,14 @@ def test_game_side_api_refuses_misuse(broker):
     assert {j: c.kind for j, c in game.commands().items()} == {0: "close", 1: "close"}
 
 
-def test_push_game_writes_large_observations_into_shared_memory(games, monkeypatch):
+def test_push_game_writes_large_observations_into_shared_memory(games, leaf_paths):
     """A push game on the trainer's host takes the shared-memory offer as a hosted worker does
     (the same reply code), SameStep final observations included."""
-    import rlay.vector
-
-    seen: list[list[bool]] = []
-    decode = rlay.vector.decode_leaves
-
-    def spy(descriptors, *args, **kwargs):
-        seen.append([d.get("shm") is True for d in descriptors])
-        return decode(descriptors, *args, **kwargs)
-
-    monkeypatch.setattr(rlay.vector, "decode_leaves", spy)
     games.start("tests.envs:ImageDictEnv", "push-image", "--every", "3", agents=3)
     envs = RlayVectorEnv.remote("push-image", 3, broker=games.front, autoreset_mode=AutoresetMode.SAME_STEP, timeout=30)
     try:
         compare_runs(envs, "ImageDictEnv", AutoresetMode.SAME_STEP, num_envs=3)
     finally:
         envs.close()
-    assert seen and all(s == [True, False] for s in seen), seen[:3]  # image in shared memory, pos as a frame
+    seen = leaf_paths
+    assert seen and all(s == ["shm", "frame"] for s in seen), seen[:3]  # image in shared memory, pos as a frame

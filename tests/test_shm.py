@@ -32,7 +32,7 @@ IMAGE = spaces.Box(0, 255, (128, 128, 4), np.uint8)  # 64 KiB per env: a large l
 def test_large_observations_equal_sync_in_shared_memory_or_frames(leaf_paths, shared_memory, mode):
     envs = RlayVectorEnv([ImageDictEnv] * 3, envs_per_worker=2, autoreset_mode=mode, shared_memory=shared_memory)
     try:
-        assert (envs._segment is not None) == shared_memory
+        assert (envs._buffer.segment is not None) == shared_memory
         compare_runs(envs, "ImageDictEnv", mode, num_envs=3)
     finally:
         envs.close()
@@ -116,14 +116,14 @@ def test_a_lost_envs_truncation_reports_its_last_observation_not_the_new_envs(mo
     try:
         envs.reset(seed=0)
         seen = envs.step(np.zeros(4, np.int64))[0].copy()
-        victim, lost, token = envs._groups[1].pid, envs._groups[1].rows.tolist(), envs._segment.token
+        victim, lost, token = envs._lease.groups[1].pid, envs._lease.groups[1].rows.tolist(), envs._buffer.segment.token
         envs.step_async(np.zeros(4, np.int64))
         os.kill(victim, signal.SIGKILL)  # while its envs sleep in their step
         obs, _, _, truncated, infos = envs.step_wait()
         assert truncated[lost].all() and infos["worker_lost"][lost].all()
         reported = np.stack(infos["final_obs"][lost]) if mode == AutoresetMode.SAME_STEP else obs[lost]
         np.testing.assert_array_equal(reported, seen[lost])
-        assert envs._segment.token != token
+        assert envs._buffer.segment.token != token
     finally:
         envs.close()
 
@@ -147,7 +147,7 @@ def test_a_worker_that_cannot_see_the_segment_sends_frames(leaf_paths):
         wait_for(lambda: len(broker_status(front)["workers"]) == 1, 60, "the worker to register")
         envs = RlayVectorEnv.remote("tests.envs:ImageDictEnv", 3, broker=front, timeout=30)
         try:
-            assert envs._segment is not None, "the trainer makes and offers its segment all the same"
+            assert envs._buffer.segment is not None, "the trainer makes and offers its segment all the same"
             compare_runs(envs, "ImageDictEnv", AutoresetMode.NEXT_STEP, num_envs=3)
         finally:
             envs.close()
@@ -166,7 +166,7 @@ from tests.test_equivalence import compare_runs
 from rlay import RlayVectorEnv
 from gymnasium.vector import AutoresetMode
 envs = RlayVectorEnv([ImageDictEnv] * 3)
-assert envs._segment is None
+assert envs._buffer.segment is None
 compare_runs(envs, "ImageDictEnv", AutoresetMode.NEXT_STEP, num_envs=3)
 envs.close()
 print("equal to sync")
@@ -383,7 +383,7 @@ from rlay import RlayVectorEnv
 from tests.envs import ImageDictEnv
 envs = RlayVectorEnv([ImageDictEnv] * 2)
 envs.reset(seed=0)
-print(envs._segment.path, flush=True)
+print(envs._buffer.segment.path, flush=True)
 if sys.argv[1] == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -416,7 +416,7 @@ import os, signal, sys
 from rlay import RlayVectorEnv
 envs = RlayVectorEnv.remote("rlay.bench:FrameEnv", 2, broker=sys.argv[1])
 envs.reset(seed=0)
-print(envs._segment.path, flush=True)
+print(envs._buffer.segment.path, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -564,7 +564,7 @@ def test_images_from_8_kib_per_env_go_through_shared_memory(leaf_paths):
     for shape, shared in [((84, 84, 3), True), ((32, 32, 4), False)]:
         envs = RlayVectorEnv([functools.partial(FrameEnv, shape)] * 2)
         try:
-            assert (envs._segment is not None) == shared
+            assert (envs._buffer.segment is not None) == shared
             obs, _ = envs.reset(seed=0)
             np.testing.assert_array_equal(obs, np.stack([FrameEnv(shape).frame] * 2))
         finally:

@@ -41,7 +41,7 @@ def test_embedded_worker_killed_mid_step_raises_naming_envs_worker_host_and_caus
     envs = RlayVectorEnv([functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, timeout=30)
     try:
         envs.reset(seed=0)
-        victim = envs._groups[1].pid
+        victim = envs._lease.groups[1].pid
         envs.step_async(np.zeros(4, np.int64))
         os.kill(victim, signal.SIGKILL)
         with pytest.raises(WorkerLostError) as caught:
@@ -63,7 +63,7 @@ def test_remote_worker_killed_mid_step_raises_and_no_slot_leaks():
         envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=30)
         try:
             envs.reset(seed=0)
-            victim, rows = envs._groups[1].pid, envs._groups[1].rows.tolist()
+            victim, rows = envs._lease.groups[1].pid, envs._lease.groups[1].rows.tolist()
             envs.step_async(np.zeros(4, np.int64))
             os.kill(victim, signal.SIGKILL)
             with pytest.raises(WorkerLostError) as caught:
@@ -90,8 +90,8 @@ def test_embedded_worker_killed_mid_step_is_replaced(mode):
     sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4, autoreset_mode=mode)
     rng = np.random.default_rng(0)
     try:
-        assert [g.rows.tolist() for g in envs._groups] == [[0, 1], [2, 3]]
-        victim = envs._groups[1].pid
+        assert [g.rows.tolist() for g in envs._lease.groups] == [[0, 1], [2, 3]]
+        victim = envs._lease.groups[1].pid
         prev, _ = envs.reset(seed=5)
         np.testing.assert_array_equal(prev[:2], sync.reset(seed=5)[0][:2])
         for t in range(30):
@@ -123,7 +123,7 @@ def test_embedded_worker_killed_mid_step_is_replaced(mode):
                 np.testing.assert_array_equal(obs[:2], sync.reset(options={"reset_mask": mask})[0][:2])
             prev = obs
         assert envs.envs_replaced == 2
-        assert envs._groups[1].pid != victim  # the restarted worker holds envs 2 and 3 now
+        assert envs._lease.groups[1].pid != victim  # the restarted worker holds envs 2 and 3 now
         status = envs._cluster.inline_broker.status()
         assert status["failures"]["workers_lost"] == 1 and status["failures"]["slots_replaced"] == 2
         assert status["trainers"][0]["replaced"] == 2 and status["trainers"][0]["lost"] == 0
@@ -145,12 +145,12 @@ def test_embedded_worker_that_hangs_is_killed_restarted_and_replaced():
     )
     try:
         envs.reset(seed=0)
-        victim = envs._groups[1].pid
+        victim = envs._lease.groups[1].pid
         os.kill(victim, signal.SIGSTOP)
         _, _, _, truncated, infos = envs.step(np.zeros(2, np.int64))  # lost after ~2 s of silence
         assert truncated[1] and infos["worker_lost"].tolist() == [False, True]
         obs, *_ = envs.step(np.zeros(2, np.int64))  # the restarted worker's env, reset
-        assert is_reset_obs(obs[1]) and envs._groups[1].pid != victim and envs.envs_replaced == 1
+        assert is_reset_obs(obs[1]) and envs._lease.groups[1].pid != victim and envs.envs_replaced == 1
         stopped = [p for _, p in envs._cluster.workers if p.pid == victim]
         assert not stopped or not stopped[0].is_alive()
     finally:
@@ -166,7 +166,7 @@ def test_embedded_worker_killed_during_first_ready_stepping_is_replaced():
         [functools.partial(delayed_cartpole, 0.02)] * 4, envs_per_worker=2, on_worker_failure="replace", timeout=30
     )
     try:
-        victim = envs._groups[1].pid
+        victim = envs._lease.groups[1].pid
         envs.async_reset(seed=0)
         envs.recv(batch_size=4)
         envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
@@ -201,7 +201,7 @@ def test_remote_worker_killed_mid_step_is_replaced_and_counted_in_status():
         envs = RlayVectorEnv.remote("CartPole-v1", 4, broker=front, timeout=30, on_worker_failure="replace")
         try:
             envs.reset(seed=0)
-            victim, lost_rows = envs._groups[1].pid, envs._groups[1].rows.tolist()
+            victim, lost_rows = envs._lease.groups[1].pid, envs._lease.groups[1].rows.tolist()
             envs.step_async(np.zeros(4, np.int64))
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
@@ -210,7 +210,7 @@ def test_remote_worker_killed_mid_step_is_replaced_and_counted_in_status():
             assert time.monotonic() - killed < 10  # the restarted worker came in time: no timeout
             for _ in range(20):
                 assert envs.step(np.zeros(4, np.int64))[0].shape == (4, 4)
-            assert envs._groups[1].pid != victim
+            assert envs._lease.groups[1].pid != victim
 
             report = json.loads(run_cli("status", "--broker", front, "--json").stdout)
             assert report["failures"]["workers_lost"] == 1 and report["failures"]["slots_replaced"] == 2
@@ -230,7 +230,7 @@ def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back():
         envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=30, on_worker_failure="replace")
         try:
             envs.reset(seed=0)
-            victim = envs._groups[1].pid
+            victim = envs._lease.groups[1].pid
             os.kill(victim, signal.SIGSTOP)  # hung: it will not reply to the step, nor ping
             try:
                 stopped = time.monotonic()
@@ -241,7 +241,7 @@ def test_remote_stopped_worker_is_replaced_by_a_spare_and_comes_back():
                 os.kill(victim, signal.SIGCONT)
             assert truncs.tolist() == [False, True] and infos["worker_lost"].tolist() == [False, True]
             assert waited < 5, f"replaced after {waited:.1f} s"
-            assert envs._groups[1].pid not in (victim, envs._groups[0].pid)  # the spare
+            assert envs._lease.groups[1].pid not in (victim, envs._lease.groups[0].pid)  # the spare
             # The continued worker registers again, with new free slots: nothing lost, nothing leaked.
             wait_for(
                 lambda: victim in [w["pid"] for w in broker_status(front)["workers"]],
@@ -264,7 +264,7 @@ def test_remote_replacement_that_never_comes_raises_after_replace_timeout(addres
         )
         try:
             envs.reset(seed=0)
-            victim = envs._groups[1].pid
+            victim = envs._lease.groups[1].pid
             os.kill(victim, signal.SIGKILL)
             start = time.monotonic()
             with pytest.raises(WorkerLostError) as caught:
@@ -340,7 +340,7 @@ def test_embedded_worker_killed_while_the_trainer_computes_raises_naming_it():
     envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 4, envs_per_worker=2, timeout=10)
     try:
         envs.reset(seed=0)
-        victim = envs._groups[1].pid
+        victim = envs._lease.groups[1].pid
         os.kill(victim, signal.SIGKILL)
         broker = envs._cluster.inline_broker
         wait_for(
@@ -369,11 +369,11 @@ def test_first_ready_second_loss_reports_the_last_observation_seen():
         envs.async_reset(seed=0)
         envs.recv()
         envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
-        os.kill(envs._groups[1].pid, signal.SIGKILL)
+        os.kill(envs._lease.groups[1].pid, signal.SIGKILL)
         envs.recv()  # the first loss: envs 2, 3 truncated
         seen, _ = step_all()  # NextStep: the new episodes' first observations
         assert is_reset_obs(seen[2:])
-        os.kill(envs._groups[1].pid, signal.SIGKILL)
+        os.kill(envs._lease.groups[1].pid, signal.SIGKILL)
         envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
         obs = []
         while len(obs) < 4:
@@ -398,7 +398,7 @@ def test_a_first_ready_send_that_cannot_be_sent_leaves_the_replaced_envs_as_they
         envs.async_reset(seed=0)
         envs.recv()
         envs.send(np.zeros(4, np.int64), [0, 1, 2, 3])
-        os.kill(envs._groups[1].pid, signal.SIGKILL)
+        os.kill(envs._lease.groups[1].pid, signal.SIGKILL)
         _, _, _, truncs, infos = envs.recv()
         assert sorted(infos["env_id"][truncs].tolist()) == [2, 3]
 
@@ -463,7 +463,7 @@ def test_broker_restarted_while_a_replacement_waits_during_first_ready_stepping(
         )
         envs.async_reset(seed=0)
         envs.recv()
-        victim = envs._groups[1].pid
+        victim = envs._lease.groups[1].pid
         envs.send(np.zeros(2, np.int64), [0, 1])  # env 0 steps for 5 s
         os.kill(victim, signal.SIGKILL)
         failures: list[BaseException] = []
@@ -485,7 +485,7 @@ def test_broker_restarted_while_a_replacement_waits_during_first_ready_stepping(
             thread.join(30)
         assert not failures, failures
         assert sorted(infos["env_id"].tolist()) == [0, 1] and truncs.all() and infos["worker_lost"].all()
-        assert envs._in_flight == {}
+        assert envs._first_ready.in_flight == {}
         envs.send(np.zeros(2, np.int64), [0, 1])  # NextStep: the new envs' first observations
         assert "worker_lost" not in envs.recv()[4]
     finally:

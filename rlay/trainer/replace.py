@@ -1,0 +1,207 @@
+"""What a trainer does when a worker holding some of its envs is lost (protocol 5.13, 5.15;
+docs/architecture.md, "Worker failures").
+
+Under ``on_worker_failure="raise"`` a lost worker's failure is raised. Under ``"replace"`` the lost
+rows move to free slots of the env id (or, from a broker that forgot the trainer, every row is leased
+anew), the new envs are reset, and each row owes its trainer results that no worker will send:
+
+- the truncation of the episode the lost worker ended, at the row's next step (``owed_truncation``,
+  which holds the new env's reset result until then);
+- under NextStep, at the step after that, the new env's reset result itself (``owed_reset``).
+
+Rows on new slots whose new env has not been reset yet are ``awaiting_reset``: a replacement that an
+error interrupted is finished before the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from gymnasium.vector.vector_env import AutoresetMode
+
+from rlay import protocol as P
+from rlay.errors import BrokerError, BrokerLostError, LeaseError, WorkerLostError, error_from_reply
+from rlay.trainer.lease import rows_text
+from rlay.trainer.obs_buffer import EnvResult
+from rlay.trainer.transport import REPLY_GRACE, Transport
+from rlay.wire import describe_failures
+
+__all__ = ["Replacer", "WORKER_LOST_KEY"]
+
+log = logging.getLogger("rlay.vector")
+
+WORKER_LOST_KEY = "worker_lost"  # the info key that marks an env replaced after its worker was lost
+
+
+class Replacer:
+    """The worker-loss policy of one trainer: ``enabled`` is ``on_worker_failure == "replace"``."""
+
+    def __init__(
+        self, transport: Transport, autoreset_mode: AutoresetMode, timeout: float, replace_timeout: float, enabled: bool
+    ):
+        self.transport, self.lease, self.buffer = transport, transport.lease, transport.buffer
+        self.autoreset_mode = autoreset_mode
+        self.timeout = timeout
+        self.replace_timeout = replace_timeout
+        self.enabled = enabled
+        self.owed_truncation: dict[int, EnvResult] = {}
+        self.owed_reset: dict[int, EnvResult] = {}
+        self.awaiting_reset: set[int] = set()
+        self.envs_replaced = 0  # over the trainer's life
+
+    # -- the rows' debt -----------------------------------------------------------------
+
+    def owes(self, row: int) -> bool:
+        """Whether ``row``'s next step result is made here rather than by a worker."""
+        return row in self.owed_truncation or row in self.owed_reset
+
+    def owed_rows(self) -> list[int]:
+        return [*self.owed_reset, *self.owed_truncation]
+
+    def new_episode(self, row: int) -> None:
+        """``row`` was reset: nothing is left to report of an episode a lost worker ended."""
+        self.owed_truncation.pop(row, None)
+        self.owed_reset.pop(row, None)
+
+    def result(self, row: int) -> EnvResult:
+        """The step result ``row`` is owed: the truncation of the episode its lost worker ended or,
+        under NextStep, at the step after it, the new env's reset. Its observation goes into the
+        batch, which holds each env's last observation."""
+        if row in self.owed_reset:
+            new = self.owed_reset.pop(row)
+            result = EnvResult(row, new.obs, 0.0, False, False, new.info, None)
+        else:
+            new = self.owed_truncation.pop(row)
+            marker = {WORKER_LOST_KEY: True}
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:  # the last observation seen stands in for the final one
+                result = EnvResult(
+                    row, new.obs, 0.0, False, True, {**new.info, **marker}, (self.buffer.row_obs(row), {})
+                )
+            else:
+                if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                    self.owed_reset[row] = new
+                result = EnvResult(row, self.buffer.row(row), 0.0, False, True, marker, None)
+        self.buffer.set_row(row, result.obs)
+        return result
+
+    # -- losses -------------------------------------------------------------------------
+
+    def lost_rows(self, head: dict, what: str) -> tuple[list[int], str]:
+        """The rows of an answer's failed parts, and why, if every failure is a lost worker and lost
+        envs are replaced; any other failure raises."""
+        failures = head.get("failures") or []
+        if not failures:
+            return [], ""
+        code, message = describe_failures(failures)
+        if not self.enabled or any(f.get("code") != P.E_WORKER_LOST for f in failures):
+            raise error_from_reply({**head, "code": code, "message": message}, what, self.lease)
+        return self.lease.rows_of([s for f in failures for s in f.get("slots") or []]), self.lease.name_rows(message)
+
+    def finish_interrupted(self) -> None:
+        """Before a new call: finish a replacement that an error interrupted (its new envs not reset)."""
+        if self.awaiting_reset:
+            self.recover([], "an earlier replacement was interrupted")
+
+    def recover(self, rows: list[int], cause: str, relet: bool = False) -> set[int]:
+        """Give ``rows`` new envs after their worker was lost, and reset them; returns the rows reset.
+
+        The broker moves the rows' LOST slots to free slots of the env id, waiting up to
+        ``replace_timeout`` for some (a restarted worker registering). ``relet``: the broker
+        restarted or forgot this trainer, so every row is leased anew. The reset results wait in
+        ``owed_truncation`` until each row's next step reports the lost episode as truncated.
+        """
+        deadline = time.monotonic() + self.replace_timeout
+        replaced: set[int] = set()
+        rows, first = sorted(rows), True
+        while rows or relet or self.awaiting_reset:
+            try:
+                if rows or relet:
+                    if not first and time.monotonic() >= deadline:
+                        raise WorkerLostError(
+                            f"envs {rows_text(rows)} could not be replaced within "
+                            f"{self.replace_timeout:g} s (replace_timeout): {cause}"
+                        )
+                    first = False
+                    # A lost worker may still run: it must not write into the rows that hold its envs'
+                    # last observations.
+                    self.buffer.renew_token()
+                    log.warning(
+                        "replacing envs %s (waiting up to %.0f s for free slots) after: %s",
+                        f"0-{len(self.lease.slots) - 1}" if relet else rows_text(rows),
+                        deadline - time.monotonic(),
+                        cause,
+                    )
+                    if relet:
+                        self._lease_again(deadline, cause)
+                    else:
+                        self._move_slots(rows, deadline, cause)
+                    rows, relet = [], False
+                head, frames, what = self._reset_new_envs()
+            except BrokerLostError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                relet, cause = True, str(exc)
+                continue
+            for part_rows, body, part_frames in self.transport.split(head, frames, what):
+                for result in self.buffer.results(part_rows, body, part_frames, keep=False):
+                    row = result.row
+                    self.awaiting_reset.discard(row)
+                    if row in self.owed_reset:  # its lost episode was reported already: owe only the reset
+                        self.owed_reset[row] = result
+                    else:
+                        self.owed_truncation[row] = result
+                    replaced.add(row)
+            rows, cause = self.lost_rows(head, what)  # a new env lost in turn is replaced again
+        self.envs_replaced += len(replaced)
+        return replaced
+
+    def _reset_new_envs(self) -> tuple[dict, list[Any], str]:
+        rows = sorted(self.awaiting_reset)
+        what = f"the reset of the new envs {rows_text(rows)}, replacing lost ones"
+        # (as frames: the batch holds the lost envs' last observations, which their truncation reports)
+        call = self.transport.send(
+            P.RESET, np.asarray(rows), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []), shared=False
+        )
+        head, frames = self.transport.await_answer(call.req, self.timeout + REPLY_GRACE, what)
+        if head[P.TYPE] == P.ERROR:
+            raise error_from_reply(head, what, self.lease)
+        return head, frames, what
+
+    def _move_slots(self, rows: list[int], deadline: float, cause: str) -> None:
+        """Ask the broker for free slots in place of the rows' LOST ones (`replace`, protocol 5.15)."""
+        remaining = max(0.0, deadline - time.monotonic())
+        what = f"free slots of {self.lease.env_id!r} to replace envs {rows_text(rows)}"
+        req = self.transport.client.send(P.REPLACE, slots=[self.lease.slots[r] for r in rows], timeout=remaining)
+        head, _ = self.transport.await_answer(req, remaining + REPLY_GRACE, what)
+        if head[P.TYPE] == P.ERROR:
+            if head.get("code") == P.E_LEASE_TIMEOUT:
+                raise WorkerLostError(
+                    f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for "
+                    f"envs {rows_text(rows)}, lost with their worker: {cause}. "
+                    f"The broker: {head.get('message')}"
+                )
+            raise error_from_reply(head, what, self.lease)  # (no_lease: a BrokerLostError, and a new lease)
+        self.awaiting_reset.update(self.lease.move(head["replaces"], head["slots"]))
+
+    def _lease_again(self, deadline: float, cause: str) -> None:
+        """Lease every row anew from a broker that no longer knows this trainer (it restarted)."""
+        client, num_envs = self.transport.client, len(self.lease.slots)
+        remaining = max(0.0, deadline - time.monotonic())
+        what = f"a new lease of {num_envs} slots of {self.lease.env_id!r} (the old lease is gone: {cause})"
+        client.send(P.RELEASE)  # in case the broker still holds the old lease (answer dropped)
+        req = client.send(P.LEASE, env_id=self.lease.env_id, num_envs=num_envs, timeout=remaining)
+        # The broker may still be away: wait for it rather than fail on its silence.
+        head, _ = client.wait(req, remaining + REPLY_GRACE, what, check_broker=False)
+        if head[P.TYPE] == P.ERROR:
+            raise LeaseError(f"{cause}; and the broker refused {what}: {head.get('message')}")
+        if (head["obs_space"], head["act_space"]) != self.lease.spaces:
+            raise BrokerError(f"{what}: the new slots' spaces differ from the old ones")
+        client.leased(head)
+        if client.heartbeat is not None:
+            client.heartbeat.reset()
+        self.transport.stash.clear()  # answers of the old lease: their envs are gone
+        self.lease.renew(head["slots"])
+        self.awaiting_reset = set(range(num_envs))

@@ -1,0 +1,109 @@
+"""Batched calls to the broker (protocol 5.8): one part per worker that hosts some of the rows, the
+parts' bodies made per worker, and the answers, split back into rows."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlay import protocol as P
+from rlay.errors import BrokerError
+from rlay.trainer.lease import Lease, WorkerRows
+from rlay.trainer.obs_buffer import ObsBuffer
+from rlay.values import WireError, packb
+from rlay.wire import decode_body
+
+__all__ = ["Call", "Transport", "REPLY_GRACE"]
+
+REPLY_GRACE = 5.0  # s the trainer waits past the broker's own deadline (the broker's error is more precise)
+
+MakeBody = Callable[[WorkerRows, list[int]], tuple[dict, list]]
+
+
+@dataclass(eq=False)
+class Call:
+    """A batched call sent to the broker: ``make_body`` builds each worker's part (and again on a retry)."""
+
+    kind: str
+    rows: list[int]
+    make_body: MakeBody
+    req: int | None = None  # None: nothing was sent (every row's result is made by the trainer)
+    groups: list[WorkerRows] = field(default_factory=list)
+
+
+class Transport:
+    """A trainer's calls over its broker connection ``client``, for the rows of ``lease``."""
+
+    def __init__(self, client: Any, lease: Lease, buffer: ObsBuffer, timeout: float, partial: bool):
+        self.client, self.lease, self.buffer = client, lease, buffer
+        self.timeout = timeout
+        self.partial = partial  # a failed part does not fail the call (the trainer replaces lost envs)
+        self.stash: collections.deque = collections.deque()  # first-ready answers that came during another wait
+        self.first_ready: Callable[[], set[int]] = set  # the reqs of first-ready calls in flight
+
+    def send(self, kind: str, rows: np.ndarray, make_body: MakeBody, gather: bool = True, shared: bool = True) -> Call:
+        """Send one batched call: one part per worker that hosts some of ``rows``.
+
+        ``gather`` (the synchronous API) waits for every part in one reply; without it each
+        part is answered as it completes (first-ready stepping). ``shared``: offer the
+        shared-memory buffer for the observations of a reset or step.
+        """
+        call = Call(kind, rows.tolist(), make_body)
+        wanted = set(call.rows)
+        parts, frames = [], []
+        for group in self.lease.groups:
+            picked = [r for r in group.rows.tolist() if r in wanted]
+            if not picked:
+                continue
+            body, arrays = make_body(group, picked)
+            if shared and kind in (P.RESET, P.STEP):
+                offer = self.buffer.offer(picked)
+                if offer is not None:
+                    body["shm"] = offer
+            parts.append([[self.lease.slots[r] for r in picked], 1 + len(arrays)])
+            frames.append(packb(body))
+            frames.extend(arrays)
+            call.groups.append(group)
+        if not parts:
+            return call
+        flags = {"partial": True} if self.partial else {}
+        if not gather:
+            flags["gather"] = False
+        call.req = self.client.send(kind, frames, parts=parts, timeout=self.timeout, **flags)
+        return call
+
+    def await_answer(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        """Wait for the answer to ``req``, keeping first-ready answers that come meanwhile for recv()."""
+        others = self.first_ready()
+        if not others:
+            return self.client.wait(req, wait_s, what)
+        deadline = time.monotonic() + wait_s
+        while True:
+            head, frames = self.client.wait(others | {req}, max(0.0, deadline - time.monotonic()), what)
+            if head.get(P.REQ) in (req, None):
+                return head, frames
+            self.stash.append((head, frames))
+
+    def next_first_ready(self, reqs: set[int], wait_s: float, what: str) -> tuple[dict, list[Any]]:
+        """The next answer to a first-ready call: one that came during another wait, or a new one."""
+        if self.stash:
+            return self.stash.popleft()
+        return self.client.wait(reqs, wait_s, what)
+
+    def split(self, head: dict, frames: list[Any], what: str) -> list[tuple[list[int], dict, list[Any]]]:
+        """An answer's parts: (rows, body, array frames) each."""
+        try:
+            out, offset = [], 0
+            for slots, nframes in head["parts"]:
+                rows = [self.lease.row_of_slot[s] for s in slots]
+                body = decode_body(frames[offset])
+                out.append((rows, body, frames[offset + 1 : offset + nframes]))
+                offset += nframes
+            return out
+        except (WireError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BrokerError(f"malformed reply to {what}: {exc}") from None
