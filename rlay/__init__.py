@@ -17,6 +17,7 @@ from rlay.errors import (
     RemoteEnvError,
     RlayError,
     RlayTimeoutError,
+    SpacesMismatch,
     WorkerLostError,
 )
 from rlay.vector import RlayVectorEnv
@@ -39,6 +40,7 @@ __all__ = [
     "RlayTimeoutError",
     "RlayVectorEnv",
     "WorkerLostError",
+    "SpacesMismatch",
     "make_vec",
 ]
 

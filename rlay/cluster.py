@@ -22,7 +22,8 @@ from typing import Any
 
 from gymnasium.vector.utils import CloudpickleWrapper
 
-from rlay.errors import BrokerError, RlayError, RlayTimeoutError, WorkerLostError
+from rlay.errors import BrokerError, RlayError, RlayTimeoutError, SpacesMismatch, WorkerLostError
+from rlay.spaces import decode_space
 
 __all__ = ["Cluster", "WorkerGroup", "Supervision", "EMBEDDED_ENV_ID"]
 
@@ -95,6 +96,10 @@ class WorkerGroup:
     env_fns: Sequence[Callable]
     envs_per_worker: int = 1
     threads: int | None = None  # per worker, to step blocking envs concurrently (None: decided by timing them)
+    # How the workers check their envs' observation spaces (workers.worker.check_spaces): "same", or
+    # "different" / "custom" with the single space the trainer declares, which they register.
+    observation_mode: str = "same"
+    observation_space: Any = None
 
 
 class Cluster:
@@ -126,6 +131,8 @@ class Cluster:
         self.daemon = daemon
         self._worker_target = worker_process
         self._worker_args: dict[str, tuple] = {}
+        self._first_env: dict[str, int] = {}  # per worker: the index of its first env in its group
+        self.observation_mode = "same"  # (embedded: the trainer's, for the messages of SpacesMismatch)
         self.restarts = Restarts(supervision or Supervision())
         self._reported: set = set()  # dead worker processes the inline broker has been told of
         self.ctx = multiprocessing.get_context(context)
@@ -158,7 +165,10 @@ class Cluster:
                     group.threads,
                     curve,
                     tmpdir,
+                    group.observation_mode,
+                    group.observation_space,
                 )
+                self._first_env[label] = start
                 self.workers.append((label, self._new_worker(label)))
         self.inline_broker = None  # embedded: a broker object the trainer's thread runs (rlay.client)
         self.fleet = fleet
@@ -205,19 +215,24 @@ class Cluster:
 
     @classmethod
     def embedded(
-        cls, env_fns: Sequence[Callable], envs_per_worker: int, threads: int | None = None, **kwargs
+        cls,
+        env_fns: Sequence[Callable],
+        envs_per_worker: int,
+        threads: int | None = None,
+        observation_mode: str = "same",
+        observation_space: Any = None,
+        **kwargs,
     ) -> Cluster:
         """A private broker run by the trainer's own thread (no hop between them), and local
-        worker processes over ipc sockets in a fresh temporary directory."""
+        worker processes over ipc sockets in a fresh temporary directory. ``observation_mode``:
+        "same", or "different" / "custom" with ``observation_space``, the single space the trainer
+        declares (WorkerGroup)."""
         tmpdir = tempfile.mkdtemp(prefix="rlay-")
+        group = WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker, threads, observation_mode, observation_space)
         try:
-            return cls(
-                f"ipc://{tmpdir}/workers",
-                [WorkerGroup(EMBEDDED_ENV_ID, env_fns, envs_per_worker, threads)],
-                inline_broker=True,
-                tmpdir=tmpdir,
-                **kwargs,
-            )
+            cluster = cls(f"ipc://{tmpdir}/workers", [group], inline_broker=True, tmpdir=tmpdir, **kwargs)
+            cluster.observation_mode = observation_mode
+            return cluster
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -247,9 +262,11 @@ class Cluster:
             if self.inline_broker is not None and self.inline_broker.worker_exited(proc.pid, why):
                 self._reported.add(proc)
             elif self.supervision is None or proc.exitcode >= 0 or label in self.restarts.gave_up:
-                raise RlayError(
-                    f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{self._reason(label)}"
-                )
+                why, details = self._reason(label)
+                mismatch = self._spaces_mismatch(label, details)
+                if mismatch is not None:
+                    raise mismatch
+                raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{why}")
         if self.supervision is not None:
             self._supervise(time.monotonic())
             if self.restarts.gave_up:
@@ -273,15 +290,41 @@ class Cluster:
                 )
                 proc.kill()
 
-    def _reason(self, label: str) -> str:
+    def _reason(self, label: str) -> tuple[str, dict]:
+        """What a dead worker reported (workers.worker.worker_process): its traceback, as text to
+        append to an error, and its details."""
         reports = []
         while True:
             try:
                 reports.append(self.errors.get(timeout=0.5) if not reports else self.errors.get_nowait())
             except Exception:
                 break
-        text = [tb for who, tb in reports if who == label] or [tb for _, tb in reports]
-        return f":\n{text[0]}" if text else " (no traceback reported)"
+        mine = [r for r in reports if r[0] == label] or reports
+        if not mine:
+            return " (no traceback reported)", {}
+        return f":\n{mine[0][1]}", (mine[0][2] if len(mine[0]) > 2 else {})
+
+    def _spaces_mismatch(self, label: str, details: dict) -> SpacesMismatch | None:
+        """gymnasium's error for envs whose spaces do not batch, if that is why worker ``label``
+        died: its own envs differ (it says which), or the inline broker refused its registration and
+        its spaces differ from those of the workers registered before it."""
+        first = self._first_env.get(label, 0)
+        if "which" in details:
+            env = first + int(details["env"])
+            return SpacesMismatch(details["which"], env, str(details["expected"]), self.observation_mode)
+        if "obs_space" in details and self.inline_broker is not None:
+            group, rank = label.rsplit("#", 1)
+            other = self.inline_broker.table.conflicting(group, details["obs_space"], details["act_space"])
+            if other is not None:
+                which = "observation" if other.obs_space != details["obs_space"] else "action"
+                key = "obs_space" if which == "observation" else "act_space"
+                # As gymnasium says it: the env of the two with the higher index differs from the other.
+                if other.rank > int(rank):
+                    expected, env = details[key], self._first_env.get(f"{group}#{other.rank}", first)
+                else:
+                    expected, env = getattr(other, key), first
+                return SpacesMismatch(which, env, str(decode_space(expected)), self.observation_mode)
+        return None
 
     def wait(self, should_stop: Callable[[], bool], poll: float = 0.25) -> int:
         """Block until ``should_stop()`` or every worker has exited; log children that die.

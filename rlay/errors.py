@@ -7,6 +7,7 @@ import multiprocessing
 from typing import Any
 
 import gymnasium.error
+from gymnasium import logger
 from gymnasium.error import AlreadyPendingCallError, ClosedEnvironmentError, NoAsyncCallError
 
 from rlay import protocol as P
@@ -23,12 +24,38 @@ __all__ = [
     "ClosedEnvironmentError",
     "NoAsyncCallError",
     "remote_env_error",
+    "SpacesMismatch",
     "error_from_reply",
 ]
 
 
 class RlayError(RuntimeError):
     """Base class of rlay's own errors."""
+
+
+class SpacesMismatch(RlayError):
+    """Sub-envs whose spaces do not batch together, found as gymnasium's vector envs find them, and
+    a RuntimeError as theirs: the ``which`` ("observation" or "action") space of env ``env`` does not
+    fit ``expected`` (env 0's, or the declared single observation space), under ``observation_mode``."""
+
+    def __init__(self, which: str, env: int, expected: str, observation_mode: str = "same"):
+        self.which, self.env, self.expected, self.observation_mode = which, env, expected, observation_mode
+        if which == "action":
+            text = (
+                f"Some environments have an action space different from `{expected}`. "
+                "In order to batch actions, the action spaces from all environments must be equal."
+            )
+        elif observation_mode == "same":
+            text = (
+                "RlayVectorEnv(..., observation_mode='same') however some of the sub-environments observation "
+                "spaces are not equivalent. If this is intentional, use `observation_mode='different'` instead."
+            )
+        else:
+            text = (
+                "RlayVectorEnv(..., observation_mode='different' or custom space) however the sub-environment's "
+                "observation spaces do not share a common shape and dtype."
+            )
+        super().__init__(f"{text} (env {env}: its {which} space does not fit {expected})")
 
 
 class RlayTimeoutError(multiprocessing.TimeoutError, TimeoutError):
@@ -110,11 +137,16 @@ def error_from_reply(head: dict[str, Any], what: str, lease: Any) -> Exception:
             for err in failure.get("errors") or []:
                 row = lease.row_of_slot.get(err.get("slot"))
                 details.append({**err, "row": row, "worker": failure.get("worker"), "host": failure.get("host")})
-                lines.append(
+                who = (
                     f"env {row} (slot {err.get('slot')}, env {err.get('env')} of worker {failure.get('worker')}, "
-                    f"pid {failure.get('pid')} on host {failure.get('host')}) raised "
-                    f"{err.get('type')}: {err.get('message')}\n--- remote traceback ---\n{err.get('traceback', '')}"
+                    f"pid {failure.get('pid')} on host {failure.get('host')})"
                 )
+                line = f"{who} raised {err.get('type')}: {err.get('message')}"
+                lines.append(f"{line}\n--- remote traceback ---\n{err.get('traceback', '')}")
+                # Through gymnasium's logger too, as AsyncVectorEnv reports its workers' errors.
+                logger.error(f"Received the following error from {who}")
+                logger.error(str(err.get("traceback") or line))
+        logger.error("Raising the exception back to the main process.")
         type_name = details[0]["type"] if details else "Exception"
         module = details[0].get("module") if details else None
         return remote_env_error(

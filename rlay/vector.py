@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from gymnasium import Env, logger
+from gymnasium import Env, Space, logger
 from gymnasium.vector.async_vector_env import AsyncState
-from gymnasium.vector.utils import batch_space
+from gymnasium.vector.utils import batch_differing_spaces, batch_space
 from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
 from rlay import protocol as P
@@ -78,6 +78,32 @@ def _seed_list(seed: int | list[int | None] | None, num_envs: int) -> list[int |
             f"If seeds are passed as a list the length must match num_envs={num_envs} but got length={len(seed)}."
         )
     return [None if s is None else int(s) for s in seed]
+
+
+def _declared_spaces(observation_mode: Any, env_fns: Sequence[Callable[[], Env]]) -> tuple[str, Any]:
+    """The workers' observation mode and, unless "same", the (observation_space,
+    single_observation_space) the trainer declares, as AsyncVectorEnv takes ``observation_mode``."""
+    if isinstance(observation_mode, tuple) and len(observation_mode) == 2:
+        if not isinstance(observation_mode[0], Space) or not isinstance(observation_mode[1], Space):
+            raise TypeError(
+                "Expected both elements of observation_mode to be Spaces, "
+                f"got {type(observation_mode[0])} and {type(observation_mode[1])}"
+            )
+        return "custom", observation_mode  # (in this order, as AsyncVectorEnv assigns them)
+    if isinstance(observation_mode, str) and observation_mode == "same":
+        return "same", None
+    if isinstance(observation_mode, str) and observation_mode == "different":
+        # As AsyncVectorEnv: each env is made here, once, for its space (its workers make their own).
+        env_spaces = []
+        for env_fn in env_fns:
+            env = env_fn()
+            env_spaces.append(env.observation_space)
+            env.close()
+        return "different", (batch_differing_spaces(env_spaces), env_spaces[0])
+    raise ValueError(
+        "Invalid `observation_mode`, expected: 'same' or 'different' or tuple of single and batch "
+        f"observation space, actual got {observation_mode}"
+    )
 
 
 def _reset_rows(options: dict[str, Any] | None, num_envs: int) -> np.ndarray:
@@ -138,7 +164,11 @@ class RlayVectorEnv(VectorEnv):
             Workers elsewhere send them as frames. With ``copy=False`` the
             returned arrays are that buffer: the next step overwrites them.
         worker: AsyncVectorEnv's custom worker loop; rlay runs its own, so it raises.
-        observation_mode: only ``"same"`` is supported (all envs share one space).
+        observation_mode: as AsyncVectorEnv's: ``"same"`` (every env has the same observation space),
+            ``"different"`` (their bounds may differ, not their shapes and dtypes; each env is made once
+            in this process to read its space, as AsyncVectorEnv does, and closed), or a tuple
+            ``(observation_space, single_observation_space)``. Remote envs are always "same": the
+            workers of one env id register one space.
     """
 
     env_fns: Sequence[Callable[[], Env]] | None  # None for remote envs
@@ -166,7 +196,7 @@ class RlayVectorEnv(VectorEnv):
         timeout: float = DEFAULT_TIMEOUT,
         lease_timeout: float | None = None,
         shared_memory: bool = True,
-        observation_mode: str = "same",
+        observation_mode: str | tuple[Space, Space] = "same",
         worker: Callable | None = None,
         on_worker_failure: str = "raise",
         replace_timeout: float | None = None,
@@ -187,17 +217,26 @@ class RlayVectorEnv(VectorEnv):
         self._setup(autoreset_mode, copy, timeout, observation_mode, on_worker_failure, replace_timeout)
         if env_threads is not None and env_threads < 1:
             raise ValueError(f"env_threads must be None (auto) or >= 1, got {env_threads}")
+        mode, self._declared = _declared_spaces(observation_mode, env_fns)
         # Under "replace" a local worker killed by a signal is restarted, and its envs move to it.
         supervision = Supervision() if self.on_worker_failure == "replace" else None
         self._cluster = Cluster.embedded(
-            env_fns, envs_per_worker, env_threads, context=context, daemon=daemon, supervision=supervision
+            env_fns,
+            envs_per_worker,
+            env_threads,
+            observation_mode=mode,
+            observation_space=self._declared[1] if self._declared else None,
+            context=context,
+            daemon=daemon,
+            supervision=supervision,
         )
         client = InlineBrokerClient(self._cluster.inline_broker, health_check=self._cluster.check)
         self._finalizer = weakref.finalize(self, _stop_embedded, client, self._cluster)
         try:
             self._connect(client, EMBEDDED_ENV_ID, len(env_fns), lease_timeout)
         except BaseException:
-            self._finalizer()
+            self._finalizer()  # (the broker and workers are gone: nothing is left to release)
+            self._client, self.closed = None, True
             raise
 
     @classmethod
@@ -261,8 +300,6 @@ class RlayVectorEnv(VectorEnv):
         on_worker_failure: str,
         replace_timeout: float | None,
     ) -> None:
-        if observation_mode != "same":
-            raise NotImplementedError("RlayVectorEnv supports observation_mode='same' only")
         if on_worker_failure not in ON_WORKER_FAILURE:
             raise ValueError(f"on_worker_failure must be one of {ON_WORKER_FAILURE}, got {on_worker_failure!r}")
         self.on_worker_failure = on_worker_failure
@@ -277,6 +314,7 @@ class RlayVectorEnv(VectorEnv):
         self._pending: Call | None = None  # the synchronous API's call in flight
         # (set before anything can fail: close() needs them)
         self._client: BrokerClient | None = None
+        self._declared: tuple[Space, Space] | None = None  # (observation_space, single) when not "same"
         self._cluster: Cluster | None = None
         self._finalizer: weakref.finalize | None = None
         self._buffer: ObsBuffer | None = None
@@ -307,6 +345,8 @@ class RlayVectorEnv(VectorEnv):
         self.single_observation_space = decode_space(lease["obs_space"])
         self.single_action_space = decode_space(lease["act_space"])
         self.observation_space = batch_space(self.single_observation_space, num_envs)
+        if self._declared is not None:  # observation_mode "different" or custom: as the trainer declared them
+            self.observation_space, self.single_observation_space = self._declared
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.metadata = dict(lease.get("metadata") or {})
         self.metadata["autoreset_mode"] = self.autoreset_mode

@@ -45,10 +45,19 @@ def make_fn(name: str):
 
 
 def compare_runs(
-    rlay_env: RlayVectorEnv, name: str, mode: AutoresetMode, seed: int = 7, num_envs: int = NUM_ENVS
+    rlay_env: RlayVectorEnv,
+    name: str,
+    mode: AutoresetMode,
+    seed: int = 7,
+    num_envs: int = NUM_ENVS,
+    env_fns: list | None = None,
+    **sync_kwargs,
 ) -> None:
-    sync = SyncVectorEnv([make_fn(name)] * num_envs, autoreset_mode=mode)
+    """Step ``rlay_env`` and a SyncVectorEnv of ``env_fns`` (default: ``num_envs`` of ENVS[name])
+    side by side, with the same seeds and actions; ``sync_kwargs`` go to SyncVectorEnv."""
+    sync = SyncVectorEnv(env_fns or [make_fn(name)] * num_envs, autoreset_mode=mode, **sync_kwargs)
     try:
+        assert rlay_env.observation_space == sync.observation_space
         assert rlay_env.single_observation_space == sync.single_observation_space
         assert rlay_env.single_action_space == sync.single_action_space
         assert rlay_env.metadata["autoreset_mode"] == mode

@@ -25,18 +25,59 @@ from typing import Any
 
 import gymnasium as gym
 import zmq
+from gymnasium.spaces.utils import is_space_dtype_shape_equiv
 
 from rlay import protocol as P
 from rlay.shm import remove_stale
-from rlay.spaces import unflatten
+from rlay.spaces import encode_space, unflatten
 from rlay.values import WireError
 from rlay.wire import decode_leaves
 from workers import autoreset
 from workers.base import EnvFailures, RegistrationError, Request, WorkerBase, each, failure_report
 
-__all__ = ["Worker", "RegistrationError", "worker_process"]
+__all__ = ["Worker", "RegistrationError", "SpacesDiffer", "check_spaces", "worker_process"]
 
 log = logging.getLogger("rlay.worker")
+
+
+class SpacesDiffer(RegistrationError):
+    """Envs of one worker whose spaces do not batch together: ``which`` ("observation" or "action")
+    space of env ``env`` (this worker's index)."""
+
+    def __init__(self, message: str, which: str, env: int, expected: str):
+        super().__init__(message)
+        self.which, self.env, self.expected = which, env, expected  # (expected: what env 0 has, as text)
+
+
+def check_spaces(envs: Sequence[gym.Env], observation_mode: str = "same", observation_space: Any = None) -> gym.Space:
+    """The observation space the worker registers, once its envs' spaces are found to batch as
+    gymnasium's vector envs check them (AsyncVectorEnv._check_spaces): every action space equals env
+    0's; under ``observation_mode="same"`` every observation space equals env 0's, otherwise (the
+    trainer's "different" or custom space, ``observation_space``: the single space it declares) each
+    has its shape and dtype. Raises SpacesDiffer."""
+    first = envs[0]
+    wanted = first.observation_space if observation_space is None else observation_space
+    for i, env in enumerate(envs):
+        if observation_mode == "same":
+            fits = env.observation_space == wanted
+        else:
+            fits = is_space_dtype_shape_equiv(env.observation_space, wanted)
+        if not fits:
+            raise SpacesDiffer(
+                f"env {i} of this worker has the observation space {env.observation_space}, which does not "
+                f"batch with {wanted} (observation_mode={observation_mode!r})",
+                "observation",
+                i,
+                str(wanted),
+            )
+        if env.action_space != first.action_space:
+            raise SpacesDiffer(
+                f"env {i} of this worker has the action space {env.action_space}; env 0 has {first.action_space}",
+                "action",
+                i,
+                str(first.action_space),
+            )
+    return wanted
 
 
 class Worker(WorkerBase):
@@ -49,11 +90,14 @@ class Worker(WorkerBase):
         *,
         env_id: str,
         threads: int | None = None,
+        observation_mode: str = "same",
+        observation_space: gym.Space | None = None,
         **kwargs: Any,
     ):
         """``threads`` > 1 steps the envs of one request concurrently, in that many chunks: for envs
         that block (sleep, I/O, a game waiting on its frame) and release the GIL. None (auto) decides
-        by timing the envs' first steps (StepTiming)."""
+        by timing the envs' first steps (StepTiming). ``observation_mode`` and ``observation_space``:
+        see check_spaces."""
         self.envs = [fn() for fn in env_fns]
         self.pool: ChunkRunner | None = None
         self.threads = 1
@@ -61,16 +105,10 @@ class Worker(WorkerBase):
         if threads is not None and threads > 1:
             self._use_threads(threads)
         first = self.envs[0]
-        for i, env in enumerate(self.envs):
-            if env.observation_space != first.observation_space or env.action_space != first.action_space:
-                raise RegistrationError(
-                    f"env {i} of this worker has spaces {env.observation_space}, {env.action_space}; "
-                    f"env 0 has {first.observation_space}, {first.action_space}: one worker hosts envs of one kind"
-                )
         super().__init__(
             broker,
             env_id=env_id,
-            observation_space=first.observation_space,
+            observation_space=check_spaces(self.envs, observation_mode, observation_space),
             action_space=first.action_space,
             num_envs=len(self.envs),
             metadata=first.metadata,
@@ -373,15 +411,20 @@ def worker_process(
     threads: int | None = None,
     curve: Any = None,
     parent_tmpdir: str | None = None,
+    observation_mode: str = "same",
+    observation_space: gym.Space | None = None,
 ) -> None:
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
-    A failure before or while serving is put on ``error_queue`` as
-    ``("ENV_ID#RANK", traceback text)`` so that the parent can say what went wrong.
-    ``parent_tmpdir`` (embedded: the directory of the ipc sockets) is removed by the
-    worker if it stops because its parent died, which could not remove it.
+    A failure before or while serving is put on ``error_queue`` as ``("ENV_ID#RANK", traceback
+    text, details)`` so that the parent can say what went wrong: details are ``{"which", "env", "expected"}``
+    for envs whose spaces differ (SpacesDiffer), the ``obs_space`` and ``act_space`` it registered
+    (encoded) when the broker refused it, else empty. ``parent_tmpdir`` (embedded: the directory of
+    the ipc sockets) is removed by the worker if it stops because its parent died, which could not
+    remove it.
     """
     fns = getattr(env_fns, "fn", env_fns)
+    worker = None
     try:
         worker = Worker(
             fns,
@@ -392,13 +435,22 @@ def worker_process(
             register_timeout=register_timeout,
             threads=threads,
             curve=curve,
+            observation_mode=observation_mode,
+            observation_space=observation_space,
         )
         worker.install_signal_handlers()
         worker.run()
         if parent_tmpdir is not None and parent_pid is not None and os.getppid() != parent_pid:
             shutil.rmtree(parent_tmpdir, ignore_errors=True)  # (its sibling workers may race to it)
             remove_stale(parent_pid)  # and its shared memory
-    except BaseException:
+    except BaseException as exc:
         if error_queue is not None:
-            error_queue.put((f"{env_id}#{rank}", traceback.format_exc()))
+            details: dict[str, Any] = {}
+            if isinstance(exc, SpacesDiffer):
+                details = {"which": exc.which, "env": exc.env, "expected": exc.expected}
+            elif isinstance(exc, RegistrationError) and worker is not None:
+                details = {"obs_space": encode_space(worker.obs_space), "act_space": encode_space(worker.act_space)}
+            error_queue.put((f"{env_id}#{rank}", traceback.format_exc(), details))
+            if isinstance(exc, SpacesDiffer):  # the parent raises gymnasium's error for it, which says it all
+                raise SystemExit(1) from None
         raise
