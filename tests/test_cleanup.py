@@ -51,15 +51,18 @@ def test_embedded_children_stop_with_the_trainer(how):
     wait_for(lambda: not os.path.exists(tmpdir), 15, f"the ipc directory {tmpdir} to be removed")
 
 
-def test_no_ipc_directories_are_left_behind():
+def test_no_ipc_directories_are_left_behind(tmp_path, monkeypatch):
+    """The trainer's ipc directory goes at close. It is made under a temporary root of this test's
+    own, which nothing else on the machine writes into."""
     import tempfile
 
     import gymnasium as gym
 
     from rlay import RlayVectorEnv
 
-    before = set(os.listdir(tempfile.gettempdir()))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")])
+    made = os.listdir(tmp_path)
     envs.close()
-    left = {d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("rlay-")}
-    assert not left
+    assert [d for d in made if d.startswith("rlay-")], f"the trainer made no ipc directory in {tmp_path}: {made}"
+    assert os.listdir(tmp_path) == []
