@@ -89,6 +89,6 @@ def _batch_of_one(space: gym.Space, action: Any) -> Any:
         return tuple(_batch_of_one(s, a) for s, a in zip(space.spaces, action, strict=True))
     if isinstance(space, gym.spaces.Dict):
         return {k: _batch_of_one(s, action[k]) for k, s in space.spaces.items()}
-    if isinstance(space, gym.spaces.Text):
-        return (action,)
+    if isinstance(space, (gym.spaces.Text, gym.spaces.Graph, gym.spaces.Sequence, gym.spaces.OneOf)):
+        return (action,)  # (gymnasium batches these as a tuple of the envs' values)
     return np.expand_dims(np.asarray(action), 0)

@@ -1,17 +1,19 @@
 """The value codec: msgpack for data that crosses the wire, decoded without pickle.
 
 Headers, bodies, infos, reset options and call/set_attr values are
-msgpack with three extension types, so that numpy arrays, numpy scalars and
-tuples come back as what was sent (gymnasium batches infos by their type):
+msgpack with five extension types, so that numpy arrays, numpy scalars,
+tuples and gymnasium's graphs come back as what was sent (gymnasium batches
+infos by their type):
 
-=====  ===========  =============================================
- ext    Python       payload (itself msgpack)
-=====  ===========  =============================================
-  1     np.ndarray   ``[dtype, shape, data]`` C-order raw bytes
-  2     np scalar    ``[dtype, data]`` one item's raw bytes
-  3     tuple        array of values
-  4     int          big-endian two's complement bytes (ints outside 64 bits)
-=====  ===========  =============================================
+=====  =============  =============================================
+ ext    Python         payload (itself msgpack)
+=====  =============  =============================================
+  1     np.ndarray     ``[dtype, shape, data]`` C-order raw bytes
+  2     np scalar      ``[dtype, data]`` one item's raw bytes
+  3     tuple          array of values
+  4     int            big-endian two's complement bytes (ints outside 64 bits)
+  5     GraphInstance  array of 3 values: nodes, edges, edge_links
+=====  =============  =============================================
 
 ``dtype`` is numpy's ``dtype.str`` (``"<f4"``, ``"|u1"``, ``"|b1"``...): byte
 order ``<`` or ``>``, or ``|`` for one-byte items and bytes strings. Only
@@ -33,6 +35,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from gymnasium.spaces import GraphInstance
 
 __all__ = [
     "WireError",
@@ -44,6 +47,7 @@ __all__ = [
     "EXT_SCALAR",
     "EXT_TUPLE",
     "EXT_BIGINT",
+    "EXT_GRAPH",
     "VersionError",
 ]
 
@@ -51,8 +55,9 @@ EXT_NDARRAY = 1
 EXT_SCALAR = 2
 EXT_TUPLE = 3
 EXT_BIGINT = 4
+EXT_GRAPH = 5
 _MAX_BIGINT_BYTES = 1024
-# Each tuple (ext 3) is encoded and decoded by a nested msgpack call, ~43 KB of C stack each:
+# Each tuple (ext 3) and graph (ext 5) is encoded and decoded by a nested msgpack call, ~43 KB of C stack each:
 # without a bound, ~200 levels overflow the stack and kill the process. 16 levels fit a thread
 # of 1 MB. Arrays and maps nest within one call, which refuses more than 1024 levels.
 MAX_TUPLE_DEPTH = 16
@@ -63,7 +68,7 @@ _nesting = threading.local()
 def _one_tuple_deeper():
     depth = getattr(_nesting, "tuples", 0)
     if depth >= MAX_TUPLE_DEPTH:
-        raise WireError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
+        raise WireError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep (graphs count as tuples)")
     try:
         _nesting.tuples = depth + 1
         yield
@@ -163,6 +168,9 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         dtype = array_dtype_str(np.asarray(obj))
         return msgpack.ExtType(EXT_SCALAR, msgpack.packb([dtype, obj.tobytes()]))
+    if type(obj) is GraphInstance:  # (a tuple subclass, which would travel as a plain tuple)
+        with _one_tuple_deeper():
+            return msgpack.ExtType(EXT_GRAPH, packb(list(obj)))
     if isinstance(obj, tuple):
         with _one_tuple_deeper():
             return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
@@ -184,8 +192,8 @@ def _default(obj: Any) -> Any:
         return str(obj)
     raise WireError(
         f"a value of type {type(obj).__module__}.{type(obj).__qualname__} cannot cross the wire: "
-        "only None, bool, int, float, str, bytes, lists, tuples, dicts, numpy arrays and "
-        "numpy scalars can"
+        "only None, bool, int, float, str, bytes, lists, tuples, dicts, numpy arrays, "
+        "numpy scalars and gymnasium's GraphInstance can"
     )
 
 
@@ -222,6 +230,12 @@ def _ext_hook(code: int, data: bytes) -> Any:
         if not isinstance(items, list):
             raise WireError("tuple extension must hold an array")
         return tuple(items)
+    if code == EXT_GRAPH:
+        with _one_tuple_deeper():
+            items = unpackb(data)
+        if not isinstance(items, list) or len(items) != 3:
+            raise WireError("graph extension must hold an array of 3: nodes, edges, edge_links")
+        return GraphInstance(*items)
     raise WireError(f"unknown msgpack extension type {code}")
 
 

@@ -16,6 +16,7 @@ import zmq
 from gymnasium import spaces
 
 from rlay import protocol as P
+from rlay.spaces import ValueRows, decode_value, encode_value, is_value_space
 from rlay.values import (
     MSGPACK_NUMPY_REFUSAL,
     VersionError,
@@ -124,15 +125,21 @@ def decode_header(frame: Any) -> dict[str, Any]:
     return head
 
 
-def encode_leaves(leaves: Sequence[Any], rows: Any = None) -> tuple[list[dict], list[Any]]:
+def encode_leaves(leaves: Sequence[Any], rows: Any = None, check_dtype: bool = False) -> tuple[list[dict], list[Any]]:
     """Leaf descriptors for a body, and the array frames that follow it.
 
     ``rows`` (a slice or index array) selects the rows of every leaf to send.
-    Array frames are C-contiguous numpy arrays, sendable zero-copy.
+    Array frames are C-contiguous numpy arrays, sendable zero-copy. Each value of
+    a value leaf (ValueRows) is checked against its space, its dtypes too with
+    ``check_dtype`` (observations; protocol 3.8.1): TypeError or ValueError if one does not fit.
     """
     descriptors: list[dict] = []
     frames: list[Any] = []
     for leaf in leaves:
+        if isinstance(leaf, ValueRows):  # Graph, Sequence, OneOf: values in the body, their arrays as frames
+            picked = leaf if rows is None else _pick(leaf, rows)
+            descriptors.append({"values": [encode_value(leaf.space, value, frames, check_dtype) for value in picked]})
+            continue
         if isinstance(leaf, tuple):  # Text leaf
             picked = leaf if rows is None else _pick(leaf, rows)
             descriptors.append({"text": list(picked)})
@@ -190,7 +197,9 @@ def decode_leaves(
     When ``leaf_spaces`` is given, each leaf is checked against its space: kind,
     dtype (unless ``check_dtype`` is False), row count and row shape. A leaf the
     sender wrote into shared memory (``in_place``: the leaves offered to it,
-    rlay/shm.py) is checked the same way and comes back as ``IN_PLACE``.
+    rlay/shm.py) is checked the same way and comes back as ``IN_PLACE``. A value
+    leaf comes back as a tuple of values (copies), each checked against its
+    space as :func:`rlay.spaces.decode_value` checks; it needs ``leaf_spaces``.
     """
     if not isinstance(descriptors, list):
         raise WireError("leaf descriptors must be a list")
@@ -212,6 +221,11 @@ def decode_leaves(
                 raise WireError(f"leaf {n}: expected {num_rows} strings, got {len(texts)}")
             leaves.append(tuple(texts))
             continue
+        if "values" in desc:
+            leaves.append(_decode_values(n, desc["values"], frame_iter, space, num_rows, check_dtype))
+            continue
+        if space is not None and is_value_space(space):
+            raise WireError(f"leaf {n}: got an array for {space}, whose values travel in the body (protocol 3.8.1)")
         if desc.get("shm") is True:  # written into the receiver's shared memory: no frames
             leaves.append(_check_in_place(n, desc, space, num_rows, in_place))
             continue
@@ -235,6 +249,21 @@ def decode_leaves(
     if next(frame_iter, None) is not None:
         raise WireError("more array frames than leaf descriptors")
     return leaves
+
+
+def _decode_values(n: int, values: Any, frame_iter, space, num_rows: int | None, check_dtype: bool) -> tuple:
+    if not isinstance(values, list):
+        raise WireError(f"leaf {n}: a value leaf's values must be a list")
+    if space is None or not is_value_space(space):
+        raise WireError(
+            f"leaf {n}: got values for {space}" if space is not None else f"leaf {n}: a value leaf needs its space"
+        )
+    if num_rows is not None and len(values) != num_rows:
+        raise WireError(f"leaf {n}: expected {num_rows} values, got {len(values)}")
+    try:
+        return tuple(decode_value(space, value, frame_iter, check_dtype) for value in values)
+    except WireError as exc:
+        raise WireError(f"leaf {n}: {exc}") from None
 
 
 IN_PLACE = "in place"  # a leaf whose rows are already where the receiver keeps them (shared memory)

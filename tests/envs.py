@@ -401,3 +401,314 @@ class SpacesEnv(gym.Env):
                 else np.array([self.move[0] * 2, -self.move[1]], np.float32)
             ),
         }
+
+
+def sampled_spaces(kind: str) -> tuple[spaces.Space, spaces.Space]:
+    """The (observation, action) spaces of SampledSpacesEnv(kind): Graph, Sequence and OneOf alone,
+    holding Dict and Tuple, and nested in Dict and Tuple."""
+    box = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    if kind == "graph":
+        return (
+            spaces.Graph(node_space=spaces.Box(-10, 10, (3,), np.float32), edge_space=spaces.Discrete(4)),
+            spaces.Graph(node_space=spaces.Discrete(5), edge_space=None),
+        )
+    if kind == "graph_nested":  # Dict and Tuple node and edge spaces
+        return (
+            spaces.Graph(
+                node_space=spaces.Dict({"kind": spaces.Discrete(3), "pos": box}),
+                edge_space=spaces.Tuple((spaces.Box(0, 5, (), np.int32), spaces.Text(3, charset="ab"))),
+            ),
+            spaces.Graph(
+                node_space=spaces.Tuple((spaces.MultiBinary(2), spaces.Discrete(2))),
+                edge_space=spaces.Dict({"w": box}),
+            ),
+        )
+    if kind == "sequence":
+        return (
+            spaces.Sequence(spaces.Tuple((spaces.Discrete(3), box))),
+            spaces.Sequence(spaces.Dict({"a": spaces.Discrete(2), "b": spaces.MultiDiscrete([2, 3])}), stack=True),
+        )
+    if kind == "sequence_stack":
+        return (
+            spaces.Sequence(
+                spaces.Dict({"g": spaces.Graph(box, None), "x": spaces.Box(0, 9, (2,), np.int16)}), stack=True
+            ),
+            spaces.Sequence(spaces.Graph(spaces.Discrete(3), spaces.Discrete(2))),
+        )
+    if kind == "oneof":
+        return (
+            spaces.OneOf(
+                (
+                    spaces.Discrete(4),
+                    box,
+                    spaces.Dict({"s": spaces.Sequence(spaces.Discrete(2))}),
+                    spaces.Text(4, charset="xyz"),
+                )
+            ),
+            spaces.OneOf((spaces.Discrete(3), spaces.Tuple((box, spaces.Discrete(2))))),
+        )
+    if kind == "nested":
+        return (
+            spaces.Dict(
+                {
+                    "a": spaces.Box(-5, 5, (2,), np.float64),
+                    "g": spaces.Graph(spaces.Box(0, 1, (2,), np.float32), spaces.Box(-1, 1, (1,), np.float32)),
+                    "s": spaces.Sequence(spaces.Graph(spaces.Discrete(2), None), stack=True),
+                    "t": spaces.Tuple(
+                        (
+                            spaces.Sequence(spaces.Discrete(5), stack=True),
+                            spaces.OneOf((box, spaces.MultiBinary(3))),
+                            spaces.Discrete(2),
+                        )
+                    ),
+                }
+            ),
+            spaces.Tuple(
+                (
+                    spaces.Discrete(3),
+                    spaces.Dict(
+                        {
+                            "one": spaces.OneOf((spaces.Discrete(2), spaces.Text(2, charset="ab"))),
+                            "seq": spaces.Sequence(box),
+                        }
+                    ),
+                )
+            ),
+        )
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+SAMPLED_KINDS = ["graph", "graph_nested", "sequence", "sequence_stack", "oneof", "nested"]
+
+
+class SampledSpacesEnv(gym.Env):
+    """Graph, Sequence and OneOf spaces (``kind``: sampled_spaces), each observation sampled from the
+    space with the env's own np_random, so it varies with the seed: graphs of 10 nodes and 0 to 89
+    edges (none at all with 0), sequences of any length, every OneOf choice. Each step puts the action
+    it received into its info (in a tuple: gymnasium batches it as an object)."""
+
+    def __init__(self, kind: str = "graph"):
+        self.observation_space, self.action_space = sampled_spaces(kind)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {"t": 0}
+
+    def step(self, action):
+        self.t += 1
+        terminated = bool(self.np_random.random() < 0.2)
+        return self._obs(), float(self.t), terminated, self.t >= 6, {"t": self.t, "action": (action,)}
+
+    def _obs(self):
+        self.observation_space.seed(int(self.np_random.integers(2**31)))
+        return self.observation_space.sample()
+
+
+class VarSpacesEnv(gym.Env):
+    """Graph, Sequence and OneOf values of every shape the wire accepts, deterministic: the Python
+    twin of `rlay_example_command --env var-spaces` ("rlay/VarSpaces-v0",
+    workers/cpp/examples/var_spaces_env.hpp), which must agree with it bit for bit. Beside what a
+    space samples, it returns what gymnasium's spaces contain but do not sample: lists for Sequences
+    and OneOfs, Python ints and numpy integers, float64 nodes for a float32 node space, int64 or
+    int32 edge links, graphs of no nodes, graphs with an edge space but no edges, empty sequences.
+    Each step puts the action it received into its info, in a tuple. Integer arithmetic only; the
+    floats are exact (multiples of 1/8)."""
+
+    def __init__(self, index: int = 0):
+        self.index = index
+        f32, f64 = np.float32, np.float64
+        self.observation_space = spaces.Dict(
+            {
+                "graph": spaces.Graph(spaces.Box(-100, 100, (2,), f32), spaces.Discrete(3)),
+                "graph_plain": spaces.Graph(spaces.Discrete(4), None),
+                "graph_rich": spaces.Graph(
+                    spaces.Dict({"kind": spaces.Discrete(3), "pos": spaces.Box(-1, 1, (2,), f64)}),
+                    spaces.Tuple((spaces.Box(0, 10, (), np.int32), spaces.Text(3, min_length=0, charset="ab"))),
+                ),
+                "one": spaces.OneOf(
+                    (
+                        spaces.Discrete(4),
+                        spaces.Box(-1, 1, (2,), f32),
+                        spaces.Dict({"n": spaces.Discrete(2), "s": spaces.Sequence(spaces.Discrete(3))}),
+                    )
+                ),
+                "pair": spaces.Tuple(
+                    (
+                        spaces.Sequence(spaces.Discrete(9), stack=True),
+                        spaces.OneOf((spaces.Text(2, min_length=0, charset="xy"), spaces.MultiBinary(3))),
+                    )
+                ),
+                "seq": spaces.Sequence(spaces.Box(0, 255, (2,), np.uint8)),
+                "seq_graphs": spaces.Sequence(spaces.Graph(spaces.Box(-1, 1, (1,), f32), None), stack=True),
+                "seq_stack": spaces.Sequence(
+                    spaces.Dict({"id": spaces.Discrete(5), "v": spaces.Box(-1, 1, (3,), f32)}), stack=True
+                ),
+                "seq_tuple": spaces.Sequence(
+                    spaces.Tuple((spaces.Discrete(2), spaces.Text(3, min_length=0, charset="ab")))
+                ),
+                "t": spaces.Discrete(50),
+            }
+        )
+        self.action_space = spaces.Dict(
+            {
+                "graph": spaces.Graph(spaces.Box(-1, 1, (2,), f32), spaces.Discrete(2)),
+                "one": spaces.OneOf((spaces.Discrete(3), spaces.Box(-1, 1, (1,), f32))),
+                "seq": spaces.Sequence(spaces.Discrete(5)),
+                "stack": spaces.Sequence(spaces.Tuple((spaces.Discrete(2), spaces.Box(0, 1, (2,), f32))), stack=True),
+            }
+        )
+        self.s = self.t = self.score = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.s = seed % 1000
+        self.t = self.score = 0
+        return self._obs(), {"seed": self.s}
+
+    def step(self, action):
+        graph, (index, _), seq, stack = action["graph"], action["one"], action["seq"], action["stack"]
+        edges = 0 if graph.edges is None else len(graph.edges)
+        self.t += 1
+        self.score += len(graph.nodes) + 2 * edges + 3 * int(index) + len(seq) + sum(int(x) for x in seq)
+        self.score += 5 * len(stack[0])
+        terminated = self.t >= 2 and (self.score + self.index) % 3 == 0
+        info = {"t": self.t, "score": self.score, "action": (action,)}
+        return self._obs(), self.score / 4 + self.t, terminated, self.t >= 4, info
+
+    def _obs(self):
+        u = (self.s + 7 * self.index + 13 * self.t + 31 * self.score) % 65536
+        t, n, m = self.t, 1 + u % 4, u % 3
+        links = np.int64 if u % 2 == 0 else np.int32
+        graph = spaces.GraphInstance(
+            np.array([[j - u % 5, u % 7] for j in range(n)], np.float64 if t % 2 else np.float32),
+            np.array([(u + j) % 3 for j in range(m)], np.int64) if m else None,
+            np.array([[j % n, (j + 1) % n] for j in range(m)], links).reshape(m, 2) if m else None,
+        )
+        plain = spaces.GraphInstance(np.array([(u + j) % 4 for j in range(u % 3)], np.int64), None, None)
+        rich = spaces.GraphInstance(
+            {
+                "kind": np.array([(u + j) % 3 for j in range(n)], np.int64),
+                "pos": np.array([[j / 8, -(u % 8) / 8] for j in range(n)], np.float64).reshape(n, 2),
+            },
+            (np.array([(u + j) % 11 for j in range(m)], np.int32), tuple("ab"[(u + j) % 2] * j for j in range(m)))
+            if m
+            else None,
+            np.array([[0, j % n] for j in range(m)], np.int64).reshape(m, 2) if m else None,
+        )
+        if u % 3 == 0:
+            one = (0, u % 4)
+        elif u % 3 == 1:
+            one = (np.int64(1), np.array([(u % 8) / 8, -1.0], np.float32))
+        else:
+            one = [2, {"n": np.int64(u % 2), "s": tuple((u + j) % 3 for j in range(t % 3))}]
+        choice = (0, "xy"[u % 2] * (t % 3)) if u % 2 else (1, np.array([1, 0, u % 2], np.int8))
+        items = [np.array([(u + j) % 256, j], np.uint8) for j in range(u % 3)]
+        L = u % 3
+        return {
+            "graph": graph,
+            "graph_plain": plain,
+            "graph_rich": rich,
+            "one": one,
+            "pair": (np.array([(u + j) % 9 for j in range(t % 3)], np.int64), choice),
+            "seq": items if t % 2 else tuple(items),
+            "seq_graphs": tuple(
+                spaces.GraphInstance(np.array([[(u % 8) / 8 - j / 2]], np.float32), None, None)
+                for j in range(1 + t % 2)
+            ),
+            "seq_stack": {
+                "id": np.array([(u + j) % 5 for j in range(L)], np.int64),
+                "v": np.array([[j / 8, 0.5, -0.25] for j in range(L)], np.float32).reshape(L, 3),
+            },
+            "seq_tuple": tuple((j % 2, "ab"[u % 2] * j) for j in range(t % 3)),
+            "t": t,
+        }
+
+
+class SubclassSpaceEnv(gym.Env):
+    """An env whose observation space is not gymnasium's own (``kind``): rlay must refuse it."""
+
+    class WideBox(spaces.Box):
+        """A Box subclass: its meaning could be anything the subclass's code says."""
+
+    class Anything(spaces.Space):
+        """A custom Space."""
+
+        def contains(self, x):
+            return True
+
+        def __eq__(self, other):
+            return type(other) is type(self)
+
+    def __init__(self, kind: str = "box"):
+        inner = {
+            "box": lambda: self.WideBox(-1, 1, (2,), np.float32),
+            "custom": lambda: self.Anything(),
+            "nested": lambda: spaces.Dict(
+                {"ok": spaces.Discrete(2), "seq": spaces.Sequence(self.WideBox(0, 1, (1,), np.float32))}
+            ),
+        }[kind]()
+        self.observation_space = inner
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+class BadGraphEnv(gym.Env):
+    """A Graph observation; with ``bad``, its nodes are a list, not an array: it does not fit the space."""
+
+    def __init__(self, bad: bool = False):
+        self.bad = bad
+        self.observation_space = spaces.Graph(spaces.Box(-1, 1, (2,), np.float32), None)
+        self.action_space = spaces.Discrete(2)
+
+    def _obs(self):
+        nodes = [[0.0, 0.5]] if self.bad else np.array([[0.0, 0.5]], np.float32)
+        return spaces.GraphInstance(nodes, None, None)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return spaces.GraphInstance(np.zeros((1, 2), np.float32), None, None), {}
+
+    def step(self, action):
+        return self._obs(), 0.0, False, False, {}
+
+
+class ImageTextGraphEnv(gym.Env):
+    """A 64 KiB image (sent row by row, or written into shared memory) beside a Text and a Graph:
+    the path that splits each observation into its leaves, env by env."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {
+                "graph": spaces.Graph(spaces.Discrete(3), None),
+                "image": spaces.Box(0, 255, (128, 128, 4), np.uint8),
+                "label": spaces.Text(4, charset="ab"),
+            }
+        )
+        self.action_space = spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self):
+        r = self.np_random
+        return {
+            "graph": spaces.GraphInstance(r.integers(0, 3, int(r.integers(0, 4))), None, None),
+            "image": r.integers(0, 256, (128, 128, 4), dtype=np.uint8),
+            "label": "ab"[int(r.integers(0, 2))] * int(r.integers(1, 5)),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(action), bool(self.np_random.random() < 0.2), self.t >= 5, {}

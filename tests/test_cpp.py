@@ -85,15 +85,36 @@ def test_a_game_project_links_the_installed_sdk_with_find_package(cpp_build, tmp
         "#include <rlay/worker.hpp>\n#include <cstdio>\nint main() {\n"
         '  auto space = rlay::spaces::discrete(3);\n  (void)space;\n  std::puts("linked");\n  return 0;\n}\n'
     )
-    (game / "game.c").write_text(
-        "#include <rlay.h>\n#include <stdio.h>\nint main(void) {\n"
-        '  printf("protocol %d\\n", (int)rlay_protocol_version());\n  return 0;\n}\n'
-    )
+    (game / "game.c").write_text(GAME_C)
     run(["cmake", "-S", game, "-B", game / "build", f"-DCMAKE_PREFIX_PATH={prefix}"], 120)
     run(["cmake", "--build", game / "build", "-j", "2"], 300)
     env = {**os.environ, "LD_LIBRARY_PATH": str(prefix / "lib")}
     assert run([game / "build" / "game_cpp"], 10).stdout.strip() == "linked"
-    assert run([game / "build" / "game_c"], 10, env=env).stdout.strip() == "protocol 1"
+    assert run([game / "build" / "game_c"], 10, env=env).stdout.split() == ["protocol", "1", "value", "leaves", "ok"]
+
+
+# The C ABI's Graph, Sequence and OneOf (protocol 3.8.1): spaces, and a graph value (ext 5).
+GAME_C = r"""#include <rlay.h>
+#include <stdio.h>
+int main(void) {
+  printf("protocol %d\n", (int)rlay_protocol_version());
+  rlay_space *node = NULL, *edge = NULL, *graph = NULL, *seq = NULL, *one = NULL;
+  rlay_value *nodes = NULL, *g = NULL;
+  size_t shape[1] = {2}, n = 0;
+  const unsigned char bytes[2] = {1, 2};
+  int ok = rlay_space_discrete(4, 0, &node) == RLAY_OK && rlay_space_box(-1, 1, shape, 1, "<f4", &edge) == RLAY_OK
+        && rlay_space_graph(node, edge, &graph) == RLAY_OK && rlay_space_sequence(graph, 1, &seq) == RLAY_OK
+        && rlay_space_one_of(seq, &one) == RLAY_OK && rlay_space_one_of_append(one, node) == RLAY_OK
+        && rlay_space_one_of_append(graph, node) == RLAY_ERR_SPACE
+        && rlay_value_new_ndarray("|u1", shape, 1, bytes, 2, &nodes) == RLAY_OK
+        && rlay_value_new_graph(nodes, NULL, NULL, &g) == RLAY_OK && rlay_value_kind(g) == RLAY_GRAPH
+        && rlay_value_len(g, &n) == RLAY_OK && n == 3;
+  printf("value leaves %s\n", ok ? "ok" : rlay_last_error());
+  rlay_value_free(g); rlay_value_free(nodes);
+  rlay_space_free(one); rlay_space_free(seq); rlay_space_free(graph); rlay_space_free(edge); rlay_space_free(node);
+  return ok ? 0 : 1;
+}
+"""
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 120)
@@ -174,16 +195,14 @@ SPACES_ENVS = 3
 SPACES_STEPS = 30
 
 
-@pytest.mark.timeout(BUILD_TIMEOUT + 60)
-def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
-    """`rlay_example_command --env spaces` ("rlay/Spaces-v0": every space kind of protocol 4.1 and its
-    edge cases, its action echoed in its info) leased through a broker equals SyncVectorEnv over its
-    Python twin, tests.envs:SpacesEnv, in every autoreset mode: its spaces encode to the very maps
-    `encode_space` writes, its observations and infos arrive exactly, its actions are decoded exactly."""
+def assert_cpp_worker_equals_sync(cpp_build, env: str, env_id: str, python_env) -> None:
+    """`rlay_example_command --env ENV` leased through a broker equals SyncVectorEnv over its Python
+    twin (``python_env(index)``) in every autoreset mode: its spaces encode to the very maps
+    `encode_space` writes, its observations and infos arrive exactly, its actions are decoded exactly
+    (each env echoes its action in its info)."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
     from rlay.spaces import encode_space
-    from tests.envs import SpacesEnv
 
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     broker = Proc("broker", "--frontend", front, "--backend", back)
@@ -193,15 +212,15 @@ def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
         "--envs",
         str(SPACES_ENVS),
         "--env",
-        "spaces",
+        env,
         command=[str(cpp_build / "rlay_example_command")],
     )
     ends = {"terminated": 0, "truncated": 0}
     try:
         wait_for(lambda: len(broker_status(front)["workers"]) == 1, 30, "the C++ worker to register")
         for mode in AutoresetMode:
-            sync = SyncVectorEnv([functools.partial(SpacesEnv, i) for i in range(SPACES_ENVS)], autoreset_mode=mode)
-            envs = RlayVectorEnv.remote("rlay/Spaces-v0", SPACES_ENVS, broker=front, autoreset_mode=mode, timeout=10)
+            sync = SyncVectorEnv([functools.partial(python_env, i) for i in range(SPACES_ENVS)], autoreset_mode=mode)
+            envs = RlayVectorEnv.remote(env_id, SPACES_ENVS, broker=front, autoreset_mode=mode, timeout=10)
             try:
                 python = (sync.single_observation_space, sync.single_action_space)
                 assert_same(envs._lease.spaces, tuple(encode_space(s) for s in python), "leased spaces")
@@ -232,6 +251,24 @@ def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
         for proc, (code, _, err) in results:
             assert code == 0, f"{proc.args} exited with {code}:\n{err}"
     assert min(ends.values()) > 0, f"the runs must end episodes both ways to mean anything: {ends}"
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
+    """ "rlay/Spaces-v0": every array and Text space kind of protocol 4.1 and its edge cases, against
+    its Python twin, tests.envs:SpacesEnv."""
+    from tests.envs import SpacesEnv
+
+    assert_cpp_worker_equals_sync(cpp_build, "spaces", "rlay/Spaces-v0", SpacesEnv)
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_graph_sequence_and_oneof_cross_a_cpp_worker_exactly(cpp_build):
+    """ "rlay/VarSpaces-v0": Graph, Sequence and OneOf values (protocol 3.8.1) of every shape the wire
+    accepts, as observations and actions, against its Python twin, tests.envs:VarSpacesEnv."""
+    from tests.envs import VarSpacesEnv
+
+    assert_cpp_worker_equals_sync(cpp_build, "var-spaces", "rlay/VarSpaces-v0", VarSpacesEnv)
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 60)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import gymnasium as gym
 import msgpack
+import numpy as np
 import pytest
 import zmq
+from gymnasium.spaces import GraphInstance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlay import protocol as P
-from rlay.spaces import decode_space
+from rlay.spaces import decode_space, encode_value
 from rlay.values import WireError, packb, unpackb
 from rlay.wire import decode_body, decode_header, decode_leaves, header
 from tests.conftest import Proc, assert_remote_cartpole_equals_sync, broker_status, deployment, free_port, wait_for
@@ -230,3 +232,100 @@ def test_tuples_nested_too_deep_are_refused_and_the_worker_serves_on():
         assert obs.shape == (1, 4)
     finally:
         envs.close()
+
+
+# -- value leaves (Graph, Sequence, OneOf: protocol 3.8.1) -----------------------------------------
+
+VALUE_SPACES = [
+    gym.spaces.Graph(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(3)),
+    gym.spaces.Graph(
+        gym.spaces.Dict({"a": gym.spaces.Discrete(2), "b": gym.spaces.Box(0, 1, (1,), np.float64)}),
+        gym.spaces.Tuple((gym.spaces.Text(2, charset="ab"), gym.spaces.MultiBinary(2))),
+    ),
+    gym.spaces.Sequence(gym.spaces.Tuple((gym.spaces.Discrete(3), gym.spaces.Box(0, 1, (2,), np.float32)))),
+    gym.spaces.Sequence(
+        gym.spaces.Dict({"g": gym.spaces.Graph(gym.spaces.Discrete(2), None), "x": gym.spaces.MultiDiscrete([2, 3])}),
+        stack=True,
+    ),
+    gym.spaces.OneOf((gym.spaces.Discrete(2), gym.spaces.Sequence(gym.spaces.Discrete(4), stack=True))),
+]
+# What a hostile or buggy peer puts where an array reference or a value belongs.
+references = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["<f4", "<f8", "<i8", "|i1", "|u1", "<i4", "|O", "=f4", "<U1", "x"]),
+        "shape": st.lists(st.integers(-1, 4) | st.just(2**40), max_size=4) | st.none(),
+    }
+)
+junk = data | references | st.builds(GraphInstance, data, data, data) | st.tuples(data, data)
+
+
+def wire_nodes(value, path=()):
+    """Every node of a value's wire form, by path (indices into tuples, lists, graphs and dicts)."""
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from wire_nodes(item, (*path, key))
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            yield from wire_nodes(item, (*path, i))
+
+
+def replaced(value, path, new):
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: replaced(value[head], rest, new)}
+    items = [replaced(item, rest, new) if i == head else item for i, item in enumerate(value)]
+    return GraphInstance(*items) if type(value) is GraphInstance else type(value)(items)
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(st.sampled_from(range(len(VALUE_SPACES))), st.integers(0, 2**31), st.data())
+def test_a_mutated_value_leaf_is_decoded_or_refused_with_a_wire_error(which, seed, draw):
+    """Take valid values of a value leaf, change one node of their wire form and maybe the frames:
+    the receiver's decoder returns values or raises WireError, nothing else."""
+    space = VALUE_SPACES[which]
+    space.seed(seed)
+    values = [space.sample() for _ in range(2)]
+    frames: list = []
+    wires = [encode_value(space, v, frames) for v in values]
+    raw = [np.ascontiguousarray(f).tobytes() for f in frames]
+    nodes = list(wire_nodes(wires))
+    path = draw.draw(st.sampled_from(nodes))
+    wires = replaced(wires, path, draw.draw(junk))
+    action = draw.draw(st.sampled_from(["keep", "drop", "add", "cut", "swap"]))
+    if action == "drop" and raw:
+        raw.pop(draw.draw(st.integers(0, len(raw) - 1)))
+    elif action == "add":
+        raw.insert(draw.draw(st.integers(0, len(raw))), draw.draw(st.binary(max_size=16)))
+    elif action == "cut" and raw:
+        n = draw.draw(st.integers(0, len(raw) - 1))
+        raw[n] = raw[n][: draw.draw(st.integers(0, max(0, len(raw[n]) - 1)))]
+    elif action == "swap" and len(raw) > 1:
+        raw.reverse()
+    try:
+        descriptors = unpackb(packb([{"values": wires}]))
+    except WireError:
+        return  # (junk the value codec itself refuses to carry)
+    try:
+        decode_leaves(descriptors, raw, [space], 2, check_dtype=draw.draw(st.booleans()))
+    except WireError:
+        pass
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(
+    st.sampled_from(range(len(VALUE_SPACES))), st.lists(junk, max_size=3), st.lists(st.binary(max_size=48), max_size=4)
+)
+def test_a_value_leaf_of_any_values_is_decoded_or_refused_with_a_wire_error(which, values, raw):
+    try:
+        descriptors = unpackb(packb([{"values": values}]))
+    except WireError:
+        return
+    try:
+        decode_leaves(descriptors, raw, [VALUE_SPACES[which]], None)
+    except WireError:
+        pass

@@ -24,7 +24,7 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 from rlay import protocol as P
 from rlay.heartbeat import Heartbeat, new_identity
 from rlay.shm import SegmentCache
-from rlay.spaces import encode_space, flatten, leaf_spaces
+from rlay.spaces import encode_space, flatten, leaf_spaces, split
 from rlay.values import VersionError, WireError, packb
 from rlay.wire import (
     announced_limit,
@@ -104,6 +104,11 @@ class WorkerBase:
         self.env_id = env_id
         self.obs_space = observation_space
         self.act_space = action_space
+        # At once: a space that cannot cross the wire (a subclass, a custom Space) stops the worker here.
+        self.space_maps = (
+            encode_space(observation_space, "observation_space"),
+            encode_space(action_space, "action_space"),
+        )
         self.num_envs = num_envs
         self.rank = rank
         self.host = host or pysocket.gethostname()
@@ -146,8 +151,8 @@ class WorkerBase:
             host=self.host,
             pid=os.getpid(),
             rank=self.rank,
-            obs_space=encode_space(self.obs_space),
-            act_space=encode_space(self.act_space),
+            obs_space=self.space_maps[0],
+            act_space=self.space_maps[1],
             metadata=self.metadata,
             render_mode=self.render_mode,
             **launched_as(),
@@ -437,8 +442,8 @@ def _obs_leaves(
     if not any(big) and not placed:
         # concatenate() casts exactly as SyncVectorEnv's batching does.
         batch = concatenate(space, obs, create_empty_array(space, n=len(obs), fn=np.empty))
-        return (*encode_leaves(flatten(space, batch)), [])
-    per_env = [flatten(space, o) for o in obs]  # each observation's leaves, by reference
+        return (*encode_leaves(flatten(space, batch), check_dtype=True), [])
+    per_env = [split(space, o) for o in obs]  # each observation's leaves, by reference
     descriptors, frames, writes = [], [], []
     for n, (leaf_space, is_big) in enumerate(zip(leaf_spaces_, big)):
         items = [leaves[n] for leaves in per_env]
@@ -450,7 +455,7 @@ def _obs_leaves(
             desc, arrays = encode_rows(items, leaf_space)
         else:
             batch = concatenate(leaf_space, items, create_empty_array(leaf_space, n=len(items), fn=np.empty))
-            (desc,), arrays = encode_leaves(flatten(leaf_space, batch))
+            (desc,), arrays = encode_leaves(flatten(leaf_space, batch), check_dtype=True)
         descriptors.append(desc)
         frames.extend(arrays)
     return descriptors, frames, writes

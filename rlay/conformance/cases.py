@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 
 from rlay import protocol as P
-from rlay.values import EXT_BIGINT, EXT_NDARRAY, EXT_TUPLE, MAX_TUPLE_DEPTH, packb
+from rlay.values import EXT_BIGINT, EXT_GRAPH, EXT_NDARRAY, EXT_TUPLE, MAX_TUPLE_DEPTH, packb
 from rlay.wire import encode_leaves, header
 
 __all__ = ["Case", "malformed", "step_frames"]
@@ -136,6 +136,8 @@ def malformed(k: int, mode: str) -> list[Case]:
     )
     options("an empty ext 4 integer", msgpack.ExtType(EXT_BIGINT, b""))
     options("an ext 4 integer of 1025 bytes", msgpack.ExtType(EXT_BIGINT, b"\x01" * 1025))
+    options("an ext 5 graph of 2 items", msgpack.ExtType(EXT_GRAPH, _plain([1, None])))
+    options("an ext 5 graph that is not an array", msgpack.ExtType(EXT_GRAPH, _plain({"nodes": 1})))
     # Steps (5.10, 3.8).
     actions = np.zeros(k, np.int64)
     frame = actions.tobytes()
@@ -173,6 +175,14 @@ def malformed(k: int, mode: str) -> list[Case]:
         {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": [k], "rows": True}]},
         [np.zeros((), np.int64).tobytes()] * (k - 1),
     )
+    # Value leaves (3.8.1): the conformance env's action is a Discrete, an array leaf.
+    step("a value leaf for an array leaf", {"autoreset": "NextStep", "actions": [{"values": list(range(k))}]}, [])
+    step(
+        "a value leaf of array references for an array leaf",
+        {"autoreset": "NextStep", "actions": [{"values": [{"dtype": "<i8", "shape": []}] * k}]},
+        [np.zeros((), np.int64).tobytes()] * k,
+    )
+    step("a value leaf whose values are not a list", {"autoreset": "NextStep", "actions": [{"values": 0}]}, [])
     # call and set_attr (5.11, 5.12): a native or push worker may refuse every call (NotImplementedError).
     either = (BAD, ENV) if mode == P.COMMAND_MODE else (ENV,)
     for name, kind, body in (

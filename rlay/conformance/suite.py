@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gymnasium.spaces import GraphInstance
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 from rlay import protocol as P
@@ -382,10 +383,12 @@ class Suite:
         return [base[i % len(base)] for i in range(len(self.mirrors))]
 
     def _resets(self) -> str:
+        # A graph (ext 5) among the options: the env ignores it, but the worker must read it (3.3).
+        graph = GraphInstance(np.array([[1.5]], np.float32), np.zeros(1, np.int64), np.zeros((1, 2), np.int32))
         with self.lease() as (envs, sync):
             assert_same(
-                envs.reset(seed=self._seeds(), options={"start": 3}),
-                sync.reset(seed=self._seeds(), options={"start": 3}),
+                envs.reset(seed=self._seeds(), options={"start": 3, "graph": graph}),
+                sync.reset(seed=self._seeds(), options={"start": 3, "graph": graph}),
                 "reset(seed=[...])",
             )
             assert_same(envs.reset(seed=123), sync.reset(seed=123), "reset(seed=123)")

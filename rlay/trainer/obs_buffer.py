@@ -79,7 +79,7 @@ class ObsBuffer:
         for buffer, leaf in zip(self.leaves, leaves):
             if leaf is IN_PLACE:  # the worker wrote it into the buffer (shared memory)
                 continue
-            if isinstance(buffer, list) or isinstance(leaf, list):  # Text, or one frame per row
+            if isinstance(buffer, list) or isinstance(leaf, list):  # Text or value leaf, or one frame per row
                 for row, value in zip(rows, leaf):
                     buffer[row] = value
             else:
@@ -87,8 +87,12 @@ class ObsBuffer:
         return index
 
     def row(self, row: int) -> list[Any]:
-        """One env's leaves, each its own copy."""
-        return [b[row] if isinstance(b, list) else np.array(b[row]) for b in self.leaves]
+        """One env's leaves, each its own copy (a Text leaf's str is immutable; a value leaf's
+        value, a Graph, Sequence or OneOf, is copied whole)."""
+        return [
+            (b[row] if isinstance(b[row], str) else deepcopy(b[row])) if isinstance(b, list) else np.array(b[row])
+            for b in self.leaves
+        ]
 
     def set_row(self, row: int, leaves: list[Any]) -> None:
         for buffer, value in zip(self.leaves, leaves):

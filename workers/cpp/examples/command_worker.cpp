@@ -1,10 +1,12 @@
 // rlay_example_command: a command worker hosting N envs (docs/guides/worker.md).
 //
-//   rlay_example_command --broker tcp://127.0.0.1:5556 [--envs 4] [--env conformance|noop|spaces|frame:HxWxC] [--curve DIR]
+//   rlay_example_command --broker tcp://127.0.0.1:5556 [--envs 4] [--env conformance|noop|spaces|var-spaces|frame:HxWxC] [--curve DIR]
 //
 // conformance: the conformance env of Appendix B, "rlay/Conformance-v0".
 // spaces:      "rlay/Spaces-v0": every kind of space of 4.1 and its edge cases (spaces_env.hpp;
 //              its Python twin is tests/envs.py: SpacesEnv).
+// var-spaces:  "rlay/VarSpaces-v0": Graph, Sequence and OneOf, alone and nested (3.8.1;
+//              var_spaces_env.hpp; its Python twin is tests/envs.py: VarSpacesEnv).
 // noop:        "rlay/Noop-v0": Box(0, 255, (4,), uint8) zeros, Discrete(2), reward 0, never ends.
 // frame:HxWxC: "rlay/Frame-HxWxC-v0": Box(0, 255, (H, W, C), uint8) whose byte i is
 //              (steps since the last reset + env index + i) mod 256; Discrete(2), reward 0,
@@ -13,6 +15,7 @@
 #include "conformance_env.hpp"
 #include "example_args.hpp"
 #include "spaces_env.hpp"
+#include "var_spaces_env.hpp"
 
 #include <rlay/worker.hpp>
 
@@ -91,6 +94,11 @@ int main(int argc, char** argv) {
             cfg.observation_space = spaces_example::observation_space();
             cfg.action_space = spaces_example::action_space();
             for (int i = 0; i < count; ++i) envs.push_back(std::make_unique<spaces_example::env>(i));
+        } else if (kind == "var-spaces") {
+            cfg.env_id = var_spaces_example::env_id;
+            cfg.observation_space = var_spaces_example::observation_space();
+            cfg.action_space = var_spaces_example::action_space();
+            for (int i = 0; i < count; ++i) envs.push_back(std::make_unique<var_spaces_example::env>(i));
         } else if (kind.rfind("frame:", 0) == 0) {
             unsigned h = 0, w = 0, c = 0;
             if (std::sscanf(kind.c_str() + 6, "%ux%ux%u", &h, &w, &c) != 3 || !h || !w || !c) {
@@ -101,7 +109,7 @@ int main(int argc, char** argv) {
             cfg.action_space = rlay::spaces::discrete(2);
             for (int i = 0; i < count; ++i) envs.push_back(std::make_unique<frame_env>(rlay::ndarray::shape_type{h, w, c}, i));
         } else {
-            throw std::invalid_argument("unknown --env " + kind + " (conformance, noop, spaces or frame:HxWxC)");
+            throw std::invalid_argument("unknown --env " + kind + " (conformance, noop, spaces, var-spaces or frame:HxWxC)");
         }
         if (!args["curve"].empty()) cfg.curve = rlay::curve_keys::from_dir(args["curve"]);
 
@@ -113,7 +121,7 @@ int main(int argc, char** argv) {
         running = nullptr;
         return 0;
     } catch (const std::invalid_argument& e) {
-        std::fprintf(stderr, "%s\nusage: rlay_example_command --broker ADDR [--envs N] [--env conformance|noop|spaces|frame:HxWxC] [--curve DIR]\n", e.what());
+        std::fprintf(stderr, "%s\nusage: rlay_example_command --broker ADDR [--envs N] [--env conformance|noop|spaces|var-spaces|frame:HxWxC] [--curve DIR]\n", e.what());
         return 2;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "rlay_example_command: %s\n", e.what());

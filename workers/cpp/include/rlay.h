@@ -96,7 +96,8 @@ typedef struct rlay_value rlay_value;
 
 typedef enum rlay_kind {
     RLAY_NIL = 0, RLAY_BOOL, RLAY_INT, RLAY_BIG_INT, RLAY_FLOAT, RLAY_STR, RLAY_BIN,
-    RLAY_LIST, RLAY_MAP, RLAY_TUPLE, RLAY_NDARRAY, RLAY_SCALAR
+    RLAY_LIST, RLAY_MAP, RLAY_TUPLE, RLAY_NDARRAY, RLAY_SCALAR,
+    RLAY_GRAPH /* ext 5, gymnasium's GraphInstance: 3 items (nodes, edges, edge_links), read with rlay_value_item */
 } rlay_kind;
 
 /* Builders: each makes a new value owned by the caller (free with rlay_value_free). */
@@ -121,6 +122,9 @@ RLAY_API rlay_status rlay_value_new_scalar(const char* dtype, const void* data, 
 RLAY_API rlay_status rlay_value_new_list(rlay_value** out);
 RLAY_API rlay_status rlay_value_new_tuple(rlay_value** out);
 RLAY_API rlay_status rlay_value_new_map(rlay_value** out);
+/* A graph (ext 5, 3.8.1) of COPIES of `nodes`, `edges` and `edge_links`; `edges` and `edge_links`
+ * may both be NULL (nil) for a graph without edges. */
+RLAY_API rlay_status rlay_value_new_graph(const rlay_value* nodes, const rlay_value* edges, const rlay_value* edge_links, rlay_value** out);
 /* Append a COPY of `item` to a list or tuple. */
 RLAY_API rlay_status rlay_value_append(rlay_value* list_or_tuple, const rlay_value* item);
 /* Set str key `key` of a map to a COPY of `item` (replacing the value of an existing key). */
@@ -151,9 +155,9 @@ RLAY_API rlay_status rlay_value_get_big_int(const rlay_value* v, uint8_t* buf, s
  * NUL), and borrowed shape (`ndim` items) and C-order bytes. Any out pointer may be NULL. */
 RLAY_API rlay_status rlay_value_get_ndarray(const rlay_value* v, char dtype[8], size_t* ndim, const size_t** shape, const void** data,
                                             size_t* nbytes);
-/* Items of a list or tuple, entries of a map. */
+/* Items of a list, tuple or graph, entries of a map. */
 RLAY_API rlay_status rlay_value_len(const rlay_value* v, size_t* out);
-/* Item `i` of a list or tuple (borrowed). */
+/* Item `i` of a list, tuple or graph (borrowed). */
 RLAY_API rlay_status rlay_value_item(const rlay_value* v, size_t i, const rlay_value** item);
 /* The value of str key `key` in a map (borrowed); RLAY_ERR_NOT_FOUND if absent. */
 RLAY_API rlay_status rlay_value_find(const rlay_value* map, const char* key, const rlay_value** item);
@@ -183,6 +187,13 @@ RLAY_API rlay_status rlay_space_tuple(rlay_space** out);
 RLAY_API rlay_status rlay_space_tuple_append(rlay_space* tuple, const rlay_space* item);
 RLAY_API rlay_status rlay_space_dict(rlay_space** out);
 RLAY_API rlay_status rlay_space_dict_append(rlay_space* dict, const char* key, const rlay_space* item);
+/* Graph(node_space, edge_space) (3.8.1); edge_space NULL: a graph without edge features. Copies both. */
+RLAY_API rlay_status rlay_space_graph(const rlay_space* node_space, const rlay_space* edge_space, rlay_space** out);
+/* Sequence(feature_space, stack) (3.8.1); stack nonzero: gymnasium's stack=True. Copies the space. */
+RLAY_API rlay_status rlay_space_sequence(const rlay_space* feature_space, int stack, rlay_space** out);
+/* OneOf((first, ...)) (3.8.1); add the other choices with rlay_space_one_of_append. Copies the space. */
+RLAY_API rlay_status rlay_space_one_of(const rlay_space* first, rlay_space** out);
+RLAY_API rlay_status rlay_space_one_of_append(rlay_space* one_of, const rlay_space* choice);
 RLAY_API void rlay_space_free(rlay_space* space);
 
 /* ---- config (5.2, section 13) ------------------------------------------------------------ */

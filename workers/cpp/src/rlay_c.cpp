@@ -30,6 +30,7 @@ RLAY_SAME_KIND(RLAY_MAP, map);
 RLAY_SAME_KIND(RLAY_TUPLE, tuple);
 RLAY_SAME_KIND(RLAY_NDARRAY, ndarray);
 RLAY_SAME_KIND(RLAY_SCALAR, scalar);
+RLAY_SAME_KIND(RLAY_GRAPH, graph);
 #undef RLAY_SAME_KIND
 struct rlay_space {
     rlay::space s;
@@ -302,6 +303,13 @@ rlay_status rlay_value_new_list(rlay_value** out) { return guard([&] { put(out, 
 rlay_status rlay_value_new_tuple(rlay_value** out) { return guard([&] { put(out, make(rlay::value::tuple())); }); }
 rlay_status rlay_value_new_map(rlay_value** out) { return guard([&] { put(out, make(rlay::value::map())); }); }
 
+rlay_status rlay_value_new_graph(const rlay_value* nodes, const rlay_value* edges, const rlay_value* edge_links, rlay_value** out) {
+    return guard([&] {
+        rlay::value e = edges ? edges->v : rlay::value(), l = edge_links ? edge_links->v : rlay::value();
+        put(out, make(rlay::value::graph(need(nodes, "nodes").v, std::move(e), std::move(l))));
+    });
+}
+
 rlay_status rlay_value_append(rlay_value* list_or_tuple, const rlay_value* item) {
     return guard([&] {
         rlay::value& target = need(list_or_tuple, "list_or_tuple").v;
@@ -453,6 +461,32 @@ rlay_status rlay_space_dict_append(rlay_space* dict, const char* key, const rlay
         auto entries = d.entries();
         entries.emplace_back(need_text(key, "key"), need(item, "item").s);
         d = rlay::spaces::dict(std::move(entries));
+    });
+}
+
+rlay_status rlay_space_graph(const rlay_space* node_space, const rlay_space* edge_space, rlay_space** out) {
+    return guard([&] {
+        const rlay::space& node = need(node_space, "node_space").s;
+        put(out, new rlay_space{edge_space ? rlay::spaces::graph(node, edge_space->s) : rlay::spaces::graph(node)});
+    });
+}
+
+rlay_status rlay_space_sequence(const rlay_space* feature_space, int stack, rlay_space** out) {
+    return guard([&] { put(out, new rlay_space{rlay::spaces::sequence(need(feature_space, "feature_space").s, stack != 0)}); });
+}
+
+rlay_status rlay_space_one_of(const rlay_space* first, rlay_space** out) {
+    return guard([&] { put(out, new rlay_space{rlay::spaces::one_of({need(first, "first").s})}); });
+}
+
+rlay_status rlay_space_one_of_append(rlay_space* one_of, const rlay_space* choice) {
+    return guard([&] {
+        rlay::space& o = need(one_of, "one_of").s;
+        if (o.type() != rlay::space::kind::one_of) throw rlay::error(rlay::errc::invalid_space, "one_of_append needs a OneOf space");
+        std::vector<rlay::space> choices;
+        for (const auto& e : o.entries()) choices.push_back(e.second);
+        choices.push_back(need(choice, "choice").s);
+        o = rlay::spaces::one_of(std::move(choices));
     });
 }
 

@@ -1,6 +1,7 @@
 // rlay_sdk_tests: the codec against the byte examples of docs/protocol.md (3.2, 3.4, 4.1,
 // 4.3, 5.14, 15) and the refusals of 3.7; the header checks of 3.2; dtypes (3.5); leaves in
-// both forms (3.8); autoreset plans (6.2, 10.2). No broker needed: `ctest` runs it.
+// both forms (3.8) and value leaves (3.8.1); autoreset plans (6.2, 10.2). No broker needed:
+// `ctest` runs it.
 #include <rlay/worker.hpp>
 
 #include <chrono>
@@ -862,6 +863,190 @@ void push_flood() {
 
 }  // namespace
 
+/// Graph, Sequence and OneOf (3.8.1): ext 5, their space maps, value leaves both ways, refusals.
+void value_leaves() {
+    using namespace rlay::spaces;
+    using rlay::ndarray;
+    // ext 5 (3.4): GraphInstance(nodes=uint8[[7]], edges=None, edge_links=None)
+    const std::string graph_bytes = "c7 11 05 93 c7 0b 01 93 a3 7c 75 31 92 01 01 c4 01 07 c0 c0";
+    CHECK(round_trip(graph_bytes));
+    value g = decode_hex(graph_bytes);
+    CHECK(g.is_graph() && g.size() == 3 && g[0].as_ndarray().shape() == ndarray::shape_type({1, 1}) && g[1].is_nil());
+    CHECK(refused("d6 05 92 01 02"));  // a graph of 2 items
+    CHECK(refused("d4 05 01"));        // a payload that is not an array
+    bool header_refuses = false;
+    try {
+        mp::encode_plain(value::map({{"g", g}}));
+    } catch (const rlay::error&) {
+        header_refuses = true;
+    }
+    CHECK(header_refuses);
+
+    // space maps: byte-identical to rlay.spaces.encode_space (4.1)
+    CHECK(hex(mp::encode_plain(graph(box(-1, 1, {2}, rlay::dtype::float32()), discrete(3)).encode())) ==
+          "83a474797065a54772617068aa6e6f64655f737061636585a474797065a3426f78a56474797065a33c6634a573686170659102a36c6f7783a56474797065a33c66"
+          "34a573686170659102a464617461c408000080bf000080bfa46869676883a56474797065a33c6634a573686170659102a464617461c4080000803f0000803faa65"
+          "6467655f737061636584a474797065a84469736372657465a16e03a5737461727400a56474797065a33c6938");
+    CHECK(hex(mp::encode_plain(graph(discrete(4)).encode())) ==
+          "83a474797065a54772617068aa6e6f64655f737061636584a474797065a84469736372657465a16e04a5737461727400a56474797065a33c6938aa656467655f7370"
+          "616365c0");
+    CHECK(hex(mp::encode_plain(sequence(discrete(3), true).encode())) ==
+          "83a474797065a853657175656e6365ad666561747572655f737061636584a474797065a84469736372657465a16e03a5737461727400a56474797065a33c6938a573"
+          "7461636bc3");
+    CHECK(hex(mp::encode_plain(one_of({discrete(2), text(2, 0, "ab")}).encode())) ==
+          "82a474797065a54f6e654f66a67370616365739284a474797065a84469736372657465a16e02a5737461727400a56474797065a33c693884a474797065a4546578"
+          "74aa6d696e5f6c656e67746800aa6d61785f6c656e67746802a763686172736574a26162");
+    CHECK(graph(discrete(4)).repr() == "Graph(Discrete(4), None)" && sequence(discrete(3)).repr() == "Sequence(Discrete(3), stack=False)");
+
+    // the worked example of 4.3: a Dict of a Graph (a value leaf) and a Discrete, 2 envs
+    rlay::space obs = dict({{"g", graph(box(-1, 1, {2}, rlay::dtype::float32()), discrete(3))}, {"t", discrete(5)}});
+    auto leaves = obs.leaves();
+    CHECK(leaves.size() == 2 && leaves[0].values && !leaves[1].values);
+    value env0 = value::map({{"g", value::graph(value::array<float>({2, 2}, {0.5f, -1.0f, 0.0f, 0.25f}), value::array<std::int64_t>({1}, {2}),
+                                                value::array<std::int32_t>({1, 2}, {0, 1}))},
+                             {"t", 3}});
+    value env1 = value::map({{"g", value::graph(value::array<float>({1, 2}, {1.0f, 1.0f}), value(), value())}, {"t", 0}});
+    auto enc = rlay::detail::encode_observations(
+        leaves, {rlay::detail::check_observation(obs, leaves, env0), rlay::detail::check_observation(obs, leaves, env1)}, nullptr);
+    CHECK(same(mp::encode(enc.descriptors[0]),
+               "81 a6 76 61 6c 75 65 73 92 c7 3c 05 93 82 a5 64 74 79 70 65 a3 3c 66 34 a5 73 68 61 70 65 92 02 02"
+               "82 a5 64 74 79 70 65 a3 3c 69 38 a5 73 68 61 70 65 91 01 82 a5 64 74 79 70 65 a3 3c 69 34 a5 73 68 61 70 65 92 01 02"
+               "c7 17 05 93 82 a5 64 74 79 70 65 a3 3c 66 34 a5 73 68 61 70 65 92 01 02 c0 c0"));
+    CHECK(enc.frames.size() == 5);
+    if (enc.frames.size() == 5) {
+        auto bytes = [&](std::size_t i) { return std::string_view(static_cast<const char*>(enc.frames[i].data()), enc.frames[i].size()); };
+        CHECK(same(bytes(0), "00 00 00 3f 00 00 80 bf 00 00 00 00 00 00 80 3e") && same(bytes(1), "02 00 00 00 00 00 00 00"));
+        CHECK(same(bytes(2), "00 00 00 00 01 00 00 00") && same(bytes(3), "00 00 80 3f 00 00 80 3f"));
+        CHECK(same(bytes(4), "03 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"));
+    }
+    // an observation that does not fit: an env_error naming where (5.10)
+    auto misfit = [&](const value& o, const char* type, const std::string& what) {
+        try {
+            rlay::detail::check_observation(obs, leaves, o);
+        } catch (const rlay::env_error& e) {
+            if (e.type() == type && std::string(e.what()) == what) return true;
+            std::fprintf(stderr, "  %s: %s\n", e.type().c_str(), e.what());
+        }
+        return false;
+    };
+    CHECK(misfit(value::map({{"g", value::graph(value::list({1, 2}), value(), value())}, {"t", 0}}), "TypeError",
+                 "value.nodes: expected a numpy array, got list"));
+    CHECK(misfit(value::map({{"g", value::graph(value::array<double>({1, 3}, {0, 0, 0}), value(), value())}, {"t", 0}}), "ValueError",
+                 "value.nodes: an array of shape (1, 3) does not fit Box(-1.0, 1.0, (2,), float32) (expected (1, 2))"));
+    CHECK(misfit(value::map({{"g", value::tuple({value::array<float>({1, 2}, {0, 0}), value(), value()})}, {"t", 0}}), "TypeError",
+                 "value: a value of Graph(Box(-1.0, 1.0, (2,), float32), Discrete(3)) must be a GraphInstance, got tuple"));
+    CHECK(misfit(value::map({{"g", value::graph(value::array<std::int64_t>({1, 2}, {0, 0}), value::array<std::int64_t>({1}, {0}), value())}, {"t", 0}}),
+                 "ValueError", "value: edges and edge_links must both be None, or neither"));
+
+    // actions: a value leaf decodes to the very values, in any dtype; refusals are bad_message (3.8.1)
+    rlay::space act = dict({{"g", graph(discrete(4), box(0, 1, {1}, rlay::dtype::float32()))},
+                            {"o", one_of({discrete(2), sequence(dict({{"a", discrete(3)}, {"b", text(2, 0, "xy")}}), true)})}});
+    auto act_leaves = act.leaves();
+    auto message_of = [](std::vector<std::string> frames) {
+        rlay::detail::message m;
+        m.emplace_back();
+        m.emplace_back();
+        for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
+        return m;
+    };
+    auto ref = [](const char* dtype, std::vector<std::size_t> shape) {
+        value s = value::list();
+        for (std::size_t d : shape) s.push_back(d);
+        return value::map({{"dtype", dtype}, {"shape", s}});
+    };
+    std::int64_t nodes[3] = {3, 0, 1};
+    double weights[2] = {0.5, 0.25};
+    std::int32_t links[4] = {0, 1, 2, 2};
+    std::int64_t as[2] = {2, 1};
+    std::string node_bytes(reinterpret_cast<const char*>(nodes), 24), weight_bytes(reinterpret_cast<const char*>(weights), 16),
+        link_bytes(reinterpret_cast<const char*>(links), 16), a_bytes(reinterpret_cast<const char*>(as), 16);
+    value graph_wire = value::graph(ref("<i8", {3}), ref("<f8", {2, 1}), ref("<i4", {2, 2}));
+    value one_wire = value::list({value::scalar<std::int64_t>(1), value::map({{"b", value::tuple({"x", ""})}, {"a", ref("<i8", {2})}})});
+    auto descriptors = [&](value g0, value o0) {
+        return value::list({value::map({{"values", value::list({g0})}}), value::map({{"values", value::list({o0})}})});
+    };
+    value good = descriptors(graph_wire, one_wire);
+    auto actions = rlay::detail::decode_actions(&good, message_of({node_bytes, weight_bytes, link_bytes, a_bytes}), 2, act, act_leaves, 1);
+    CHECK(actions.size() == 1);
+    if (actions.size() == 1) {
+        const value& ga = actions[0].at("g");
+        CHECK(ga.is_graph() && ga[0].as_ndarray().dtype() == rlay::dtype::int64() && ga[1].as_ndarray().dtype() == rlay::dtype::float64());
+        CHECK(ga[2].as_ndarray().shape() == ndarray::shape_type({2, 2}) && ga[2].as_ndarray().item<int>(3) == 2);
+        const value& oa = actions[0].at("o");
+        CHECK(oa.is_list() && oa[0].is_scalar() && oa[1].as_map()[0].first.as_str() == "b" && oa[1].at("b").is_tuple());
+        CHECK(oa[1].at("a").as_ndarray().item<std::int64_t>(0) == 2);
+    }
+    auto refused_values = [&](const value& desc, std::vector<std::string> frames, std::size_t k = 1) {
+        try {
+            rlay::detail::decode_actions(&desc, message_of(frames), 2, act, act_leaves, k);
+        } catch (const rlay::error& e) {
+            return e.code() == rlay::errc::bad_message;
+        }
+        return false;
+    };
+    std::vector<std::string> all{node_bytes, weight_bytes, link_bytes, a_bytes};
+    CHECK(!refused_values(good, all));
+    CHECK(refused_values(good, {node_bytes, weight_bytes, link_bytes}));                              // a frame is missing
+    CHECK(refused_values(good, {node_bytes, weight_bytes, link_bytes, a_bytes, "x"}));                // one too many
+    CHECK(refused_values(good, {node_bytes.substr(1), weight_bytes, link_bytes, a_bytes}));           // a frame a byte short
+    CHECK(refused_values(good, all, 2));                                                              // 1 value for 2 envs
+    CHECK(refused_values(value::list({value::map({{"values", 3}}), good[1]}), all));                  // values not a list
+    CHECK(refused_values(value::list({ref("<i8", {1}), good[1]}), all));                              // an array for a value leaf
+    CHECK(refused_values(value::list({value::map({{"text", value::list({"a"})}}), good[1]}), all));   // text for a value leaf
+    CHECK(refused_values(descriptors(value::graph(ref("<i8", {3}), ref("<f8", {2, 1}), value()), one_wire), all));  // links missing
+    CHECK(refused_values(descriptors(value::graph(ref("<i8", {3}), ref("<f8", {2, 1}), ref("<f4", {2, 2})), one_wire), all));  // float links
+    CHECK(refused_values(descriptors(value::graph(ref("<i8", {3}), ref("<f8", {3, 1}), ref("<i4", {2, 2})), one_wire),
+                         {node_bytes, weight_bytes + std::string(8, '\0'), link_bytes, a_bytes}));   // 3 edges, 2 links
+    CHECK(refused_values(descriptors(value::graph(ref("|u1", {std::size_t(1) << 40}), value(), value()), one_wire), all));  // a huge claim
+    CHECK(refused_values(descriptors(value::graph(3, value(), value()), one_wire), all));             // not a reference
+    CHECK(refused_values(descriptors(value::tuple({ref("<i8", {3}), value(), value()}), one_wire), all));  // a tuple, not a graph
+    CHECK(refused_values(descriptors(graph_wire, value::list({2, 0})), {node_bytes, weight_bytes, link_bytes}));  // index out of range
+    CHECK(refused_values(descriptors(graph_wire, value::list({true, 0})), {node_bytes, weight_bytes, link_bytes}));  // a bool index
+    CHECK(refused_values(descriptors(graph_wire, value::list({1, value::map({{"a", ref("<i8", {2})}})})), all));  // a key missing
+    CHECK(refused_values(descriptors(graph_wire, value::list({1, value::map({{"a", ref("<i8", {2})}, {"b", value::tuple({"x"})}})})),
+                         all));  // batches of 2 and 1
+    CHECK(refused_values(value::list({good[0], value::map({{"values", value::list({value::tuple({0, 1, 2})})}})}),
+                         {node_bytes, weight_bytes, link_bytes}));  // a OneOf of 3 items
+    // the worker does not check action dtypes (3.6): int8 node features for a Discrete pass
+    value small = descriptors(value::graph(ref("|i1", {3}), value(), value()), value::tuple({0, 1}));
+    CHECK(!refused_values(small, {std::string("\x01\x02\x03", 3)}));
+
+    // a mutation fuzz pass: any change to the descriptors' bytes or the frames decodes or is refused
+    // with rlay::error, nothing else
+    const std::string good_bytes = mp::encode(good);
+    std::uint64_t state = 777;
+    auto next = [&] {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        return static_cast<unsigned>(state >> 33);
+    };
+    int decoded = 0, refused_count = 0, other = 0;
+    for (int round = 0; round < 20000; ++round) {
+        std::string m = good_bytes;
+        for (int e = 0, edits = 1 + next() % 3; e < edits && !m.empty(); ++e) {
+            std::size_t at = next() % m.size();
+            switch (next() % 3) {
+                case 0: m[at] = static_cast<char>(next()); break;
+                case 1: m.erase(at, 1 + next() % 3); break;
+                default: m[at] = static_cast<char>(m[at] ^ (1u << (next() % 8))); break;
+            }
+        }
+        std::vector<std::string> frames = all;
+        if (next() % 4 == 0) frames.erase(frames.begin() + next() % frames.size());
+        if (next() % 4 == 0) frames[next() % frames.size()].resize(next() % 32);
+        try {
+            value desc = mp::decode(m);
+            rlay::detail::decode_actions(&desc, message_of(frames), 2, act, act_leaves, 1);
+            ++decoded;
+        } catch (const rlay::error&) {
+            ++refused_count;
+        } catch (...) {
+            ++other;
+        }
+    }
+    CHECK(other == 0);
+    CHECK(decoded > 0 && refused_count > 0);
+}
+
 int main() {
     header_examples();
     header_refusals();
@@ -869,6 +1054,7 @@ int main() {
     refusals();
     dtypes();
     spaces_and_leaves();
+    value_leaves();
     plans();
     seeds();
     fuzz();

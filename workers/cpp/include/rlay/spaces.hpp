@@ -5,6 +5,9 @@
 //                           {"t",   discrete(9)},
 //                           {"vel", box(-4.0, 4.0, {2}, rlay::dtype::float32())}});
 //   rlay::space act = discrete(3);
+//   rlay::space net = graph(box(-1, 1, {2}), discrete(3));          // a value leaf (3.8.1)
+//   rlay::space seq = sequence(dict({{"id", discrete(5)}}), true);  // stacked
+//   rlay::space any = one_of({discrete(2), text(4)});
 //
 // A space encodes to exactly the map the Python reference writes (`rlay.spaces.encode_space`),
 // byte for byte, because the broker compares the space maps of all workers of one env id
@@ -35,18 +38,23 @@ struct leaf_info;
 
 class space {
 public:
-    enum class kind { box, discrete, multi_discrete, multi_binary, text, tuple, dict };
+    enum class kind { box, discrete, multi_discrete, multi_binary, text, tuple, dict, graph, sequence, one_of };
     using entry = std::pair<std::string, space>;
 
     /// A placeholder (an empty float64 Box); assign a space built by rlay::spaces.
     space() = default;
 
     kind type() const noexcept { return kind_; }
-    /// Box, Discrete, MultiDiscrete, MultiBinary and Text are leaves; Tuple and Dict are not.
+    /// Box, Discrete, MultiDiscrete, MultiBinary, Text, Graph, Sequence and OneOf are leaves;
+    /// Tuple and Dict are not.
     bool is_leaf() const noexcept { return kind_ != kind::tuple && kind_ != kind::dict; }
+    /// Graph, Sequence and OneOf: value leaves, whose values vary in size (3.8.1).
+    bool is_value_leaf() const noexcept { return kind_ == kind::graph || kind_ == kind::sequence || kind_ == kind::one_of; }
+    /// Box, Discrete, MultiDiscrete and MultiBinary: the spaces with a dtype and a shape.
+    bool is_array() const noexcept { return is_leaf() && kind_ != kind::text && !is_value_leaf(); }
     /// The dtype of an array leaf (MultiBinary: int8).
     const rlay::dtype& dtype() const {
-        if (!is_leaf() || kind_ == kind::text) throw error(errc::invalid_space, repr() + " has no dtype");
+        if (!is_array()) throw error(errc::invalid_space, repr() + " has no dtype");
         return dtype_;
     }
     /// The shape of one env's row of an array leaf (Discrete: []).
@@ -66,8 +74,19 @@ public:
     std::int64_t min_length() const noexcept { return n_; }     // Text
     std::int64_t max_length() const noexcept { return start_; } // Text
     const std::string& charset() const noexcept { return charset_; }  // Text (UTF-8, in order)
-    /// Tuple entries ("" keys) or Dict entries, in order.
+    /// Tuple entries ("" keys), Dict entries or OneOf choices ("" keys), in order.
     const std::vector<entry>& entries() const noexcept { return entries_; }
+    /// Graph: the space of one node's features.
+    const space& node_space() const { return part(kind::graph, 0); }
+    /// Graph: the space of one edge's features, or nullptr for a graph without edges.
+    const space* edge_space() const {
+        part(kind::graph, 0);  // (throws for another kind of space)
+        return entries_.size() > 1 ? &entries_[1].second : nullptr;
+    }
+    /// Sequence: the space of one item.
+    const space& feature_space() const { return part(kind::sequence, 0); }
+    /// Sequence: whether its values are stacked (gymnasium's stack=True).
+    bool stack() const noexcept { return stack_; }
 
     /// The space map of 4.1 (plain msgpack), as `rlay.spaces.encode_space` writes it.
     value encode() const {
@@ -94,6 +113,16 @@ public:
                 for (const entry& e : entries_) list.push_back(value::list({e.first, e.second.encode()}));
                 return value::map({{"type", "Dict"}, {"spaces", std::move(list)}});
             }
+            case kind::graph:
+                return value::map({{"type", "Graph"}, {"node_space", entries_[0].second.encode()},
+                                   {"edge_space", entries_.size() > 1 ? entries_[1].second.encode() : value()}});
+            case kind::sequence:
+                return value::map({{"type", "Sequence"}, {"feature_space", entries_[0].second.encode()}, {"stack", stack_}});
+            case kind::one_of: {
+                value list = value::list();
+                for (const entry& e : entries_) list.push_back(e.second.encode());
+                return value::map({{"type", "OneOf"}, {"spaces", std::move(list)}});
+            }
         }
         return value();
     }
@@ -117,8 +146,12 @@ public:
                 return "MultiBinary(" + (n_is_list_ ? ndarray::shape_text(shape_) : std::to_string(shape_[0])) + ")";
             case kind::text:
                 return "Text(" + std::to_string(n_) + ", " + std::to_string(start_) + ", charset=" + charset_ + ")";
-            case kind::tuple: case kind::dict: {
-                std::string s = kind_ == kind::tuple ? "Tuple(" : "Dict(";
+            case kind::graph:
+                return "Graph(" + entries_[0].second.repr() + ", " + (entries_.size() > 1 ? entries_[1].second.repr() : "None") + ")";
+            case kind::sequence:
+                return "Sequence(" + entries_[0].second.repr() + ", stack=" + (stack_ ? "True" : "False") + ")";
+            case kind::tuple: case kind::dict: case kind::one_of: {
+                std::string s = kind_ == kind::tuple ? "Tuple(" : kind_ == kind::dict ? "Dict(" : "OneOf(";
                 for (std::size_t i = 0; i < entries_.size(); ++i) {
                     if (i) s += ", ";
                     if (kind_ == kind::dict) s += "'" + entries_[i].first + "': ";
@@ -138,6 +171,11 @@ public:
 
 private:
     friend struct space_builder;
+
+    const space& part(kind k, std::size_t i) const {
+        if (kind_ != k || entries_.size() <= i) throw error(errc::invalid_space, repr() + " has no such part");
+        return entries_[i].second;
+    }
 
     static value shape_value(const ndarray::shape_type& shape) {
         value list = value::list();
@@ -176,13 +214,15 @@ private:
     std::int64_t n_ = 0;      // Discrete n; Text min_length
     std::int64_t start_ = 0;  // Discrete start; Text max_length
     bool n_is_list_ = false;  // MultiBinary given as a shape
+    bool stack_ = false;      // Sequence
     std::string charset_;
-    std::vector<entry> entries_;
+    std::vector<entry> entries_;  // Tuple, Dict, OneOf: the entries; Graph: node (and edge) space; Sequence: the item space
 };
 
 struct leaf_info {
     rlay::space space;             // the leaf space itself
     bool text = false;             // a Text leaf: k strings in the body, no frame
+    bool values = false;           // a value leaf (Graph, Sequence, OneOf: 3.8.1): k values in the body
     rlay::dtype dtype;             // array leaves: the rows' dtype
     ndarray::shape_type row_shape; // array leaves: shape[1:] of the descriptor
     std::size_t row_bytes = 0;     // array leaves: itemsize * product(row_shape)
@@ -201,7 +241,8 @@ inline std::vector<leaf_info> space::leaves() const {
         leaf_info leaf;
         leaf.space = *s;
         leaf.text = s->kind_ == kind::text;
-        if (!leaf.text) {
+        leaf.values = s->is_value_leaf();
+        if (s->is_array()) {
             leaf.dtype = s->dtype_;
             leaf.row_shape = s->shape_;
             leaf.row_bytes = s->row_bytes();
@@ -257,6 +298,10 @@ struct space_builder {
     }
     static space& set_entries(space& s, std::vector<space::entry> entries) {
         s.entries_ = std::move(entries);
+        return s;
+    }
+    static space& set_stack(space& s, bool stack) {
+        s.stack_ = stack;
         return s;
     }
 };
@@ -385,6 +430,37 @@ inline space dict(std::vector<space::entry> entries) {
         }
     }
     space s = space_builder::make(space::kind::dict);
+    return space_builder::set_entries(s, std::move(entries));
+}
+
+/// Graph(node_space, edge_space): a graph of any number of nodes, each with a value of
+/// node_space, and edges, each with a value of edge_space and two node indices. Any space
+/// (gymnasium 1.4; 1.1 to 1.3 take only Box and Discrete). A value: rlay::value::graph.
+inline space graph(space node_space, space edge_space) {
+    space s = space_builder::make(space::kind::graph);
+    return space_builder::set_entries(s, {{"node_space", std::move(node_space)}, {"edge_space", std::move(edge_space)}});
+}
+
+/// Graph(node_space, None): a graph whose edges have no features, and so are never sent.
+inline space graph(space node_space) {
+    space s = space_builder::make(space::kind::graph);
+    return space_builder::set_entries(s, {{"node_space", std::move(node_space)}});
+}
+
+/// Sequence(feature_space, stack): any number of values of feature_space; a tuple (or list)
+/// of them, or with stack, batched as gymnasium batches them (a Box: one array of n rows).
+inline space sequence(space feature_space, bool stack = false) {
+    space s = space_builder::make(space::kind::sequence);
+    space_builder::set_stack(s, stack);
+    return space_builder::set_entries(s, {{"feature_space", std::move(feature_space)}});
+}
+
+/// OneOf((a, b, ...)): a value of one of them, as the tuple (index, value).
+inline space one_of(std::vector<space> choices) {
+    if (choices.empty()) throw error(errc::invalid_space, "OneOf: empty OneOf spaces are not supported");
+    std::vector<space::entry> entries;
+    for (space& c : choices) entries.emplace_back("", std::move(c));
+    space s = space_builder::make(space::kind::one_of);
     return space_builder::set_entries(s, std::move(entries));
 }
 

@@ -5,6 +5,7 @@
 //   info["pos32"] = rlay::value::array<float>({2}, {x, y});      // ext 1
 //   info["a8"] = rlay::value::scalar<std::int8_t>(a);             // ext 2
 //   info["pair"] = rlay::value::tuple({t, terminated});           // ext 3
+//   info["g"] = rlay::value::graph(nodes, nullptr, nullptr);        // ext 5 (a GraphInstance)
 //   std::int64_t t = info.at("t").as_int();                       // throws on a kind mismatch
 #pragma once
 
@@ -192,10 +193,11 @@ private:
 
 /// One value of the value codec (3.3): nil, bool, integer (int64 and uint64 range), big
 /// integer (ext 4), float64, str, bin, list, map (ordered pairs; keys normally str), tuple
-/// (ext 3), ndarray (ext 1) or typed scalar (ext 2).
+/// (ext 3), ndarray (ext 1), typed scalar (ext 2) or graph (ext 5: gymnasium's GraphInstance,
+/// three items: nodes, edges, edge_links).
 class value {
 public:
-    enum class kind { nil, boolean, integer, big_integer, floating, str, bin, list, map, tuple, ndarray, scalar };
+    enum class kind { nil, boolean, integer, big_integer, floating, str, bin, list, map, tuple, ndarray, scalar, graph };
     using list_type = std::vector<value>;
     using map_type = std::vector<std::pair<value, value>>;
 
@@ -240,6 +242,15 @@ public:
         return v;
     }
     static value tuple(std::initializer_list<value> items) { return tuple(list_type(items)); }
+    /// A graph (ext 5), gymnasium's GraphInstance(nodes, edges, edge_links): for a Graph space,
+    /// nodes is an ndarray of n rows (or a map, tuple, ... of them, as the node space batches),
+    /// edges and edge_links both nil or both set (edge_links an integer ndarray of shape [m, 2]).
+    /// Read its items with v[0], v[1], v[2].
+    static value graph(value nodes, value edges, value edge_links) {
+        value v = list({std::move(nodes), std::move(edges), std::move(edge_links)});
+        v.kind_ = kind::graph;
+        return v;
+    }
     static value map(map_type entries = {}) {
         value v;
         v.kind_ = kind::map;
@@ -313,6 +324,7 @@ public:
     bool is_map() const noexcept { return kind_ == kind::map; }
     bool is_ndarray() const noexcept { return kind_ == kind::ndarray; }
     bool is_scalar() const noexcept { return kind_ == kind::scalar; }
+    bool is_graph() const noexcept { return kind_ == kind::graph; }
     /// An integer that is negative (plain or big).
     bool is_negative() const noexcept {
         return (kind_ == kind::integer && negative_) || (kind_ == kind::big_integer && (static_cast<unsigned char>(bytes_[0]) & 0x80));
@@ -382,13 +394,13 @@ public:
         expect(kind::tuple);
         return items_;
     }
-    /// The items of a list or a tuple.
+    /// The items of a list, a tuple or a graph (nodes, edges, edge_links).
     const list_type& items() const {
-        if (kind_ != kind::list && kind_ != kind::tuple) throw mismatch("a list or tuple");
+        if (kind_ != kind::list && kind_ != kind::tuple && kind_ != kind::graph) throw mismatch("a list or tuple");
         return items_;
     }
     list_type& items() {
-        if (kind_ != kind::list && kind_ != kind::tuple) throw mismatch("a list or tuple");
+        if (kind_ != kind::list && kind_ != kind::tuple && kind_ != kind::graph) throw mismatch("a list or tuple");
         return items_;
     }
     const map_type& as_map() const {
@@ -410,7 +422,7 @@ public:
     }
 
     // -- containers -----------------------------------------------------------------------
-    /// Items of a list or tuple, entries of a map.
+    /// Items of a list, tuple or graph, entries of a map.
     std::size_t size() const {
         if (kind_ == kind::map) return entries_.size();
         return items().size();
@@ -457,6 +469,7 @@ public:
     /// Append to a list or tuple; a nil value becomes a list.
     void push_back(value item) {
         if (kind_ == kind::nil) kind_ = kind::list;
+        if (kind_ == kind::graph) throw mismatch("a list or tuple");  // a graph has exactly 3 items
         items().push_back(std::move(item));
     }
 
@@ -468,7 +481,7 @@ public:
             case kind::integer: return a.u_ == b.u_ && a.negative_ == b.negative_;
             case kind::floating: return a.f_ == b.f_;
             case kind::big_integer: case kind::str: case kind::bin: return a.bytes_ == b.bytes_;
-            case kind::list: case kind::tuple: return a.items_ == b.items_;
+            case kind::list: case kind::tuple: case kind::graph: return a.items_ == b.items_;
             case kind::map: return a.entries_ == b.entries_;
             case kind::ndarray: case kind::scalar: return a.array_ == b.array_;
         }
@@ -498,6 +511,7 @@ public:
             case kind::tuple: return "tuple";
             case kind::ndarray: return "ndarray";
             case kind::scalar: return "typed scalar";
+            case kind::graph: return "graph";
         }
         return "?";
     }
@@ -581,6 +595,16 @@ private:
             }
             case kind::ndarray: s += "array(" + array_.dtype().str() + " " + ndarray::shape_text(array_.shape()) + ")"; break;
             case kind::scalar: s += "scalar(" + array_.dtype().str() + ")"; break;
+            case kind::graph: {
+                const char* names[3] = {"nodes=", ", edges=", ", edge_links="};
+                s += "GraphInstance(";
+                for (std::size_t i = 0; i < items_.size() && i < 3 && s.size() <= limit; ++i) {
+                    s += names[i];
+                    items_[i].append_repr(s, limit);
+                }
+                s += ")";
+                break;
+            }
         }
     }
 
@@ -592,7 +616,7 @@ private:
         double f_;
     };
     std::string bytes_;     // str, bin, big integer (big-endian two's complement, minimal)
-    list_type items_;       // list, tuple
+    list_type items_;       // list, tuple, graph
     map_type entries_;      // map
     rlay::ndarray array_;   // ndarray, scalar (0-d)
 };

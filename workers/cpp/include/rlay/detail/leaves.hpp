@@ -1,5 +1,5 @@
 // rlay/detail/leaves.hpp: observations into leaf descriptors and array frames, action leaves
-// into values (3.8, 4.2, 5.10).
+// into values (3.8, 3.8.1, 4.2, 5.10).
 #pragma once
 
 #include <rlay/detail/wire.hpp>
@@ -12,8 +12,11 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -98,10 +101,250 @@ inline ndarray as_array(const value& v) {
     return a;
 }
 
+// -- value leaves (3.8.1) ----------------------------------------------------------------
+
+/// A value that does not fit its value leaf's space (3.8.1). `type` is the Python exception a
+/// worker reports for such an observation: "TypeError" (another kind of value) or "ValueError".
+class value_mismatch : public std::runtime_error {
+public:
+    value_mismatch(const char* type, const std::string& message) : std::runtime_error(message), type_(type) {}
+    const char* type() const noexcept { return type_; }
+
+private:
+    const char* type_;
+};
+
+/// "float32" for dtype('float32').
+inline std::string numpy_name(const dtype& dt) {
+    std::string r = dt.numpy_repr();
+    return r.size() > 9 ? r.substr(7, r.size() - 9) : r;
+}
+
+/// One walk of a value of a value leaf's space, the same in both directions, as the Python
+/// reference's (rlay/spaces.py: _Walk): `array` turns what stands where an array belongs into its
+/// other form (an ndarray into an array reference, encoding; a reference into the ndarray of its
+/// frame, decoding) and returns the array too; the walk checks and rebuilds everything else.
+/// Lists stay lists and tuples tuples (3.8.1, "Tuples and lists").
+class value_walk {
+public:
+    using array_fn = std::function<std::pair<value, ndarray>(const value&, const std::string&)>;
+
+    value_walk(array_fn array, bool check_dtype) : array_(std::move(array)), check_dtype_(check_dtype) {}
+
+    /// One value of `s` (3.8.1, `one`).
+    value one(const space& s, const value& v, const std::string& path) const {
+        using k = space::kind;
+        switch (s.type()) {
+            case k::box: case k::multi_discrete: case k::multi_binary: {
+                auto [out, a] = array_(v, path);
+                fits(a, s, s.shape(), path);
+                return out;
+            }
+            case k::discrete: {
+                if (v.is_int() || v.is_big_int()) return v;
+                if (v.is_scalar()) {
+                    if (!integer(v.as_scalar().dtype())) {
+                        throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " must be an integer, got a " +
+                                                              numpy_name(v.as_scalar().dtype()) + " scalar");
+                    }
+                    return v;
+                }
+                std::pair<value, ndarray> got;
+                try {
+                    got = array_(v, path);
+                } catch (const value_mismatch&) {
+                    throw value_mismatch("TypeError", path + ": a value of " + s.repr() +
+                                                          " must be an integer, a numpy integer or a 0-d array, got " + kind(v));
+                }
+                fits(got.second, s, {}, path);
+                return got.first;
+            }
+            case k::text:
+                if (!v.is_str()) throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " must be a str, got " + kind(v));
+                return v;
+            case k::tuple: {
+                const value::list_type& items = sequence(v, path, s.entries().size());
+                value out = like(v);
+                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(one(s.entries()[i].second, items[i], at(path, i)));
+                return out;
+            }
+            case k::dict: {
+                value out = value::map();
+                for (const auto& [key, item] : entries(s, v, path)) {
+                    out.as_map().emplace_back(value(key.first), one(*key.second, item, path + "['" + key.first + "']"));
+                }
+                return out;
+            }
+            case k::graph: return graph(s, v, path);
+            case k::sequence: {
+                if (s.stack()) {
+                    std::optional<std::size_t> length;
+                    return batch(s.feature_space(), v, path, length);
+                }
+                const value::list_type& items = sequence(v, path);
+                value out = like(v);
+                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(one(s.feature_space(), items[i], at(path, i)));
+                return out;
+            }
+            case k::one_of: {
+                const value::list_type& items = sequence(v, path, 2);
+                const value& index = items[0];
+                bool is_index = index.is_int() || index.is_big_int() || (index.is_scalar() && integer(index.as_scalar().dtype()));
+                if (!is_index) {
+                    throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " starts with an integer index, got " + kind(index));
+                }
+                if (index.is_negative() || index.is_big_int() || (index.is_int() && index.as_uint() >= s.entries().size()) ||
+                    (index.is_scalar() && (index.to_double() < 0 || index.to_double() >= static_cast<double>(s.entries().size())))) {
+                    throw value_mismatch("ValueError", path + ": index " + index.repr() + " is out of range for " + s.repr());
+                }
+                std::size_t choice = index.is_int() ? static_cast<std::size_t>(index.as_uint()) : static_cast<std::size_t>(index.to_double());
+                value out = like(v);
+                out.push_back(index);
+                out.push_back(one(s.entries()[choice].second, items[1], at(path, 1)));
+                return out;
+            }
+        }
+        throw value_mismatch("TypeError", path + ": unknown space");
+    }
+
+    /// L values of `s` batched as gymnasium batches them (3.8.1, `batch`); `length` is L, unset
+    /// until the batch's first leaf says it.
+    value batch(const space& s, const value& v, const std::string& path, std::optional<std::size_t>& length) const {
+        using k = space::kind;
+        switch (s.type()) {
+            case k::box: case k::multi_discrete: case k::multi_binary: case k::discrete: {
+                auto [out, a] = array_(v, path);
+                if (a.ndim() == 0) {
+                    throw value_mismatch("ValueError", path + ": a batch of " + s.repr() + " needs a first dimension, got a 0-d array");
+                }
+                same_length(length, a.shape()[0], path);
+                ndarray::shape_type shape{a.shape()[0]};
+                shape.insert(shape.end(), s.shape().begin(), s.shape().end());
+                fits(a, s, shape, path);
+                return out;
+            }
+            case k::tuple: {
+                const value::list_type& items = sequence(v, path, s.entries().size());
+                value out = like(v);
+                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(batch(s.entries()[i].second, items[i], at(path, i), length));
+                return out;
+            }
+            case k::dict: {
+                value out = value::map();
+                for (const auto& [key, item] : entries(s, v, path)) {
+                    out.as_map().emplace_back(value(key.first), batch(*key.second, item, path + "['" + key.first + "']", length));
+                }
+                return out;
+            }
+            default: {  // Text, Graph, Sequence, OneOf: a tuple (or list) of single values
+                const value::list_type& items = sequence(v, path);
+                same_length(length, items.size(), path);
+                value out = like(v);
+                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(one(s, items[i], at(path, i)));
+                return out;
+            }
+        }
+    }
+
+private:
+    value graph(const space& s, const value& v, const std::string& path) const {
+        if (!v.is_graph()) throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " must be a GraphInstance, got " + kind(v));
+        const value::list_type& it = v.items();
+        std::optional<std::size_t> nodes_count;
+        value nodes = batch(s.node_space(), it[0], path + ".nodes", nodes_count);
+        if (it[1].is_nil() && it[2].is_nil()) return value::graph(std::move(nodes), value(), value());
+        if (!s.edge_space()) {
+            throw value_mismatch("ValueError", path + ": " + s.repr() + " has no edge space, so its edges and edge_links must be None");
+        }
+        if (it[1].is_nil() || it[2].is_nil()) throw value_mismatch("ValueError", path + ": edges and edge_links must both be None, or neither");
+        std::optional<std::size_t> edges_count;
+        value edges = batch(*s.edge_space(), it[1], path + ".edges", edges_count);
+        auto [links, a] = array_(it[2], path + ".edge_links");
+        if (!integer(a.dtype()) || a.ndim() != 2 || a.shape()[1] != 2) {
+            throw value_mismatch("ValueError", path + ".edge_links: expected an integer array of shape (m, 2), got " + numpy_name(a.dtype()) +
+                                                   " " + ndarray::shape_text(a.shape()));
+        }
+        same_length(edges_count, a.shape()[0], path + ".edge_links");
+        return value::graph(std::move(nodes), std::move(edges), std::move(links));
+    }
+
+    void fits(const ndarray& a, const space& s, const ndarray::shape_type& shape, const std::string& path) const {
+        if (a.shape() != shape) {
+            throw value_mismatch("ValueError", path + ": an array of shape " + ndarray::shape_text(a.shape()) + " does not fit " + s.repr() +
+                                                   " (expected " + ndarray::shape_text(shape) + ")");
+        }
+        if (check_dtype_ && !can_cast_same_kind(a.dtype(), s.dtype())) {
+            throw value_mismatch("TypeError", path + ": an array of " + numpy_name(a.dtype()) + " does not fit " + s.repr() + " (it casts to " +
+                                                  numpy_name(s.dtype()) + " only unsafely)");
+        }
+    }
+
+    static bool integer(const dtype& dt) { return dt.type() == dtype::kind::signed_int || dt.type() == dtype::kind::unsigned_int; }
+    static std::string kind(const value& v) { return value::kind_name(v.type()); }
+    static std::string at(const std::string& path, std::size_t i) { return path + "[" + std::to_string(i) + "]"; }
+    static value like(const value& v) { return v.is_tuple() ? value::tuple() : value::list(); }
+
+    static const value::list_type& sequence(const value& v, const std::string& path, std::optional<std::size_t> count = std::nullopt) {
+        if (!v.is_tuple() && !v.is_list()) throw value_mismatch("TypeError", path + ": expected a tuple or a list, got " + kind(v));
+        if (count && v.size() != *count) {
+            throw value_mismatch("ValueError", path + ": expected " + std::to_string(*count) + " items, got " + std::to_string(v.size()));
+        }
+        return v.items();
+    }
+
+    /// A Dict value's entries in its own order (the order its arrays' frames go in), each with
+    /// its key's subspace; the keys must be exactly the space's.
+    static std::vector<std::pair<std::pair<std::string, const space*>, const value&>> entries(const space& s, const value& v, const std::string& path) {
+        if (!v.is_map()) throw value_mismatch("TypeError", path + ": a value of a Dict space must be a dict, got " + kind(v));
+        std::vector<bool> seen(s.entries().size(), false);
+        std::vector<std::pair<std::pair<std::string, const space*>, const value&>> out;
+        bool ok = v.size() == s.entries().size();
+        for (const auto& [key, item] : v.as_map()) {
+            std::size_t i = 0;
+            while (ok && i < s.entries().size() && !(key.is_str() && key.as_str() == s.entries()[i].first)) ++i;
+            ok = ok && i < s.entries().size() && !seen[i];
+            if (!ok) break;
+            seen[i] = true;
+            out.push_back({{key.as_str(), &s.entries()[i].second}, item});
+        }
+        if (!ok) {
+            std::string want;
+            for (const auto& e : s.entries()) want += (want.empty() ? "'" : ", '") + e.first + "'";
+            throw value_mismatch("ValueError", path + ": keys " + v.repr(120) + " do not match [" + want + "]");
+        }
+        return out;
+    }
+
+    static void same_length(std::optional<std::size_t>& length, std::size_t n, const std::string& path) {
+        if (!length) length = n;
+        else if (*length != n) {
+            throw value_mismatch("ValueError", path + ": a batch of " + std::to_string(n) + " where its siblings have " + std::to_string(*length));
+        }
+    }
+
+    array_fn array_;
+    bool check_dtype_;
+};
+
+/// The arrays of values being encoded: each ndarray becomes an array reference, and is kept, in
+/// order, for its frame (3.8.1).
+inline value_walk::array_fn referencing(std::vector<ndarray>& arrays) {
+    return [&arrays](const value& v, const std::string& path) -> std::pair<value, ndarray> {
+        if (!v.is_ndarray()) throw value_mismatch("TypeError", path + ": expected a numpy array, got " + std::string(value::kind_name(v.type())));
+        const ndarray& a = v.as_ndarray();
+        value shape = value::list();
+        for (std::size_t d : a.shape()) shape.push_back(d);
+        arrays.push_back(a);
+        return {value::map({{"dtype", a.dtype().str()}, {"shape", std::move(shape)}}), a};
+    };
+}
+
 /// One env's observation split into its leaves (4.2), each checked against its leaf space.
 struct obs_leaves {
     std::vector<ndarray> arrays;     // per leaf: the env's array (any dtype that casts same_kind)
     std::vector<std::string> texts;  // per leaf: the env's string (Text leaves)
+    std::vector<value> values;       // per leaf: the env's value in its wire form (value leaves, 3.8.1)
+    std::vector<std::vector<ndarray>> value_arrays;  // per leaf: the arrays its references stand for, in order
 };
 
 inline void collect_leaves(const space& s, const value& obs, std::vector<const value*>& out) {
@@ -132,8 +375,18 @@ inline obs_leaves check_observation(const space& s, const std::vector<leaf_info>
     obs_leaves out;
     out.arrays.resize(leaves.size());
     out.texts.resize(leaves.size());
+    out.values.resize(leaves.size());
+    out.value_arrays.resize(leaves.size());
     for (std::size_t n = 0; n < leaves.size(); ++n) {
         const leaf_info& leaf = leaves[n];
+        if (leaf.values) {  // the env's own value, checked as 3.8.1 says; its arrays go as they are
+            try {
+                out.values[n] = value_walk(referencing(out.value_arrays[n]), true).one(leaf.space, *items[n], "value");
+            } catch (const value_mismatch& m) {
+                throw env_error(m.type(), m.what());
+            }
+            continue;
+        }
         if (leaf.text) {
             if (!items[n]->is_str()) throw env_error("TypeError", "a Text observation must be a str, got " + items[n]->repr(40));
             out.texts[n] = items[n]->as_str();
@@ -228,6 +481,15 @@ inline obs_encoding encode_observations(const std::vector<leaf_info>& leaves, co
             out.descriptors.push_back(value::map({{"text", std::move(texts)}}));
             continue;
         }
+        if (leaf.values) {  // 3.8.1: the values in the body, their arrays as frames, env by env
+            value values = value::list();
+            for (const obs_leaves& e : envs) {
+                values.push_back(e.values[n]);
+                for (const ndarray& a : e.value_arrays[n]) out.frames.push_back(frame_of(a));
+            }
+            out.descriptors.push_back(value::map({{"values", std::move(values)}}));
+            continue;
+        }
         value desc = value::map({{"dtype", leaf.dtype.str()}, {"shape", shape_list(k, leaf.row_shape)}});
         auto place = placed ? placed->find(n) : placement::const_iterator();
         if (placed && place != placed->end()) {
@@ -307,6 +569,33 @@ inline std::vector<value> decode_actions(const value* descriptors, const message
             per_leaf[n] = texts->as_list();
             continue;
         }
+        if (const value* values = desc.find("values")) {  // a value leaf (3.8.1)
+            if (!values->is_list()) throw leaf_error(n, "a value leaf's values must be a list");
+            if (!leaf.values) throw leaf_error(n, "got values for " + leaf.space.repr());
+            if (values->size() != k) throw leaf_error(n, "expected " + std::to_string(k) + " values, got " + std::to_string(values->size()));
+            value_walk walk(
+                [&](const value& ref, const std::string& path) -> std::pair<value, ndarray> {
+                    if (!ref.is_map()) {
+                        throw value_mismatch("TypeError", path + ": expected an array reference {dtype, shape}, got " +
+                                                              std::string(value::kind_name(ref.type())));
+                    }
+                    if (next_frame >= msg.size()) throw value_mismatch("ValueError", path + ": an array reference whose frame is missing");
+                    ndarray a = array_from_frame(ref.find("dtype"), wire_shape(ref.find("shape")), msg[next_frame++]);
+                    return {value(a), a};
+                },
+                false);  // actions: any dtype (3.6)
+            for (const value& item : values->as_list()) {
+                try {
+                    per_leaf[n].push_back(walk.one(leaf.space, item, "value"));
+                } catch (const value_mismatch& m) {
+                    throw leaf_error(n, m.what());
+                } catch (const error& e) {
+                    throw leaf_error(n, e.what());
+                }
+            }
+            continue;
+        }
+        if (leaf.values) throw leaf_error(n, "got an array for " + leaf.space.repr() + ", whose values travel in the body (protocol 3.8.1)");
         const value* shm = desc.find("shm");
         if (shm && shm->is_bool() && shm->as_bool()) {
             throw error(errc::bad_message, "leaf " + std::to_string(n) + " is said to be in shared memory, which was not offered for it");

@@ -1,7 +1,7 @@
 // rlay/detail/msgpack.hpp: the msgpack reader and writer of the value codec (3.2-3.7).
 //
 // Why not msgpack-c: the refusal rules of 3.7 (trailing bytes, invalid UTF-8, ext codes
-// other than 1-4 including the timestamp -1, every ext format, nesting limits, ext payload
+// other than 1-5 including the timestamp -1, every ext format, nesting limits, ext payload
 // rules, msgpack-numpy maps, the dtype rules of 3.5) have to be checked at the byte level
 // anyway, and a game build (Unreal, a console toolchain) is simpler with no Boost or
 // msgpack-c to configure. This file is the whole codec: the writer encodes exactly as the
@@ -24,7 +24,7 @@ namespace rlay {
 namespace detail {
 namespace msgpack {
 
-constexpr int max_tuple_depth = 16;      // 3.7 item 4
+constexpr int max_tuple_depth = 16;      // 3.7 item 4: tuples (ext 3) and graphs (ext 5) together
 constexpr int max_container_depth = 1024;  // arrays and maps within one decode call (3.7 item 4)
 constexpr std::size_t max_big_integer_bytes = 1024;
 /// Array items and map keys and values one decode may make, ext payloads and tuples included.
@@ -111,7 +111,8 @@ public:
     void write(const value& v, bool plain = false, int tuple_depth = 0, int depth = 0) {
         if (depth > 511) throw error(errc::bad_message, "cannot encode a value nested more than 511 deep");
         using k = value::kind;
-        if (plain && (v.type() == k::tuple || v.type() == k::ndarray || v.type() == k::scalar || v.type() == k::big_integer)) {
+        if (plain && (v.type() == k::tuple || v.type() == k::ndarray || v.type() == k::scalar || v.type() == k::big_integer ||
+                      v.type() == k::graph)) {
             throw error(errc::bad_message, std::string("a header cannot carry a ") + value::kind_name(v.type()) +
                                                " (plain msgpack only, no extension types)");
         }
@@ -147,14 +148,15 @@ public:
                     write(item, plain, tuple_depth, depth + 1);
                 }
                 break;
-            case k::tuple: {
+            case k::tuple: case k::graph: {
                 if (tuple_depth >= max_tuple_depth) {
-                    throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) + " deep");
+                    throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) +
+                                                       " deep (graphs count as tuples)");
                 }
                 writer inner;
-                inner.array(v.as_tuple().size());
-                for (const value& item : v.as_tuple()) inner.write(item, false, tuple_depth + 1, 1);
-                ext(3, inner.out);
+                inner.array(v.items().size());
+                for (const value& item : v.items()) inner.write(item, false, tuple_depth + 1, 1);
+                ext(v.type() == k::tuple ? 3 : 5, inner.out);
                 break;
             }
             case k::ndarray: case k::scalar: {
@@ -224,15 +226,15 @@ inline bool valid_utf8(std::string_view s) {
 inline bool hashable(const value& v) {
     switch (v.type()) {
         case value::kind::list: case value::kind::map: case value::kind::ndarray: return false;
-        case value::kind::tuple:
-            for (const value& item : v.as_tuple()) if (!hashable(item)) return false;
+        case value::kind::tuple: case value::kind::graph:
+            for (const value& item : v.items()) if (!hashable(item)) return false;
             return true;
         default: return true;
     }
 }
 
 enum class mode {
-    values,  ///< the value codec: ext 1-4 decoded and checked, any other ext refused (bodies)
+    values,  ///< the value codec: ext 1-5 decoded and checked, any other ext refused (bodies)
     plain,   ///< plain msgpack: an ext value is not decoded and reads as nil (headers, ext payloads)
 };
 
@@ -444,13 +446,22 @@ private:
                 target = code == 1 ? value(std::move(a)) : value::scalar(std::move(a));
                 return;
             }
-            case 3: {
+            case 3: case 5: {
                 if (tuple_depth_ >= max_tuple_depth) {
-                    throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) + " deep");
+                    throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) +
+                                                       " deep (graphs count as tuples)");
                 }
                 value items = reader(payload, mode::values, tuple_depth_ + 1, budget_).read_all();
-                if (!items.is_list()) throw error(errc::bad_message, "tuple extension must hold an array");
-                target = value::tuple(std::move(items.items()));
+                if (code == 3) {
+                    if (!items.is_list()) throw error(errc::bad_message, "tuple extension must hold an array");
+                    target = value::tuple(std::move(items.items()));
+                } else {
+                    if (!items.is_list() || items.size() != 3) {
+                        throw error(errc::bad_message, "graph extension must hold an array of 3: nodes, edges, edge_links");
+                    }
+                    auto& it = items.items();
+                    target = value::graph(std::move(it[0]), std::move(it[1]), std::move(it[2]));
+                }
                 return;
             }
             case 4:
