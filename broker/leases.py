@@ -60,6 +60,10 @@ class SlotTable:
 
     # -- workers -----------------------------------------------------------------------
 
+    def workers_of(self, env_id: str) -> list[WorkerRecord]:
+        """The registered workers of ``env_id``, in registration order."""
+        return list(self._by_env.get(env_id, {}).values())
+
     def conflicting(self, env_id: str, obs_space: Any, act_space: Any) -> WorkerRecord | None:
         """A registered worker of ``env_id`` whose spaces differ (all of one env id have the same)."""
         other = next(iter(self._by_env.get(env_id, {}).values()), None)

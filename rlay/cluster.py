@@ -32,6 +32,7 @@ log = logging.getLogger("rlay.cluster")
 EMBEDDED_ENV_ID = "embedded"
 STOP_TIMEOUT = 5.0  # s a child gets to exit cleanly before it is killed
 BROKER_START_TIMEOUT = 30.0  # s for a local broker process to bind its addresses
+REPORT_WAIT = 0.5  # s to wait for a dead worker's report of why (it is sent before it exits)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Cluster:
         self._worker_target = worker_process
         self._worker_args: dict[str, tuple] = {}
         self._first_env: dict[str, int] = {}  # per worker: the index of its first env in its group
+        self._reports: dict[str, list] = {}  # per worker: what it reported when it died (see _reason)
         self.observation_mode = "same"  # (embedded: the trainer's, for the messages of SpacesMismatch)
         self.restarts = Restarts(supervision or Supervision())
         self._reported: set = set()  # dead worker processes the inline broker has been told of
@@ -167,6 +169,7 @@ class Cluster:
                     tmpdir,
                     group.observation_mode,
                     group.observation_space,
+                    inline_broker,  # (an embedded trainer raises the spaces errors its workers report)
                 )
                 self._first_env[label] = start
                 self.workers.append((label, self._new_worker(label)))
@@ -291,40 +294,63 @@ class Cluster:
                 proc.kill()
 
     def _reason(self, label: str) -> tuple[str, dict]:
-        """What a dead worker reported (workers.worker.worker_process): its traceback, as text to
-        append to an error, and its details."""
-        reports = []
+        """What worker ``label`` reported before it died (workers.worker.worker_process): its traceback,
+        as text to append to an error, and its details. Only its own report: the others wait for theirs."""
+        deadline = time.monotonic() + REPORT_WAIT
         while True:
             try:
-                reports.append(self.errors.get(timeout=0.5) if not reports else self.errors.get_nowait())
-            except Exception:
+                who, *report = self.errors.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # (queue.Empty: none came in time)
                 break
-        mine = [r for r in reports if r[0] == label] or reports
-        if not mine:
-            return " (no traceback reported)", {}
-        return f":\n{mine[0][1]}", (mine[0][2] if len(mine[0]) > 2 else {})
+            self._reports.setdefault(who, report)
+            if who == label:
+                break
+        report = self._reports.get(label)
+        if report is None:
+            proc = dict(self.workers).get(label)
+            code = proc.exitcode if proc is not None else None
+            why = f"killed by signal {-code}" if code is not None and code < 0 else "it reported nothing"
+            return f" ({why})", {}
+        return f":\n{report[0]}", (report[1] if len(report) > 1 else {})
 
     def _spaces_mismatch(self, label: str, details: dict) -> SpacesMismatch | None:
-        """gymnasium's error for envs whose spaces do not batch, if that is why worker ``label``
-        died: its own envs differ (it says which), or the inline broker refused its registration and
-        its spaces differ from those of the workers registered before it."""
+        """gymnasium's error for envs whose spaces do not batch, if that is why worker ``label`` died:
+        its own envs differ (it says which), or the inline broker refused its registration because its
+        spaces differ from those of a worker registered before it. As gymnasium does, the env named is
+        one whose space differs from env 0's, where env 0's (its worker's) are known."""
         first = self._first_env.get(label, 0)
-        if "which" in details:
+        if "which" in details:  # (compared with its own first env)
             env = first + int(details["env"])
-            return SpacesMismatch(details["which"], env, str(details["expected"]), self.observation_mode)
-        if "obs_space" in details and self.inline_broker is not None:
-            group, rank = label.rsplit("#", 1)
-            other = self.inline_broker.table.conflicting(group, details["obs_space"], details["act_space"])
-            if other is not None:
-                which = "observation" if other.obs_space != details["obs_space"] else "action"
-                key = "obs_space" if which == "observation" else "act_space"
-                # As gymnasium says it: the env of the two with the higher index differs from the other.
-                if other.rank > int(rank):
-                    expected, env = details[key], self._first_env.get(f"{group}#{other.rank}", first)
-                else:
-                    expected, env = getattr(other, key), first
-                return SpacesMismatch(which, env, str(decode_space(expected)), self.observation_mode)
-        return None
+            expected, actual = str(details["expected"]), str(details["actual"])
+            return SpacesMismatch(details["which"], env, expected, actual, self.observation_mode, first)
+        if "obs_space" not in details or self.inline_broker is None:
+            return None
+        group, rank = label.rsplit("#", 1)
+        other = self.inline_broker.table.conflicting(group, details["obs_space"], details["act_space"])
+        if other is None:
+            return None
+        theirs = {"obs_space": other.obs_space, "act_space": other.act_space}
+        worker_0 = next((w for w in self.inline_broker.table.workers_of(group) if w.rank == 0), None)
+        others_first = self._first_env.get(f"{group}#{other.rank}", first)
+        if int(rank) == 0:
+            reference, reference_env = details, 0
+        elif worker_0 is not None:
+            reference, reference_env = {"obs_space": worker_0.obs_space, "act_space": worker_0.act_space}, 0
+        else:  # (env 0's worker has not registered yet: the one that did stands in for it)
+            reference, reference_env = theirs, others_first
+        if (details["obs_space"], details["act_space"]) != (reference["obs_space"], reference["act_space"]):
+            odd, spaces = first, details
+        else:
+            odd, spaces = others_first, theirs
+        key = "obs_space" if spaces["obs_space"] != reference["obs_space"] else "act_space"
+        return SpacesMismatch(
+            "observation" if key == "obs_space" else "action",
+            odd,
+            str(decode_space(reference[key])),
+            str(decode_space(spaces[key])),
+            self.observation_mode,
+            reference_env,
+        )
 
     def wait(self, should_stop: Callable[[], bool], poll: float = 0.25) -> int:
         """Block until ``should_stop()`` or every worker has exited; log children that die.

@@ -26,6 +26,7 @@ __all__ = [
     "remote_env_error",
     "SpacesMismatch",
     "error_from_reply",
+    "log_env_error",
 ]
 
 
@@ -36,10 +37,14 @@ class RlayError(RuntimeError):
 class SpacesMismatch(RlayError):
     """Sub-envs whose spaces do not batch together, found as gymnasium's vector envs find them, and
     a RuntimeError as theirs: the ``which`` ("observation" or "action") space of env ``env`` does not
-    fit ``expected`` (env 0's, or the declared single observation space), under ``observation_mode``."""
+    fit ``expected``, the space of env ``reference`` (env 0 where known) or the declared single
+    observation space: it is ``actual``; under ``observation_mode``."""
 
-    def __init__(self, which: str, env: int, expected: str, observation_mode: str = "same"):
-        self.which, self.env, self.expected, self.observation_mode = which, env, expected, observation_mode
+    def __init__(
+        self, which: str, env: int, expected: str, actual: str, observation_mode: str = "same", reference: int = 0
+    ):
+        self.which, self.env, self.expected, self.actual = which, env, expected, actual
+        self.observation_mode, self.reference = observation_mode, reference
         if which == "action":
             text = (
                 f"Some environments have an action space different from `{expected}`. "
@@ -55,7 +60,9 @@ class SpacesMismatch(RlayError):
                 "RlayVectorEnv(..., observation_mode='different' or custom space) however the sub-environment's "
                 "observation spaces do not share a common shape and dtype."
             )
-        super().__init__(f"{text} (env {env}: its {which} space does not fit {expected})")
+        declared = which == "observation" and observation_mode != "same"
+        fit = "the declared single observation space" if declared else f"that of env {reference}"
+        super().__init__(f"{text} (env {env}: its {which} space {actual} does not fit {expected}, {fit})")
 
 
 class RlayTimeoutError(multiprocessing.TimeoutError, TimeoutError):
@@ -137,16 +144,11 @@ def error_from_reply(head: dict[str, Any], what: str, lease: Any) -> Exception:
             for err in failure.get("errors") or []:
                 row = lease.row_of_slot.get(err.get("slot"))
                 details.append({**err, "row": row, "worker": failure.get("worker"), "host": failure.get("host")})
-                who = (
+                lines.append(
                     f"env {row} (slot {err.get('slot')}, env {err.get('env')} of worker {failure.get('worker')}, "
-                    f"pid {failure.get('pid')} on host {failure.get('host')})"
+                    f"pid {failure.get('pid')} on host {failure.get('host')}) raised "
+                    f"{err.get('type')}: {err.get('message')}\n--- remote traceback ---\n{err.get('traceback', '')}"
                 )
-                line = f"{who} raised {err.get('type')}: {err.get('message')}"
-                lines.append(f"{line}\n--- remote traceback ---\n{err.get('traceback', '')}")
-                # Through gymnasium's logger too, as AsyncVectorEnv reports its workers' errors.
-                logger.error(f"Received the following error from {who}")
-                logger.error(str(err.get("traceback") or line))
-        logger.error("Raising the exception back to the main process.")
         type_name = details[0]["type"] if details else "Exception"
         module = details[0].get("module") if details else None
         return remote_env_error(
@@ -163,3 +165,15 @@ def error_from_reply(head: dict[str, Any], what: str, lease: Any) -> Exception:
     if code == P.E_NO_LEASE:
         return BrokerLostError(f"during {what}: {message}")
     return BrokerError(f"the broker refused {what}: [{code}] {message}")
+
+
+def log_env_error(error: RemoteEnvError) -> None:
+    """Report env errors through gymnasium's logger, as AsyncVectorEnv reports its workers' errors
+    before it raises one of them: who raised each, and its remote traceback."""
+    for d in error.details:
+        logger.error(
+            "%s",
+            f"Received the following error from env {d.get('row')} (worker {d.get('worker')} on host {d.get('host')})",
+        )
+        logger.error("%s", str(d.get("traceback") or f"{d.get('type')}: {d.get('message')}"))
+    logger.error("%s", "Raising the exception back to the main process.")

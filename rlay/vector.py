@@ -20,6 +20,7 @@ Results equal gymnasium's SyncVectorEnv bit for bit, in every AutoresetMode.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -41,6 +42,8 @@ from rlay.errors import (
     ClosedEnvironmentError,
     LeaseError,
     NoAsyncCallError,
+    RemoteEnvError,
+    log_env_error,
 )
 from rlay.spaces import decode_space, flatten
 from rlay.trainer.first_ready import FirstReady
@@ -48,7 +51,7 @@ from rlay.trainer.gather import Gather, Parts
 from rlay.trainer.lease import Lease, WorkerRows, row_index, rows_text
 from rlay.trainer.obs_buffer import RESET_KEYS, STEP_KEYS, ObsBuffer
 from rlay.trainer.replace import WORKER_LOST_KEY, Replacer
-from rlay.trainer.transport import REPLY_GRACE, Call, Transport
+from rlay.trainer.transport import REPLY_GRACE, Call, Settings, Transport
 from rlay.values import packb
 from rlay.wire import encode_leaves
 
@@ -126,6 +129,20 @@ def _reset_rows(options: dict[str, Any] | None, num_envs: int) -> np.ndarray:
     return np.flatnonzero(reset_mask)
 
 
+def _logs_env_errors(method: Callable) -> Callable:
+    """Env errors that ``method`` raises are logged first, as AsyncVectorEnv logs them."""
+
+    @functools.wraps(method)
+    def logged(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RemoteEnvError as exc:
+            log_env_error(exc)
+            raise
+
+    return logged
+
+
 class RlayVectorEnv(VectorEnv):
     """A drop-in for ``gymnasium.vector.AsyncVectorEnv`` whose envs run in rlay workers.
 
@@ -175,12 +192,8 @@ class RlayVectorEnv(VectorEnv):
     env_id: str
     num_envs: int
     broker_address: str
-    autoreset_mode: AutoresetMode
     copy: bool
     shared_memory: bool
-    timeout: float
-    on_worker_failure: str
-    replace_timeout: float
     closed: bool
 
     def __init__(
@@ -302,13 +315,15 @@ class RlayVectorEnv(VectorEnv):
     ) -> None:
         if on_worker_failure not in ON_WORKER_FAILURE:
             raise ValueError(f"on_worker_failure must be one of {ON_WORKER_FAILURE}, got {on_worker_failure!r}")
-        self.on_worker_failure = on_worker_failure
-        self.replace_timeout = float(timeout if replace_timeout is None else replace_timeout)
-        self.autoreset_mode = (
-            autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
+        self._settings = Settings(
+            timeout=float(timeout),
+            replace_timeout=float(timeout if replace_timeout is None else replace_timeout),
+            autoreset_mode=autoreset_mode
+            if isinstance(autoreset_mode, AutoresetMode)
+            else AutoresetMode(autoreset_mode),
+            replace=on_worker_failure == "replace",
         )
         self.copy = copy
-        self.timeout = float(timeout)
         self.observation_mode = observation_mode
         self._state = AsyncState.DEFAULT
         self._pending: Call | None = None  # the synchronous API's call in flight
@@ -352,20 +367,46 @@ class RlayVectorEnv(VectorEnv):
         self.metadata["autoreset_mode"] = self.autoreset_mode
         self.render_mode = lease.get("render_mode")
         self._buffer = ObsBuffer(self.single_observation_space, num_envs, self.shared_memory)
-        self._transport = Transport(
-            client, self._lease, self._buffer, self.timeout, partial=self.on_worker_failure == "replace"
-        )
-        self._replacer = Replacer(
-            self._transport,
-            self.autoreset_mode,
-            self.timeout,
-            self.replace_timeout,
-            enabled=self.on_worker_failure == "replace",
-        )
-        self._gather = Gather(self._transport, self._replacer, self.timeout)
-        self._first_ready = FirstReady(
-            self._transport, self._replacer, self.single_action_space, self.autoreset_mode, self.timeout
-        )
+        self._transport = Transport(client, self._lease, self._buffer, self._settings)
+        self._replacer = Replacer(self._transport)
+        self._gather = Gather(self._transport, self._replacer)
+        self._first_ready = FirstReady(self._transport, self._replacer, self.single_action_space)
+
+    # (the settings the collaborators read at each call: rlay/trainer/transport.py, Settings)
+
+    @property
+    def timeout(self) -> float:
+        return self._settings.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._settings.timeout = float(value)
+
+    @property
+    def replace_timeout(self) -> float:
+        return self._settings.replace_timeout
+
+    @replace_timeout.setter
+    def replace_timeout(self, value: float) -> None:
+        self._settings.replace_timeout = float(value)
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        return self._settings.autoreset_mode
+
+    @autoreset_mode.setter
+    def autoreset_mode(self, value: str | AutoresetMode) -> None:
+        self._settings.autoreset_mode = AutoresetMode(value)
+
+    @property
+    def on_worker_failure(self) -> str:
+        return "replace" if self._settings.replace else "raise"
+
+    @on_worker_failure.setter
+    def on_worker_failure(self, value: str) -> None:
+        if value not in ON_WORKER_FAILURE:
+            raise ValueError(f"on_worker_failure must be one of {ON_WORKER_FAILURE}, got {value!r}")
+        self._settings.replace = value == "replace"
 
     @property
     def slots(self) -> list[int]:
@@ -394,6 +435,7 @@ class RlayVectorEnv(VectorEnv):
         )
         self._state = AsyncState.WAITING_RESET
 
+    @_logs_env_errors
     def reset_wait(self, timeout: float | None = None):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_RESET:
@@ -438,6 +480,7 @@ class RlayVectorEnv(VectorEnv):
         self._pending = self._transport.send(P.STEP, rows, body)
         self._state = AsyncState.WAITING_STEP
 
+    @_logs_env_errors
     def step_wait(self, timeout: float | None = None):
         self._assert_is_running()
         if self._state != AsyncState.WAITING_STEP:
@@ -483,6 +526,7 @@ class RlayVectorEnv(VectorEnv):
         )
         self._state = AsyncState.WAITING_CALL
 
+    @_logs_env_errors
     def call_wait(self, timeout: float | None = None) -> tuple[Any, ...]:
         self._assert_is_running()
         if self._state != AsyncState.WAITING_CALL:
@@ -512,6 +556,7 @@ class RlayVectorEnv(VectorEnv):
             "wire; np_random_seed gives their seeds"
         )
 
+    @_logs_env_errors
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         self._assert_is_running()
         if not isinstance(values, (list, tuple)):
@@ -584,6 +629,7 @@ class RlayVectorEnv(VectorEnv):
         self._assert_idle("send")
         self._first_ready.send(actions, env_ids)
 
+    @_logs_env_errors
     def recv(self, batch_size: int | None = None, timeout: float | None = None):
         """The results of the first ``batch_size`` envs to finish since :meth:`send` / :meth:`async_reset`.
 

@@ -712,3 +712,17 @@ class ImageTextGraphEnv(gym.Env):
     def step(self, action):
         self.t += 1
         return self._obs(), float(action), bool(self.np_random.random() < 0.2), self.t >= 5, {}
+
+
+_made_alternating = 0
+
+
+def alternating_bounds_cartpole() -> gym.Env:
+    """CartPole whose observation bounds alternate between 1 and 2 at each call in a process: envs of
+    one worker whose spaces differ."""
+    global _made_alternating
+    _made_alternating += 1
+    env = gym.make("CartPole-v1")
+    high = float(1 + _made_alternating % 2)
+    env.observation_space = spaces.Box(-high, high, (4,), np.float32)
+    return env

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
-from rlay import RlayVectorEnv
-from tests.envs import FailingEnv
+from rlay import RlayTimeoutError, RlayVectorEnv, SpacesMismatch
+from tests.conftest import free_port, run_cli
+from tests.envs import FailingEnv, delayed_cartpole
 from tests.test_equivalence import MODES, compare_runs
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,7 +123,7 @@ def test_a_sub_env_error_is_logged_through_gymnasiums_logger_as_async_vector_env
     """Raised to the trainer, and before that logged at error level: who raised it, its traceback,
     and that it is raised back to the main process."""
     logged: list[str] = []
-    monkeypatch.setattr(gymnasium.logger, "error", lambda msg, *args, **kwargs: logged.append(str(msg)))
+    monkeypatch.setattr(gymnasium.logger, "error", lambda msg, *args, **kwargs: logged.append(str(msg) % args))
     errors = {}
     for cls in (AsyncVectorEnv, RlayVectorEnv):
         envs = cls([functools.partial(FailingEnv, 1)] * 2)
@@ -141,3 +142,65 @@ def test_a_sub_env_error_is_logged_through_gymnasiums_logger_as_async_vector_env
         assert "boom at t=1" in lines[1] and "Traceback" in lines[1], (cls, lines)
         assert lines[2].startswith("Raising the"), (cls, lines)
     assert "env 1 " in errors[RlayVectorEnv][1][0]  # the env that raised, by its index
+
+
+class PercentEnv(FailingEnv):
+    def step(self, action):
+        raise ValueError("battery at 50% done")
+
+
+def test_an_env_error_whose_message_holds_a_percent_sign_is_raised_as_itself():
+    """The error is logged with its text as data (AsyncVectorEnv's own logging of it fails with a
+    TypeError: gymnasium's logger formats its message with %)."""
+    envs = RlayVectorEnv([PercentEnv] * 2)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(ValueError, match="battery at 50% done"):
+            envs.step(np.array([0, 0]))
+    finally:
+        envs.close()
+
+
+@pytest.mark.parametrize(
+    "highs, envs_per_worker, odd",
+    [((1.0, 2.0, 1.0), 1, 1), ((1.0, 1.0, 1.0, 2.0), 2, 3), ((2.0, 1.0), 1, 1)],
+    ids=["a worker each", "the second worker's second env", "env 0 alone"],
+)
+def test_a_spaces_mismatch_names_an_env_that_differs_and_both_spaces(highs, envs_per_worker, odd):
+    """Whichever worker registers first, the error names an env whose space differs, the space it
+    has, and the env whose space it was held against."""
+    error = raised(lambda: RlayVectorEnv(bounds(*highs), envs_per_worker=envs_per_worker, timeout=30))
+    assert isinstance(error, SpacesMismatch), error
+    assert error.which == "observation"
+    assert highs[error.env] != highs[error.reference], (error.env, error.reference, str(error))
+    assert {error.env, error.reference} & {odd}, str(error)
+    assert f"Box(-{highs[error.env]}, {highs[error.env]}" in error.actual
+    assert f"Box(-{highs[error.reference]}, {highs[error.reference]}" in error.expected
+
+
+def test_settings_changed_after_construction_apply_to_the_next_call():
+    """timeout and autoreset_mode are read at each call, as attributes of a gymnasium vector env are."""
+    envs = RlayVectorEnv([functools.partial(delayed_cartpole, 1.0)] * 2, envs_per_worker=2)
+    try:
+        envs.reset(seed=0)
+        envs.timeout = 0.2
+        with pytest.raises(RlayTimeoutError):
+            envs.step(np.array([0, 0]))
+    finally:
+        envs.close(terminate=True)
+
+
+def test_a_cli_worker_whose_envs_spaces_differ_says_why_it_exits():
+    """Outside embedded mode nobody raises the worker's error for it: it prints it, and exits."""
+    done = run_cli(
+        "worker",
+        "tests.envs:alternating_bounds_cartpole",
+        "-k",
+        "2",
+        "--no-restart",
+        "--broker",
+        f"tcp://127.0.0.1:{free_port()}",
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "SpacesDiffer" in done.stderr and "observation space" in done.stderr, done.stderr[-2000:]

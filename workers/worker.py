@@ -44,9 +44,10 @@ class SpacesDiffer(RegistrationError):
     """Envs of one worker whose spaces do not batch together: ``which`` ("observation" or "action")
     space of env ``env`` (this worker's index)."""
 
-    def __init__(self, message: str, which: str, env: int, expected: str):
+    def __init__(self, message: str, which: str, env: int, expected: str, actual: str):
         super().__init__(message)
-        self.which, self.env, self.expected = which, env, expected  # (expected: what env 0 has, as text)
+        self.which, self.env = which, env
+        self.expected, self.actual = expected, actual  # (as text: what env 0 has, and what env ``env`` has)
 
 
 def check_spaces(envs: Sequence[gym.Env], observation_mode: str = "same", observation_space: Any = None) -> gym.Space:
@@ -59,7 +60,10 @@ def check_spaces(envs: Sequence[gym.Env], observation_mode: str = "same", observ
     wanted = first.observation_space if observation_space is None else observation_space
     for i, env in enumerate(envs):
         if observation_mode == "same":
-            fits = env.observation_space == wanted
+            # Exactly, as the broker compares the spaces of two workers (their wire form): gymnasium's
+            # == takes Box bounds within np.allclose as equal.
+            name = "observation_space"
+            fits = encode_space(env.observation_space, name) == encode_space(wanted, name)
         else:
             fits = is_space_dtype_shape_equiv(env.observation_space, wanted)
         if not fits:
@@ -69,6 +73,7 @@ def check_spaces(envs: Sequence[gym.Env], observation_mode: str = "same", observ
                 "observation",
                 i,
                 str(wanted),
+                str(env.observation_space),
             )
         if env.action_space != first.action_space:
             raise SpacesDiffer(
@@ -76,6 +81,7 @@ def check_spaces(envs: Sequence[gym.Env], observation_mode: str = "same", observ
                 "action",
                 i,
                 str(first.action_space),
+                str(env.action_space),
             )
     return wanted
 
@@ -413,6 +419,7 @@ def worker_process(
     parent_tmpdir: str | None = None,
     observation_mode: str = "same",
     observation_space: gym.Space | None = None,
+    parent_raises: bool = False,
 ) -> None:
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
@@ -421,7 +428,8 @@ def worker_process(
     for envs whose spaces differ (SpacesDiffer), the ``obs_space`` and ``act_space`` it registered
     (encoded) when the broker refused it, else empty. ``parent_tmpdir`` (embedded: the directory of
     the ipc sockets) is removed by the worker if it stops because its parent died, which could not
-    remove it.
+    remove it. ``parent_raises`` (embedded): the parent raises gymnasium's error for envs whose spaces
+    differ, so the worker exits without printing its own.
     """
     fns = getattr(env_fns, "fn", env_fns)
     worker = None
@@ -447,10 +455,10 @@ def worker_process(
         if error_queue is not None:
             details: dict[str, Any] = {}
             if isinstance(exc, SpacesDiffer):
-                details = {"which": exc.which, "env": exc.env, "expected": exc.expected}
+                details = {"which": exc.which, "env": exc.env, "expected": exc.expected, "actual": exc.actual}
             elif isinstance(exc, RegistrationError) and worker is not None:
                 details = {"obs_space": encode_space(worker.obs_space), "act_space": encode_space(worker.act_space)}
             error_queue.put((f"{env_id}#{rank}", traceback.format_exc(), details))
-            if isinstance(exc, SpacesDiffer):  # the parent raises gymnasium's error for it, which says it all
+            if isinstance(exc, SpacesDiffer) and parent_raises:  # (its error says it all)
                 raise SystemExit(1) from None
         raise

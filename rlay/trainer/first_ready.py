@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import numpy as np
-from gymnasium.vector.vector_env import AutoresetMode
 
 from rlay import protocol as P
 from rlay.errors import AlreadyPendingCallError, BrokerError, BrokerLostError, error_from_reply
@@ -30,18 +29,14 @@ __all__ = ["FirstReady"]
 class FirstReady:
     """The first-ready calls of one trainer over ``transport``."""
 
-    def __init__(
-        self, transport: Transport, replacer: Replacer, action_space: Any, autoreset_mode: AutoresetMode, timeout: float
-    ):
+    def __init__(self, transport: Transport, replacer: Replacer, action_space: Any):
         self.transport, self.replacer, self.lease = transport, replacer, transport.lease
+        self.settings = transport.settings
         self.action_space = action_space
-        self.autoreset_mode = autoreset_mode
-        self.timeout = timeout
-        self.in_flight: dict[int, int] = {}  # row -> the request id that carries it
+        self.in_flight = transport.in_flight  # row -> the request id that carries it (the transport's own dict)
         self.ready: collections.deque[EnvResult] = collections.deque()
         self.calls: dict[int, Call] = {}  # under "replace": request id -> its call
         self.marked: set[int] = set()  # rows whose next reset result gets infos["worker_lost"]
-        transport.first_ready = lambda: set(self.in_flight.values())
 
     @property
     def busy(self) -> bool:
@@ -80,7 +75,7 @@ class FirstReady:
             if len(leaf) != len(ids):
                 raise ValueError(f"send() got {len(ids)} env ids but {len(leaf)} actions")
         position = {int(row): k for k, row in enumerate(ids)}
-        mode = self.autoreset_mode.value
+        mode = self.settings.autoreset_mode.value
 
         def body(group: WorkerRows, rows: list[int]):
             descriptors, frames = encode_leaves(leaves, np.asarray([position[r] for r in rows]))
@@ -100,7 +95,7 @@ class FirstReady:
         batch_size = available if batch_size is None else batch_size
         if not 0 < batch_size <= available:
             raise ValueError(f"recv(batch_size={batch_size}) but {available} env result(s) are pending; send() first")
-        wait = self.timeout + REPLY_GRACE if timeout is None else timeout
+        wait = self.settings.timeout + REPLY_GRACE if timeout is None else timeout
         deadline = time.monotonic() + wait
         while len(self.ready) < batch_size:
             what = f"the first {batch_size} of envs {rows_text(sorted(self.in_flight))} to finish"
@@ -111,13 +106,13 @@ class FirstReady:
                 failures = head.get("failures") or []
                 if head[P.TYPE] == P.ERROR and not failures:  # the whole call was refused
                     error = error_from_reply(head, what, self.lease)
-                    if not (isinstance(error, BrokerLostError) and self.replacer.enabled):  # (survived below)
+                    if not (isinstance(error, BrokerLostError) and self.settings.replace):  # (survived below)
                         req = head.get(P.REQ)
                         for row in [r for r, q in self.in_flight.items() if req is None or q == req]:
                             del self.in_flight[row]  # none of its envs is stepping
                     raise error
             except BrokerLostError as exc:
-                if not self.replacer.enabled:
+                if not self.settings.replace:
                     raise
                 self._replace_in_flight([], str(exc), relet=True)
                 continue
@@ -142,7 +137,7 @@ class FirstReady:
         call = self.transport.send(kind, rows, make_body, gather=False)
         if call.req is None:
             return
-        if self.replacer.enabled:
+        if self.settings.replace:
             self.calls[call.req] = call
         self.in_flight.update(dict.fromkeys(call.rows, call.req))
 
@@ -157,7 +152,7 @@ class FirstReady:
             for result in results:
                 self.in_flight.pop(result.row, None)
                 self.ready.append(result)
-                if self.replacer.enabled and "reward" not in body:  # a reset: a new episode
+                if self.settings.replace and "reward" not in body:  # a reset: a new episode
                     self.replacer.new_episode(result.row)
                     if result.row in self.marked:
                         self.marked.discard(result.row)

@@ -25,9 +25,9 @@ Parts = list[tuple[list[int], dict, list[Any]]]  # a gathered answer: (rows, bod
 class Gather:
     """Waits for the gathered calls of one trainer over ``transport``."""
 
-    def __init__(self, transport: Transport, replacer: Replacer, timeout: float):
+    def __init__(self, transport: Transport, replacer: Replacer):
         self.transport, self.replacer, self.lease, self.buffer = transport, replacer, transport.lease, transport.buffer
-        self.timeout = timeout
+        self.settings = transport.settings
 
     def finish(self, call: Call, timeout: float | None) -> tuple[Parts, set[int]]:
         """Wait for a gathered call's answer: [(rows, body, array frames) per part], and the rows
@@ -37,14 +37,14 @@ class Gather:
         what = f"the {call.kind} of envs {rows_text(sorted(call.rows))} on " + ", ".join(
             g.describe() for g in call.groups
         )
-        wait = self.timeout + REPLY_GRACE if timeout is None else timeout
+        wait = self.settings.timeout + REPLY_GRACE if timeout is None else timeout
         replacer, generation = self.replacer, self.lease.generation
         try:
             head, frames = self.transport.await_answer(call.req, wait, what)
             if head[P.TYPE] == P.ERROR:
                 raise error_from_reply(head, what, self.lease)
         except BrokerLostError as exc:
-            if not replacer.enabled:
+            if not self.settings.replace:
                 raise
             replies, lost = [], call.rows  # the old broker's answer will never come
             replaced = replacer.recover([], str(exc), relet=True)

@@ -37,16 +37,11 @@ WORKER_LOST_KEY = "worker_lost"  # the info key that marks an env replaced after
 
 
 class Replacer:
-    """The worker-loss policy of one trainer: ``enabled`` is ``on_worker_failure == "replace"``."""
+    """The worker-loss policy of one trainer (``settings.replace``: ``on_worker_failure == "replace"``)."""
 
-    def __init__(
-        self, transport: Transport, autoreset_mode: AutoresetMode, timeout: float, replace_timeout: float, enabled: bool
-    ):
+    def __init__(self, transport: Transport):
         self.transport, self.lease, self.buffer = transport, transport.lease, transport.buffer
-        self.autoreset_mode = autoreset_mode
-        self.timeout = timeout
-        self.replace_timeout = replace_timeout
-        self.enabled = enabled
+        self.settings = transport.settings
         self.owed_truncation: dict[int, EnvResult] = {}
         self.owed_reset: dict[int, EnvResult] = {}
         self.awaiting_reset: set[int] = set()
@@ -76,12 +71,14 @@ class Replacer:
         else:
             new = self.owed_truncation.pop(row)
             marker = {WORKER_LOST_KEY: True}
-            if self.autoreset_mode == AutoresetMode.SAME_STEP:  # the last observation seen stands in for the final one
+            if (
+                self.settings.autoreset_mode == AutoresetMode.SAME_STEP
+            ):  # the last observation seen stands in for the final one
                 result = EnvResult(
                     row, new.obs, 0.0, False, True, {**new.info, **marker}, (self.buffer.row_obs(row), {})
                 )
             else:
-                if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                if self.settings.autoreset_mode == AutoresetMode.NEXT_STEP:
                     self.owed_reset[row] = new
                 result = EnvResult(row, self.buffer.row(row), 0.0, False, True, marker, None)
         self.buffer.set_row(row, result.obs)
@@ -96,7 +93,7 @@ class Replacer:
         if not failures:
             return [], ""
         code, message = describe_failures(failures)
-        if not self.enabled or any(f.get("code") != P.E_WORKER_LOST for f in failures):
+        if not self.settings.replace or any(f.get("code") != P.E_WORKER_LOST for f in failures):
             raise error_from_reply({**head, "code": code, "message": message}, what, self.lease)
         return self.lease.rows_of([s for f in failures for s in f.get("slots") or []]), self.lease.name_rows(message)
 
@@ -113,7 +110,7 @@ class Replacer:
         restarted or forgot this trainer, so every row is leased anew. The reset results wait in
         ``owed_truncation`` until each row's next step reports the lost episode as truncated.
         """
-        deadline = time.monotonic() + self.replace_timeout
+        deadline = time.monotonic() + self.settings.replace_timeout
         replaced: set[int] = set()
         rows, first = sorted(rows), True
         while rows or relet or self.awaiting_reset:
@@ -122,7 +119,7 @@ class Replacer:
                     if not first and time.monotonic() >= deadline:
                         raise WorkerLostError(
                             f"envs {rows_text(rows)} could not be replaced within "
-                            f"{self.replace_timeout:g} s (replace_timeout): {cause}"
+                            f"{self.settings.replace_timeout:g} s (replace_timeout): {cause}"
                         )
                     first = False
                     # A lost worker may still run: it must not write into the rows that hold its envs'
@@ -165,7 +162,7 @@ class Replacer:
         call = self.transport.send(
             P.RESET, np.asarray(rows), lambda g, r: ({"seeds": [None] * len(r), "options": None}, []), shared=False
         )
-        head, frames = self.transport.await_answer(call.req, self.timeout + REPLY_GRACE, what)
+        head, frames = self.transport.await_answer(call.req, self.settings.timeout + REPLY_GRACE, what)
         if head[P.TYPE] == P.ERROR:
             raise error_from_reply(head, what, self.lease)
         return head, frames, what
@@ -179,7 +176,7 @@ class Replacer:
         if head[P.TYPE] == P.ERROR:
             if head.get("code") == P.E_LEASE_TIMEOUT:
                 raise WorkerLostError(
-                    f"no replacement came within {self.replace_timeout:g} s (replace_timeout) for "
+                    f"no replacement came within {self.settings.replace_timeout:g} s (replace_timeout) for "
                     f"envs {rows_text(rows)}, lost with their worker: {cause}. "
                     f"The broker: {head.get('message')}"
                 )

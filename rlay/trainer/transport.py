@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gymnasium.vector.vector_env import AutoresetMode
 
 from rlay import protocol as P
 from rlay.errors import BrokerError
@@ -18,7 +19,7 @@ from rlay.trainer.obs_buffer import ObsBuffer
 from rlay.values import WireError, packb
 from rlay.wire import decode_body
 
-__all__ = ["Call", "Transport", "REPLY_GRACE"]
+__all__ = ["Call", "Settings", "Transport", "REPLY_GRACE"]
 
 REPLY_GRACE = 5.0  # s the trainer waits past the broker's own deadline (the broker's error is more precise)
 
@@ -36,15 +37,24 @@ class Call:
     groups: list[WorkerRows] = field(default_factory=list)
 
 
+@dataclass
+class Settings:
+    """The settings of a trainer that its collaborators read at each call: RlayVectorEnv's attributes
+    of the same names (which may change between calls)."""
+
+    timeout: float  # s, each call's, enforced by the broker
+    replace_timeout: float  # s a replacement may wait for free slots
+    autoreset_mode: AutoresetMode
+    replace: bool  # on_worker_failure == "replace": lost envs are replaced, so calls are partial
+
+
 class Transport:
     """A trainer's calls over its broker connection ``client``, for the rows of ``lease``."""
 
-    def __init__(self, client: Any, lease: Lease, buffer: ObsBuffer, timeout: float, partial: bool):
-        self.client, self.lease, self.buffer = client, lease, buffer
-        self.timeout = timeout
-        self.partial = partial  # a failed part does not fail the call (the trainer replaces lost envs)
+    def __init__(self, client: Any, lease: Lease, buffer: ObsBuffer, settings: Settings):
+        self.client, self.lease, self.buffer, self.settings = client, lease, buffer, settings
         self.stash: collections.deque = collections.deque()  # first-ready answers that came during another wait
-        self.first_ready: Callable[[], set[int]] = set  # the reqs of first-ready calls in flight
+        self.in_flight: dict[int, int] = {}  # first-ready stepping: row -> the request id that carries it
 
     def send(self, kind: str, rows: np.ndarray, make_body: MakeBody, gather: bool = True, shared: bool = True) -> Call:
         """Send one batched call: one part per worker that hosts some of ``rows``.
@@ -71,15 +81,15 @@ class Transport:
             call.groups.append(group)
         if not parts:
             return call
-        flags = {"partial": True} if self.partial else {}
+        flags = {"partial": True} if self.settings.replace else {}  # a failed part does not fail the call
         if not gather:
             flags["gather"] = False
-        call.req = self.client.send(kind, frames, parts=parts, timeout=self.timeout, **flags)
+        call.req = self.client.send(kind, frames, parts=parts, timeout=self.settings.timeout, **flags)
         return call
 
     def await_answer(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:
         """Wait for the answer to ``req``, keeping first-ready answers that come meanwhile for recv()."""
-        others = self.first_ready()
+        others = set(self.in_flight.values())
         if not others:
             return self.client.wait(req, wait_s, what)
         deadline = time.monotonic() + wait_s
