@@ -40,6 +40,7 @@ from broker.inline import INLINE, InlineFrontEnd
 from broker.leases import SlotTable, check_registration
 from broker.limits import Limits, TokenBucket
 from broker.liveness import Liveness
+from broker.metrics import Metrics, MetricsServer, prometheus_text, slots_by_env
 from broker.records import Batch, Part, PendingLease, Refusal, WorkerRecord, slot_info
 from broker.status import FailureLog, FleetReports, LogLimiter, table_report
 from rlay import protocol as P
@@ -81,7 +82,11 @@ class Broker:
         heartbeat_liveness: int = P.HEARTBEAT_LIVENESS,
         curve: Any = None,
         limits: Limits = Limits(),
+        metrics: bool = True,
+        metrics_address: str | None = None,
     ):
+        """``metrics``: measure the calls routed (broker/metrics.py; off only to measure their cost);
+        ``metrics_address`` (HOST:PORT): serve them to Prometheus there."""
         self.curve = curve  # rlay.security.Curve: both sockets encrypt, and let in only authorized keys
         self.heartbeat_interval = float(heartbeat_interval)
         self.heartbeat_liveness = heartbeat_liveness
@@ -96,6 +101,8 @@ class Broker:
         self.calls = CallBook(self.table)
         self.liveness = Liveness(self.heartbeat_interval, heartbeat_liveness)
         self.failures = FailureLog()
+        self.metrics = Metrics(metrics)
+        self.metrics_server: MetricsServer | None = None
         self.fleet = FleetReports()
         self.limited_log = LogLimiter(log)
         self.registrations = TokenBucket(limits.registrations_per_second, limits.registration_burst)
@@ -117,6 +124,11 @@ class Broker:
                 self.front = self._router(frontend)
                 self.frontend_addr = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
                 self.poller.register(self.front, zmq.POLLIN)
+            if metrics_address is not None:
+                try:
+                    self.metrics_server = MetricsServer(metrics_address)
+                except OSError as exc:
+                    raise BindError(f"cannot serve metrics on {metrics_address}: {exc}") from None
         except BaseException:  # (a bind that failed: nothing of this broker stays open)
             if self.authenticator is not None:
                 self.authenticator.stop()
@@ -176,7 +188,10 @@ class Broker:
             self._drain(self.back, self.process_worker)
         if self.front in events:
             self._drain(self.front, self.process_trainer)
-        self._expire(time.monotonic())
+        now = time.monotonic()
+        self._expire(now)
+        if self.metrics_server is not None and self.metrics_server.due(now):
+            self.metrics_server.update(prometheus_text(self.status()), now)
 
     def close(self) -> None:
         if self.closed:
@@ -186,6 +201,8 @@ class Broker:
             self._send(self.back, worker.ident, [header(P.DISCONNECT, reason="broker shutting down")])
         self.front.close()
         self.back.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         if self.authenticator is not None:
             self.authenticator.stop()
         self.ctx.term()
@@ -448,6 +465,7 @@ class Broker:
         if trainer is None:
             return
         self.calls.release(ident)
+        self.metrics.trainer_left(trainer.name)
         log.info("trainer %s released %d slots", trainer.name, len(trainer.slots))
         self._grant(trainer.env_id)
 
@@ -496,8 +514,28 @@ class Broker:
         batch = part.batch
         if not batch.gather:
             self._answer(batch, [part])
-        if self.calls.finish(part) and batch.gather:
+        finished = self.calls.finish(part)
+        if finished and batch.gather:
             self._answer(batch, batch.parts)
+        if self.metrics.enabled:  # (after the answer: the trainer need not wait for it)
+            self._measure(part, finished)
+
+    def _measure(self, part: Part, finished: bool) -> None:
+        batch, now = part.batch, time.monotonic()
+        step = batch.kind == P.STEP
+        self.metrics.part_done(part.worker.name, step, len(part.slots), part.error is not None, now - batch.opened)
+        if batch.first_done is None:
+            batch.first_done = now
+        trainer = self.table.trainers.get(batch.trainer)
+        if finished and trainer is not None:
+            replied = [p for p in batch.parts if p.error is None]
+            self.metrics.batch_done(
+                trainer.name,
+                sum(len(p.slots) for p in replied) if step else 0,
+                len(replied) < len(batch.parts),
+                now - batch.opened,
+                now - batch.first_done,
+            )
 
     def _answer(self, batch: Batch, parts: list[Part]) -> None:
         """ONE reply for ``parts``: their frames concatenated, or an error naming every failure."""
@@ -604,9 +642,12 @@ class Broker:
         if self.table.workers.get(worker.ident) is not worker:
             return  # already handled
         reason = f"{worker.describe()} was lost: {why}"
-        log.warning(reason)
         leased = self.table.lose_worker(worker, reason)
+        # A worker that leaves while no trainer holds its envs (rlay up stopping, a fleet shrinking)
+        # is news, not trouble.
+        log.log(logging.WARNING if leased else logging.INFO, reason)
         self.failures.worker_lost(worker, leased, why)
+        self.metrics.worker_left(worker.name)
         self.calls.forget_parts()  # remembered parts may name its slots
         self.liveness.forget(worker.ident)
         for part in self.calls.in_flight_on(worker.ident):
@@ -636,6 +677,8 @@ class Broker:
             **table_report(self.table),
             "programs": self.fleet.status(self.table.workers.values()),
             **self.failures.report(),
+            "metrics": self.metrics.report(),
+            "slots_by_env": slots_by_env(self.table),
         }
 
 

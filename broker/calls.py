@@ -58,7 +58,7 @@ class CallBook:
         trainer = self.table.trainers.get(ident)
         if trainer is None:
             raise Refusal(P.E_NO_LEASE, NO_LEASE)
-        batch = Batch(next(self._ids), ident, req, kind, timeout, now + timeout, gather, partial)
+        batch = Batch(next(self._ids), ident, req, kind, timeout, now + timeout, gather, partial, opened=now)
         offset, workers, lost = 0, set(), {}
         for part_spec in spec:
             worker, envs, slots, nframes = self._part(trainer, part_spec, len(frames) - offset, workers)

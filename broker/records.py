@@ -116,6 +116,8 @@ class Batch:
     parts: list[Part] = field(default_factory=list)
     pending: int = 0  # parts not done yet: counted down, never rescanned
     released: bool = False  # its trainer released its lease meanwhile: never answered (protocol 5.6)
+    opened: float = 0.0  # monotonic s it arrived (and its parts were sent)
+    first_done: float | None = None  # monotonic s its first part was done
 
     @property
     def finished(self) -> bool:

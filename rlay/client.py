@@ -102,13 +102,22 @@ class BrokerClient:
         ``check_broker=False`` waits out a broker that is away (for a lease
         that may only be answered once it is back) instead of raising BrokerLostError.
         """
+        answer = self.poll(req, wait_s, what, check_broker=check_broker)
+        if answer is None:
+            raise RlayTimeoutError(
+                f"no reply from {self.where} within {wait_s:g} s while waiting for {what}{self._never_answered()}"
+            )
+        return answer
+
+    def poll(
+        self, req: int | Container[int], wait_s: float, what: str, *, check_broker: bool = True
+    ) -> tuple[dict, list[Any]] | None:
+        """As wait(), but None when no reply came within ``wait_s`` s."""
         deadline = time.monotonic() + wait_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RlayTimeoutError(
-                    f"no reply from {self.where} within {wait_s:g} s while waiting for {what}{self._never_answered()}"
-                )
+                return None
             if self.health_check is not None and time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000
                 self.health_check()
@@ -234,11 +243,11 @@ class InlineBrokerClient(BrokerClient):
             self.broker.process_trainer(self.IDENT, [header(type_, req=req, **fields), *frames])
         return req
 
-    def wait(
+    def poll(
         self, req: int | Container[int], wait_s: float, what: str, *, check_broker: bool = True
-    ) -> tuple[dict, list[Any]]:
+    ) -> tuple[dict, list[Any]] | None:
         with self.lock:  # the idle pumper stays out while this thread turns the broker
-            return super().wait(req, wait_s, what, check_broker=check_broker)
+            return super().poll(req, wait_s, what, check_broker=check_broker)
 
     @property
     def where(self) -> str:

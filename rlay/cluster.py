@@ -22,7 +22,7 @@ from typing import Any
 
 from gymnasium.vector.utils import CloudpickleWrapper
 
-from rlay.errors import BrokerError, RlayError, RlayTimeoutError, SpacesMismatch, WorkerLostError
+from rlay.errors import BrokerError, RlayError, RlayTimeoutError, SpacesMismatch, WorkerLostError, remote_env_error
 from rlay.spaces import decode_space
 
 __all__ = ["Cluster", "WorkerGroup", "Supervision", "EMBEDDED_ENV_ID"]
@@ -269,6 +269,14 @@ class Cluster:
                 mismatch = self._spaces_mismatch(label, details)
                 if mismatch is not None:
                     raise mismatch
+                if "type" in details:  # making its envs raised: that exception's own type, and where
+                    raise remote_env_error(
+                        str(details["type"]),
+                        f"local worker {label} (pid {proc.pid}) could not make its envs: {details.get('message')}"
+                        f"\n--- the worker's traceback ---{why[1:]}",
+                        [{**details, "worker": label, "pid": proc.pid}],
+                        str(details.get("module")),
+                    )
                 raise RlayError(f"local worker {label} (pid {proc.pid}) exited with code {proc.exitcode}{why}")
         if self.supervision is not None:
             self._supervise(time.monotonic())

@@ -40,7 +40,6 @@ from rlay.cluster import EMBEDDED_ENV_ID, Cluster, Supervision
 from rlay.errors import (
     AlreadyPendingCallError,
     ClosedEnvironmentError,
-    LeaseError,
     NoAsyncCallError,
     RemoteEnvError,
     log_env_error,
@@ -48,10 +47,10 @@ from rlay.errors import (
 from rlay.spaces import decode_space, flatten
 from rlay.trainer.first_ready import FirstReady
 from rlay.trainer.gather import Gather, Parts
-from rlay.trainer.lease import Lease, WorkerRows, row_index, rows_text
+from rlay.trainer.lease import Lease, WorkerRows, request_lease, row_index, rows_text
 from rlay.trainer.obs_buffer import RESET_KEYS, STEP_KEYS, ObsBuffer
 from rlay.trainer.replace import WORKER_LOST_KEY, Replacer
-from rlay.trainer.transport import REPLY_GRACE, Call, Settings, Transport
+from rlay.trainer.transport import Call, Settings, Transport
 from rlay.values import packb
 from rlay.wire import encode_leaves
 
@@ -345,15 +344,7 @@ class RlayVectorEnv(VectorEnv):
         self.env_id = env_id
         self.num_envs = num_envs
         self._client = client
-        lease = self._client.request(
-            P.LEASE,
-            lease_timeout + REPLY_GRACE,
-            f"a lease of {num_envs} slots of {env_id!r}",
-            error=LeaseError,
-            env_id=env_id,
-            num_envs=num_envs,
-            timeout=lease_timeout,
-        )
+        lease = request_lease(client, env_id, num_envs, lease_timeout)
         client.leased(lease)
         self._lease = Lease(env_id, lease["slots"], (lease["obs_space"], lease["act_space"]))
 
@@ -588,10 +579,12 @@ class RlayVectorEnv(VectorEnv):
                 except Exception:
                     pass
             if self._client is not None:
-                try:
-                    self._client.request(P.RELEASE, RELEASE_TIMEOUT, "the release of this trainer's slots")
-                except Exception:
-                    pass  # the broker may be gone already: nothing left to release
+                # (embedded, the private broker may have been stopped at exit already: nothing to release)
+                if self._finalizer is None or self._finalizer.alive:
+                    try:
+                        self._client.request(P.RELEASE, RELEASE_TIMEOUT, "the release of this trainer's slots")
+                    except Exception:
+                        pass  # the broker may be gone already: nothing left to release
                 self._client.close()
                 self._client = None
         finally:

@@ -424,12 +424,13 @@ def worker_process(
     """Process entry point for one worker; ``env_fns`` may be cloudpickle-wrapped.
 
     A failure before or while serving is put on ``error_queue`` as ``("ENV_ID#RANK", traceback
-    text, details)`` so that the parent can say what went wrong: details are ``{"which", "env", "expected"}``
-    for envs whose spaces differ (SpacesDiffer), the ``obs_space`` and ``act_space`` it registered
-    (encoded) when the broker refused it, else empty. ``parent_tmpdir`` (embedded: the directory of
+    text, details)`` so that the parent can say what went wrong: details are ``{"which", "env",
+    "expected", "actual"}`` for envs whose spaces differ (SpacesDiffer), the ``obs_space`` and
+    ``act_space`` it registered (encoded) when the broker refused it, ``{"type", "module",
+    "message"}`` of the exception that making its envs raised, else empty. ``parent_tmpdir`` (embedded: the directory of
     the ipc sockets) is removed by the worker if it stops because its parent died, which could not
-    remove it. ``parent_raises`` (embedded): the parent raises gymnasium's error for envs whose spaces
-    differ, so the worker exits without printing its own.
+    remove it. ``parent_raises`` (embedded): the parent raises the error of envs that cannot be made or
+    whose spaces differ, so the worker exits without printing it a second time.
     """
     fns = getattr(env_fns, "fn", env_fns)
     worker = None
@@ -458,7 +459,9 @@ def worker_process(
                 details = {"which": exc.which, "env": exc.env, "expected": exc.expected, "actual": exc.actual}
             elif isinstance(exc, RegistrationError) and worker is not None:
                 details = {"obs_space": encode_space(worker.obs_space), "act_space": encode_space(worker.act_space)}
+            elif worker is None and isinstance(exc, Exception):  # making its envs failed
+                details = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
             error_queue.put((f"{env_id}#{rank}", traceback.format_exc(), details))
-            if isinstance(exc, SpacesDiffer) and parent_raises:  # (its error says it all)
+            if parent_raises and ("which" in details or "type" in details):  # (the parent raises it, once)
                 raise SystemExit(1) from None
         raise

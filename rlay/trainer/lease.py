@@ -3,11 +3,22 @@ that hosts them: one part of every batched call per worker."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Lease", "WorkerRows", "row_index", "rows_text"]
+from rlay import protocol as P
+from rlay.errors import LeaseError, RlayTimeoutError
+
+__all__ = ["Lease", "WorkerRows", "request_lease", "row_index", "rows_text"]
+
+log = logging.getLogger("rlay.vector")
+
+LEASE_NOTE_S = 5.0  # s between the log lines of a lease wait, saying what it waits for
+REPLY_GRACE = 5.0  # s past the broker's own deadline (its refusal says more than a timeout)
 
 SLOTS_IN_TEXT = re.compile(r"slots \[([0-9, ]*)\]")  # how broker messages name slots (protocol 5.13)
 
@@ -93,3 +104,46 @@ def rows_text(rows: list) -> str:
     if rows and rows == list(range(rows[0], rows[0] + len(rows))) and len(rows) > 2:
         return f"{rows[0]}-{rows[-1]}"
     return ", ".join(str(r) for r in rows)
+
+
+def request_lease(client: Any, env_id: str, num_envs: int, lease_timeout: float) -> dict:
+    """Lease ``num_envs`` slots of ``env_id`` (protocol 5.5) and return the broker's `leased`. While the
+    broker makes it wait, a log line every LEASE_NOTE_S seconds says for what: how many slots of the
+    env id are registered and free, and which env ids the broker has (a typo shows at once)."""
+    what = f"a lease of {num_envs} slots of {env_id!r}"
+    req = client.send(P.LEASE, env_id=env_id, num_envs=num_envs, timeout=lease_timeout)
+    start = time.monotonic()
+    deadline, note_at, asked = start + lease_timeout + REPLY_GRACE, start + LEASE_NOTE_S, None
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise RlayTimeoutError(
+                f"no reply from {client.where} within {lease_timeout + REPLY_GRACE:g} s while "
+                f"waiting for {what}{client._never_answered()}"
+            )
+        answer = client.poll({req} if asked is None else {req, asked}, min(deadline, note_at) - now, what)
+        if answer is None:  # time for a note: ask the broker what it has
+            asked, note_at = client.send(P.STATUS), time.monotonic() + LEASE_NOTE_S
+            continue
+        head, _ = answer
+        if head.get(P.REQ) == req:
+            if head[P.TYPE] == P.ERROR:
+                raise LeaseError(f"the broker refused {what}: {head.get('message')}")
+            return head
+        asked = None
+        if head[P.TYPE] == P.STATUS:
+            log.warning("waiting for %s (%.0f s so far): %s", what, time.monotonic() - start, _shortfall(head, env_id))
+
+
+def _shortfall(status: dict, env_id: str) -> str:
+    """What a broker's `status` says of the slots of ``env_id``, and of its other env ids."""
+    slots = status.get("slots_by_env") or {}
+    mine = slots.get(env_id)
+    if mine is None:
+        text = f"no worker has registered {env_id!r}"
+    else:
+        text = f"{sum(mine.values())} registered, {mine.get('free', 0)} free"
+    others = [
+        f"{name} ({sum(c.values())} slots, {c.get('free', 0)} free)" for name, c in slots.items() if name != env_id
+    ]
+    return text + ("; registered env ids: " + ", ".join(others) if others else "; no other env id is registered")
