@@ -20,6 +20,7 @@ from rlay.errors import (
     SpacesMismatch,
     WorkerLostError,
 )
+from rlay.registration import register
 from rlay.vector import RlayVectorEnv
 
 __version__ = "0.1.0"
@@ -39,9 +40,10 @@ __all__ = [
     "RlayError",
     "RlayTimeoutError",
     "RlayVectorEnv",
-    "WorkerLostError",
     "SpacesMismatch",
+    "WorkerLostError",
     "make_vec",
+    "register",
 ]
 
 

@@ -115,17 +115,27 @@ def with_options(options):
     return decorate
 
 
-def run_cluster(cluster) -> None:
+class StopSignals:
+    """Ctrl-C and SIGTERM, noted (``now``) rather than acted on. Installed before a deployment starts, so that
+    one that comes while it starts stops it once started instead of leaving parts of it running."""
+
+    def __init__(self) -> None:
+        self.now = False
+        self.install()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._note)
+        signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, *_: Any) -> None:
+        self.now = True
+
+
+def run_cluster(cluster, stop: StopSignals | None = None) -> None:
     """Wait on a cluster until Ctrl-C / SIGTERM or until its children are gone; then stop it all."""
-    stop = {"now": False}
-
-    def on_signal(*_: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop or StopSignals()
     try:
-        status = cluster.wait(lambda: stop["now"])
+        status = cluster.wait(lambda: stop.now)
     finally:
         cluster.stop()
     sys.exit(status)
@@ -311,7 +321,17 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
 @main.command(context_settings=CONTEXT)
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
 @with_options(restart_options)
-def up(config_path: str, restart: bool, max_restarts: int) -> None:
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Place every worker process and program instance on the Ray cluster at ADDRESS (alone: auto, the "
+    "cluster this host joined) as actors; the broker stays here. Overrides [cluster] ray. Needs the ray extra.",
+)
+def up(config_path: str, restart: bool, max_restarts: int, ray_address: str | None) -> None:
     """Run the broker, workers and programs a TOML file lists, until Ctrl-C or SIGTERM."""
     from rlay import deployment
     from rlay.cluster import Cluster
@@ -322,19 +342,26 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
     section = config.get("broker", {})
     frontend = section.get("frontend", P.DEFAULT_FRONTEND)
     backend = section.get("backend", P.DEFAULT_BACKEND)
-    groups = [
-        worker_group(
-            g["env"],
-            g.get("num_workers", 1),
-            g.get("envs_per_worker", 1),
-            g.get("env_kwargs"),
-            g.get("name"),
-            None if g.get("threads", "auto") == "auto" else g["threads"],
-        )
-        for g in config.get("workers", [])
-    ]
-    curve = load_curve(section.get("curve"), "client")
+    ray_address = ray_address or config.get("cluster", {}).get("ray")
+    stop = StopSignals()
     programs = deployment.programs(config, config_path)
+    launcher, groups = None, []
+    if ray_address:  # every worker process is an instance too: one mechanism places and supervises both
+        launcher = ray_launcher(ray_address)
+        programs += deployment.worker_programs(config, taken={p.name for p in programs})
+    else:
+        groups = [
+            worker_group(
+                g["env"],
+                g.get("num_workers", 1),
+                g.get("envs_per_worker", 1),
+                g.get("env_kwargs"),
+                g.get("name"),
+                None if g.get("threads", "auto") == "auto" else g["threads"],
+            )
+            for g in config.get("workers", [])
+        ]
+    curve = load_curve(section.get("curve"), "client")
     fleet = None
     if programs:
         fleet = Fleet(
@@ -342,6 +369,7 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
             backend,
             deployment.log_dir(config, config_path),
             supervision=supervision(restart, max_restarts),
+            launcher=launcher,
             frontend=frontend,
             curve=curve,
         )
@@ -357,15 +385,34 @@ def up(config_path: str, restart: bool, max_restarts: int) -> None:
         )
     except BrokerError as exc:  # (its addresses are taken: no worker was started)
         raise click.ClickException(str(exc)) from None
-    total = sum(len(g.env_fns) for g in groups)
-    instances = sum(p.count for p in programs)
+    except ConnectionError as exc:  # (no Ray cluster at that address)
+        raise click.ClickException(
+            f"cannot reach the Ray cluster at {ray_address}: {exc} (a cluster made by `ray start` may want its "
+            "token: RAY_AUTH_MODE=token, or --ray alone)"
+        ) from None
+    parts = []
+    if groups:
+        parts.append(f"{sum(len(g.env_fns) for g in groups)} env slot(s) in {len(cluster.workers)} worker process(es)")
+    if fleet:
+        where = f" on the Ray cluster at {ray_address}" if ray_address else ""
+        parts.append(f"{sum(p.count for p in programs)} program instance(s){where} (logs in {fleet.log_dir})")
     click.echo(
-        f"rlay up: broker on {frontend} (workers on {backend}), {total} env slot(s) in "
-        f"{len(cluster.workers)} worker process(es)"
-        + (f", {instances} program instance(s) (logs in {fleet.log_dir})" if fleet else "")
+        f"rlay up: broker on {frontend} (workers on {backend})"
+        + (", " + ", ".join(parts) if parts else ", nothing else to run")
         + ". Ctrl-C stops everything."
     )
-    run_cluster(cluster)
+    run_cluster(cluster, stop)
+
+
+def ray_launcher(address: str):
+    """A RayLauncher for the cluster at ``address``; a one-line usage error when Ray is not installed."""
+    try:
+        from rlay.ray_fleet import RayLauncher
+    except ImportError as exc:
+        raise click.ClickException(
+            f"--ray needs Ray, an optional extra: pip install -e '.[ray]' (or pip install 'rlay[ray]'); {exc}"
+        ) from None
+    return RayLauncher(address)
 
 
 @main.command(context_settings=CONTEXT)

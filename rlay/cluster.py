@@ -381,16 +381,16 @@ class Cluster:
                 self._supervise(time.monotonic())
             if self.fleet is not None:
                 self.fleet.tend(time.monotonic())
-            # Done when every worker is dead for good (unsupervised, or given up on under supervision);
-            # a fleet runs until it is stopped.
+            # Done when every worker and every program instance is down for good (exited unsupervised, or
+            # given up on under supervision): nothing this command launched runs, and nothing will again.
             if (
-                self.fleet is None
-                and self.workers
+                (self.workers or self.fleet is not None)
                 and not self.restarts.due
                 and all(
                     p.exitcode is not None and (self.supervision is None or label in self.restarts.gave_up)
                     for label, p in self.workers
                 )
+                and (self.fleet is None or self.fleet.down)
             ):
                 break
             live = [p.sentinel for p in self.processes if p.exitcode is None]
@@ -400,8 +400,8 @@ class Cluster:
         report()  # a child may have exited since the last look
         # Under supervision a worker that died and was restarted is not a failure; giving up is.
         failed = self.restarts.gave_up if self.supervision is not None else reported
-        if self.fleet is not None and self.fleet.gave_up:
-            failed = failed | self.fleet.gave_up
+        if self.fleet is not None:
+            failed = failed | self.fleet.failed
         return 1 if failed else 0
 
     def _supervise(self, now: float) -> None:

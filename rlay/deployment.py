@@ -13,6 +13,8 @@ exception: relative to where the command runs) are relative to the file's own di
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,15 @@ from typing import Any
 
 from rlay import protocol as P
 
-__all__ = ["ConfigError", "read_deployment", "programs", "log_dir", "LIMIT_KEYS", "DEFAULT_LOG_DIR"]
+__all__ = [
+    "ConfigError",
+    "read_deployment",
+    "programs",
+    "worker_programs",
+    "log_dir",
+    "LIMIT_KEYS",
+    "DEFAULT_LOG_DIR",
+]
 
 DEFAULT_LOG_DIR = "rlay-logs"  # beside the deployment file, when [fleet] names none
 
@@ -179,6 +189,45 @@ def programs(config: dict[str, Any], path: str | Path) -> list[Any]:
         )
         for p in config.get("programs", [])
     ]
+
+
+def worker_programs(config: dict[str, Any], taken: set[str] = frozenset()) -> list[Any]:
+    """The [[workers]] of a deployment file as programs (rlay.fleet.Program), one instance per worker
+    process: ``{python} -m rlay.cli worker ENV -k ENVS_PER_WORKER --no-restart --broker {broker}``, so a
+    fleet launcher (a Ray cluster) places and supervises them like any program. Names are the groups'
+    (name, or env), made unique against ``taken`` and each other."""
+    from rlay.fleet import Program
+
+    defaults = config.get("fleet", {})
+    curve = config.get("broker", {}).get("curve")
+    made, names = [], set(taken)
+    for group in config.get("workers", []):
+        name = group.get("name", group["env"])
+        unique, n = name, 2
+        while unique in names:
+            unique, n = f"{name}-{n}", n + 1
+        names.add(unique)
+        command = ["{python}", "-m", "rlay.cli", "worker", group["env"]]
+        command += ["-k", str(group.get("envs_per_worker", 1)), "--no-restart", "--broker", "{broker}"]
+        if "name" in group:
+            command += ["--name", group["name"]]
+        if group.get("env_kwargs"):
+            command += ["--env-kwargs", json.dumps(group["env_kwargs"])]
+        if group.get("threads", "auto") != "auto":
+            command += ["-t", str(group["threads"])]
+        if curve:  # (the same directory on every node: a shared file system, or copied there)
+            command += ["--curve", os.path.abspath(curve)]
+        made.append(
+            Program(
+                name=unique,
+                command=tuple(command),
+                count=group.get("num_workers", 1),
+                cwd=None,
+                register_timeout=float(defaults.get("register_timeout", 60.0)),
+                resources={k: float(v) for k, v in group.get("resources", {}).items()},
+            )
+        )
+    return made
 
 
 def log_dir(config: dict[str, Any], path: str | Path) -> Path:

@@ -4,13 +4,16 @@ A program is any executable that speaks the protocol: a packaged game server, a 
 Python push game. `rlay up` starts ``count`` instances of each, with the broker's back-end address
 in ``{broker}`` and in ``RLAY_BROKER``, and which instance it is in ``RLAY_PROGRAM`` and
 ``RLAY_INSTANCE`` (the SDKs put both in `register`, so the broker counts registered instances).
+``{python}`` in a command is the Python interpreter of whoever starts the instance (`rlay up`'s,
+or on a Ray node the cluster's).
 Each instance's output goes to a log file of its own. An instance is ready once it has registered;
 one that has not within ``register_timeout`` is reported. One that exits is started again after a
 growing delay, at most so often (rlay.cluster.Restarts), and every instance is stopped with its
 whole process group: a shell script's children too.
 
 Where the instances run is a launcher's business: processes on this host (LocalLauncher), or
-Ray actors across a cluster (rlay/ray_fleet.py).
+Ray actors across a cluster (rlay/ray_fleet.py). A launcher has open(), launch() -> Handle, and
+close(); the Fleet opens it before the first launch and closes it after stopping every instance.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from typing import Any, Protocol
 from rlay import protocol as P
 from rlay.cluster import Restarts, Supervision
 
-__all__ = ["Program", "Fleet", "LocalLauncher", "REPORT_INTERVAL"]
+__all__ = ["Program", "Fleet", "Launcher", "Handle", "LocalLauncher", "REPORT_INTERVAL", "dial_address"]
 
 log = logging.getLogger("rlay.fleet")
 
@@ -47,10 +51,13 @@ class Program:
     register_timeout: float = 60.0
     resources: dict[str, float] = field(default_factory=dict)  # per instance, on a Ray cluster
 
-    def argv(self, index: int, broker: str) -> list[str]:
-        """The command of instance ``index``: {broker}, {index} and {name} replaced."""
+    def argv(self, index: int, broker: str, python: str = sys.executable) -> list[str]:
+        """The command of instance ``index``: {broker}, {index}, {name} and {python} replaced."""
         return [
-            arg.replace("{broker}", broker).replace("{index}", str(index)).replace("{name}", self.name)
+            arg.replace("{broker}", broker)
+            .replace("{index}", str(index))
+            .replace("{name}", self.name)
+            .replace("{python}", python)
             for arg in self.command
         ]
 
@@ -62,8 +69,9 @@ class Program:
 class Handle(Protocol):
     """A launched instance, wherever it runs."""
 
-    pid: int
+    pid: int  # 0 until it runs
     where: str  # the host (or Ray node) it runs on
+    log: str  # where its output goes (on a Ray node: "NODE:PATH")
 
     def exitcode(self) -> int | None: ...
 
@@ -74,6 +82,27 @@ class Handle(Protocol):
     def terminate(self) -> None: ...
 
     def kill(self) -> None: ...
+
+
+class Launcher(Protocol):
+    """Starts instances somewhere: this host (LocalLauncher), a Ray cluster (rlay.ray_fleet.RayLauncher)."""
+
+    def open(self) -> None: ...
+
+    def launch(self, program: Program, index: int, broker: str, log_path: Path) -> Handle: ...
+
+    def close(self) -> None:
+        """After stop(): nothing it launched is left."""
+        ...
+
+
+def dial_address(bind: str, host: str) -> str:
+    """The address to dial a socket bound to ``bind`` at, from elsewhere: a wildcard host (tcp://*:5556,
+    tcp://0.0.0.0:5556) is replaced by ``host``, the address the instances know the broker's host by."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if bind.startswith(wildcard):
+            return f"tcp://{host}:{bind[len(wildcard) :]}"
+    return bind
 
 
 class LocalProcess:
@@ -96,6 +125,7 @@ class LocalProcess:
                 start_new_session=True,
             )
         self.pid = self.popen.pid
+        self.log = str(log_path)
 
     def exitcode(self) -> int | None:
         return self.popen.poll()
@@ -123,13 +153,20 @@ class LocalProcess:
 class LocalLauncher:
     """Starts instances as processes of this host."""
 
+    def open(self) -> None:
+        pass
+
     def launch(self, program: Program, index: int, broker: str, log_path: Path) -> Handle:
+        broker = dial_address(broker, "127.0.0.1")
         try:
             return LocalProcess(program.argv(index, broker), program.environment(index, broker), program.cwd, log_path)
         except OSError as exc:  # not found, not executable: as if it exited at once
             with open(log_path, "ab") as out:
                 out.write(f"rlay up cannot start {program.command[0]!r}: {exc}\n".encode())
-            return _Failed(exc)
+            return _Failed(exc, log_path)
+
+    def close(self) -> None:
+        pass
 
 
 class _Failed:
@@ -137,8 +174,8 @@ class _Failed:
 
     pid, where = 0, "local"
 
-    def __init__(self, exc: OSError):
-        self.exc = exc
+    def __init__(self, exc: OSError, log_path: Path):
+        self.exc, self.log = exc, str(log_path)
 
     def exitcode(self) -> int:
         return 127
@@ -179,7 +216,7 @@ class Fleet:
         log_dir: Path,
         *,
         supervision: Supervision | None,
-        launcher: Any = None,
+        launcher: Launcher | None = None,
         frontend: str | None = None,
         curve: Any = None,
     ):
@@ -193,10 +230,16 @@ class Fleet:
         self.restarts = Restarts(supervision or Supervision())
         self.launcher = launcher or LocalLauncher()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.instances = [Instance(p, i, self.log_dir / f"{p.name}-{i}.log") for p in programs for i in range(p.count)]
+        self.instances = [
+            # (a name may hold '/', as env ids do: one file per instance all the same)
+            Instance(p, i, self.log_dir / f"{p.name.replace('/', '_')}-{i}.log")
+            for p in programs
+            for i in range(p.count)
+        ]
         self.stopped = False
 
     def start(self) -> None:
+        self.launcher.open()
         for instance in self.instances:
             self._launch(instance, time.monotonic())
         log.info(
@@ -222,10 +265,12 @@ class Fleet:
             if self.supervision is None:
                 if not instance.late:  # (reported once)
                     log.error(
-                        "%s (pid %d) exited with code %s; not restarted (--no-restart)",
+                        "%s (pid %d on %s) exited with code %s; not restarted (--no-restart; its log: %s)",
                         instance.label,
                         instance.handle.pid,
+                        instance.handle.where,
                         code,
+                        instance.handle.log,
                     )
                     instance.late = True
                 continue
@@ -238,16 +283,17 @@ class Fleet:
                         instance.label,
                         self.restarts.count(instance.label) + 1,
                         self.restarts.policy.window,
-                        instance.log_path,
+                        instance.handle.log,
                     )
                 else:
                     log.warning(
-                        "%s (pid %d) exited with code %s; restarting it in %.1f s (its log: %s)",
+                        "%s (pid %d on %s) exited with code %s; restarting it in %.1f s (its log: %s)",
                         instance.label,
                         instance.handle.pid,
+                        instance.handle.where,
                         code,
                         delay,
-                        instance.log_path,
+                        instance.handle.log,
                     )
             elif self.restarts.ready(instance.label, now):
                 self._launch(instance, now)
@@ -264,11 +310,12 @@ class Fleet:
             registered = (instance.program.name, instance.index) in named or bool(pids and pids & handle.pids())
             if registered and not instance.registered:
                 log.info(
-                    "%s (pid %d on %s) registered %.1f s after its launch",
+                    "%s (pid %d on %s) registered %.1f s after its launch; its log: %s",
                     instance.label,
                     handle.pid,
                     handle.where,
                     now - instance.launched,
+                    handle.log,
                 )
             instance.registered = registered
             if not registered and not instance.late and now - instance.launched > instance.program.register_timeout:
@@ -279,7 +326,7 @@ class Fleet:
                     handle.pid,
                     handle.where,
                     instance.program.register_timeout,
-                    instance.log_path,
+                    handle.log,
                 )
 
     def report(self) -> list[dict[str, Any]]:
@@ -330,6 +377,25 @@ class Fleet:
     def gave_up(self) -> set[str]:
         return self.restarts.gave_up
 
+    def _exited(self, instance: Instance) -> int | None:
+        return None if instance.handle is None else instance.handle.exitcode()
+
+    @property
+    def down(self) -> bool:
+        """Whether no instance runs and none will again: each exited unsupervised, or was given up on."""
+        return all(
+            instance.label in self.restarts.gave_up or (self.supervision is None and self._exited(instance) is not None)
+            for instance in self.instances
+        )
+
+    @property
+    def failed(self) -> set[str]:
+        """Instances given up on, and, unsupervised, those that exited with an error."""
+        unsupervised = set()
+        if self.supervision is None:
+            unsupervised = {i.label for i in self.instances if self._exited(i) not in (None, 0)}
+        return self.restarts.gave_up | unsupervised
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM every instance's process group, wait up to ``timeout``, then SIGKILL what is left."""
         if self.stopped:
@@ -343,6 +409,7 @@ class Fleet:
             time.sleep(0.05)
         for handle in live:  # (a group outlives its leader: kill what is left of each, exited or not)
             handle.kill()
+        self.launcher.close()
         if self._client is not None:
             self._client.close()
             self._client = None
