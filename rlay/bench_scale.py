@@ -99,8 +99,9 @@ def _simulated_workers(backend: str, count: int, ready: Any, stop: Any) -> None:
     ctx.term()
 
 
-def measure(count: int, seconds: float) -> dict[str, float]:
-    """One broker process and ``count`` simulated workers: per-batch time, broker CPU and memory."""
+def measure(count: int, seconds: float, metrics: bool = True) -> dict[str, float]:
+    """One broker process and ``count`` simulated workers: per-batch time, broker CPU and memory;
+    ``metrics``: the broker measures the calls it routes (broker/metrics.py), as it does by default."""
     from rlay import RlayVectorEnv
 
     ctx = multiprocessing.get_context("spawn")
@@ -118,6 +119,7 @@ def measure(count: int, seconds: float) -> dict[str, float]:
                 front,
                 "--backend",
                 back,
+                *([] if metrics else ["--no-metrics"]),
             ],
             stdin=subprocess.DEVNULL,
         )
@@ -143,6 +145,7 @@ def measure(count: int, seconds: float) -> dict[str, float]:
             elapsed, cpu = time.perf_counter() - start, cpu_seconds(broker.pid) - cpu0
             return {
                 "workers": count,
+                "metrics": metrics,
                 "batch_ms": elapsed / batches * 1e3,
                 "broker_cpu_us_per_part": max(0.0, cpu - idle_rate * elapsed) / (batches * count) * 1e6,
                 "broker_idle_cpu_percent": idle_rate * 100,
@@ -166,22 +169,24 @@ def measure(count: int, seconds: float) -> dict[str, float]:
 def run_scale(
     counts: tuple[int, ...] = (10, 100, 1000), seconds: float = 3.0, log: Callable[[str], None] = print
 ) -> list[dict[str, float]]:
+    """Each count with the broker's metrics on, then off (what measuring costs the hot path)."""
     log(SCALE_HEADER)
     rows = []
     for count in counts:
-        rows.append(measure(count, seconds))
-        log(format_scale(rows[-1]))
+        for metrics in (True, False):
+            rows.append(measure(count, seconds, metrics))
+            log(format_scale(rows[-1]))
     return rows
 
 
 SCALE_HEADER = (
-    f"{'workers':>8} {'batch (ms)':>11} {'broker CPU per part (us)':>25} {'broker idle CPU':>16} "
+    f"{'workers':>8} {'metrics':>8} {'batch (ms)':>11} {'broker CPU per part (us)':>25} {'broker idle CPU':>16} "
     f"{'broker RSS (MB)':>16}"
 )
 
 
 def format_scale(row: dict[str, float]) -> str:
     return (
-        f"{row['workers']:>8} {row['batch_ms']:>11.2f} {row['broker_cpu_us_per_part']:>25.1f} "
-        f"{row['broker_idle_cpu_percent']:>15.1f}% {row['broker_rss_mb']:>16.1f}"
+        f"{row['workers']:>8} {'on' if row['metrics'] else 'off':>8} {row['batch_ms']:>11.2f} "
+        f"{row['broker_cpu_us_per_part']:>25.1f} {row['broker_idle_cpu_percent']:>15.1f}% {row['broker_rss_mb']:>16.1f}"
     )

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -15,24 +16,69 @@ import click
 from rlay import protocol as P
 
 DEFAULT_CPP_WORKER = "build/cpp/rlay_example_command"  # where the C++ SDK's CMake build puts it (README)
-RECENT_LOSSES_SHOWN = 5  # worker losses `rlay status` lists (the JSON has all the broker keeps)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+class OneLineError(click.ClickException):
+    """An error said in one line (its first), with a hint where one helps; --debug shows the traceback."""
+
+    def __init__(self, exc: BaseException, hint: str | None = None):
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        name = getattr(exc, "remote_type", None) or type(exc).__name__
+        text = lines[0] if isinstance(exc, click.ClickException) else f"{name}: {lines[0]}"
+        if hint is None and len(lines) > 1:
+            hint = "`rlay --debug ...` shows the whole message, and the traceback"
+        super().__init__(text + (f"\n  hint: {hint}" if hint else ""))
+
+
+def hint_for(exc: BaseException) -> str | None:
+    """The one hint an error's type suggests, if any."""
+    import gymnasium.error
+
+    if isinstance(exc, gymnasium.error.NameNotFound | gymnasium.error.VersionNotFound):
+        return "`python -c 'import gymnasium; gymnasium.pprint_registry()'` lists the env ids gymnasium knows"
+    if isinstance(exc, TimeoutError):
+        return "`rlay status --broker ADDR` shows what the broker has, and what it waits for"
+    return None
+
+
+class Commands(click.Group):
+    """rlay's commands: any error they raise is said in one line (``rlay --debug`` shows it whole)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except click.ClickException as exc:
+            if DEBUG[0] or "\n" not in exc.format_message():
+                raise
+            raise OneLineError(exc) from None
+        except Exception as exc:
+            if DEBUG[0]:
+                raise
+            raise OneLineError(exc, hint_for(exc)) from None
+
+
+DEBUG = [False]  # rlay --debug: errors with their tracebacks
+
+
+@click.group(cls=Commands, context_settings=CONTEXT)
 @click.option(
     "--log-level",
     default=None,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="[default: INFO for broker, worker and up; WARNING for rollout, status and bench]",
 )
+@click.option("--debug", is_flag=True, help="Show errors whole, with their tracebacks.")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, debug: bool) -> None:
     """rlay: a ZeroMQ broker between one RL trainer and many environment workers.
 
     \b
       trainer --(tcp 5555)--> broker --(tcp 5556)--> workers (envs)
     """
+    DEBUG[0] = debug
     quiet = ctx.invoked_subcommand in ("rollout", "status", "bench")
     level = (log_level or ("WARNING" if quiet else "INFO")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -121,6 +167,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.now = False
+        self._event = threading.Event()
         self.install()
 
     def install(self) -> None:
@@ -129,6 +176,11 @@ class StopSignals:
 
     def _note(self, *_: Any) -> None:
         self.now = True
+        self._event.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a stop signal (from another thread); True if one came."""
+        return self._event.wait(seconds)
 
 
 def run_cluster(cluster, stop: StopSignals | None = None) -> None:
@@ -200,6 +252,15 @@ curve_option = click.option(
     type=click.IntRange(1, P.MAX_HEARTBEAT_LIVENESS),
     help=f"Heartbeats a peer may miss before it counts as lost. [default: {P.HEARTBEAT_LIVENESS}]",
 )
+@click.option(
+    "--metrics",
+    "metrics_address",
+    metavar="HOST:PORT",
+    help="Serve the broker's metrics to Prometheus at http://HOST:PORT/metrics (also [broker] metrics).",
+)
+@click.option(
+    "--no-metrics", is_flag=True, help="Measure nothing (to measure what measuring costs: rlay bench --scale)."
+)
 @curve_option
 def broker(
     frontend: str | None,
@@ -207,6 +268,8 @@ def broker(
     config_path: str | None,
     heartbeat_interval: float | None,
     heartbeat_liveness: int | None,
+    metrics_address: str | None,
+    no_metrics: bool,
     curve_dir: str | None,
 ) -> None:
     """Run a broker in the foreground until Ctrl-C or SIGTERM."""
@@ -217,7 +280,8 @@ def broker(
         serve(
             frontend or section.get("frontend", P.DEFAULT_FRONTEND),
             backend or section.get("backend", P.DEFAULT_BACKEND),
-            **broker_settings(section, heartbeat_interval, heartbeat_liveness, curve_dir),
+            **broker_settings(section, heartbeat_interval, heartbeat_liveness, curve_dir, metrics_address),
+            metrics=not no_metrics,
         )
     except BindError as exc:
         raise click.ClickException(str(exc)) from None
@@ -228,6 +292,7 @@ def broker_settings(
     heartbeat_interval: float | None = None,
     heartbeat_liveness: int | None = None,
     curve_dir: str | None = None,
+    metrics_address: str | None = None,
 ) -> dict:
     """serve() keyword arguments from a [broker] section, command-line values first."""
     from broker.limits import Limits
@@ -239,6 +304,7 @@ def broker_settings(
         "heartbeat_liveness": heartbeat_liveness or section.get("heartbeat_liveness", P.HEARTBEAT_LIVENESS),
         "curve": load_curve(curve_dir or section.get("curve"), "broker"),
         "limits": Limits(**{key: section[key] for key in LIMIT_KEYS if key in section}),
+        "metrics_address": metrics_address or section.get("metrics"),
     }
 
 
@@ -401,7 +467,48 @@ def up(config_path: str, restart: bool, max_restarts: int, ray_address: str | No
         + (", " + ", ".join(parts) if parts else ", nothing else to run")
         + ". Ctrl-C stops everything."
     )
+    if cluster.workers or programs:
+        count = len(cluster.workers)
+        timeout = max([60.0, *(p.register_timeout for p in programs)])
+        threading.Thread(
+            target=report_start, args=(frontend, curve, count, timeout, stop), name="rlay-up-progress", daemon=True
+        ).start()
     run_cluster(cluster, stop)
+
+
+def report_start(frontend: str, curve: Any, workers: int, timeout: float, stop: StopSignals) -> None:
+    """`rlay up`'s progress while what it launched starts: a line every few seconds (from the broker's
+    status) until every local worker process and every program instance has registered, or
+    ``timeout`` s have passed (a program that never registers, such as a server, is said as such)."""
+    from rlay.client import BrokerClient
+    from rlay.progress import PLAIN_EVERY
+
+    client = BrokerClient(frontend, curve=curve)
+    start = time.monotonic()
+    try:
+        while not stop.now:
+            try:
+                head = client.request(P.STATUS, 5.0, "the broker's status")
+            except Exception:  # (the broker is starting, or stopping: the next look will tell)
+                head = {}
+            if head:
+                registered = sum(1 for w in head.get("workers", []) if w.get("program") is None)
+                programs = head.get("programs") or []
+                instances = sum(p["registered"] for p in programs), sum(p["count"] for p in programs)
+                elapsed = time.monotonic() - start
+                text = f"{registered}/{workers} worker process(es)" + (
+                    f", {instances[0]}/{instances[1]} program instance(s)" if programs else ""
+                )
+                if registered >= workers and instances[0] >= instances[1]:
+                    click.echo(f"rlay up: all registered in {elapsed:.1f} s: {text}", err=True)
+                    return
+                if elapsed > timeout:
+                    click.echo(f"rlay up: after {elapsed:.0f} s, registered: {text}", err=True)
+                    return
+                click.echo(f"rlay up: starting, {elapsed:.0f} s: registered {text}", err=True)
+            stop.wait(PLAIN_EVERY if time.monotonic() - start > 1 else 0.5)
+    finally:
+        client.close()
 
 
 def ray_launcher(address: str):
@@ -425,117 +532,69 @@ def ray_launcher(address: str):
 )
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    metavar="SECONDS",
+    help="Redraw every SECONDS, like top, with env-steps/s; Ctrl-C ends it.",
+)
 @curve_option
-def status(broker_addr: str, timeout: float, as_json: bool, curve_dir: str | None) -> None:
-    """Show a broker's workers, hosts, env ids, slots and trainers."""
+def status(broker_addr: str, timeout: float, as_json: bool, watch_s: float | None, curve_dir: str | None) -> None:
+    """Show a broker's workers, hosts, env ids, slots, trainers and what they did: env steps, rates,
+    latencies (p50/p99), the wait on the slowest worker, and failures."""
     from rlay.client import BrokerClient
     from rlay.errors import RlayError
+    from rlay.status_view import KEYS, render
 
     client = BrokerClient(broker_addr, curve=load_curve(curve_dir, "client"))
+
+    def ask() -> dict:
+        try:
+            head = client.request(P.STATUS, timeout, f"the status of the broker at {broker_addr}")
+        except (RlayError, TimeoutError) as exc:
+            raise click.ClickException(str(exc)) from None
+        return {k: head[k] for k in KEYS if k in head}
+
     try:
-        head = client.request(P.STATUS, timeout, f"the status of the broker at {broker_addr}")
-    except (RlayError, TimeoutError) as exc:
-        raise click.ClickException(str(exc)) from None
+        report = ask()
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        if watch_s is None:
+            click.echo(render(report))
+            return
+        previous, seconds, taken = None, None, time.monotonic()
+        while True:  # (until Ctrl-C)
+            click.clear()
+            click.echo(f"rlay status --watch {watch_s:g}: {time.strftime('%H:%M:%S')} (Ctrl-C to end)")
+            click.echo(render(report, previous, seconds))
+            time.sleep(watch_s)  # (the refresh period itself, not a synchronisation)
+            now = time.monotonic()
+            previous, seconds, report, taken = report, now - taken, ask(), now
+    except KeyboardInterrupt:
+        pass
     finally:
         client.close()
-    report = {
-        k: head[k]
-        for k in (
-            "broker",
-            "workers",
-            "trainers",
-            "pending_leases",
-            "programs",
-            "failures",
-            "refusals",
-            "recent_losses",
-        )
-        if k in head
-    }
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    b = report["broker"]
-    click.echo(
-        f"broker pid {b['pid']}, protocol v{b['version']}, up {b['uptime']} s; "
-        f"trainers on {b['frontend']}, workers on {b['backend']}"
-    )
-    click.echo(
-        table(
-            ["WORKER", "HOST", "PID", "ENV ID", "MODE", "SLOTS", "LEASED", "BUSY"],
-            [
-                [w["name"], w["host"], w["pid"], w["env_id"], w["mode"], w["slots"], w["leased"], w["busy"]]
-                for w in report["workers"]
-            ],
-        )
-    )
-    slots = sum(w["slots"] for w in report["workers"])
-    leased = sum(w["leased"] for w in report["workers"])
-    click.echo(f"{len(report['workers'])} worker(s), {slots} slot(s): {slots - leased} free, {leased} leased")
-    click.echo(
-        table(
-            ["TRAINER", "ENV ID", "SLOTS", "LOST", "REPLACED"],
-            [[t["name"], t["env_id"], t["slots"], t["lost"], t["replaced"]] for t in report["trainers"]],
-        )
-    )
-    click.echo(f"{len(report['trainers'])} trainer(s), {report['pending_leases']} lease request(s) waiting")
-    f = report["failures"]
-    click.echo(
-        f"failures since start: {f['workers_lost']} worker(s) lost ({f['slots_lost']} leased slots), "
-        f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
-        f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other"
-    )
-    if report.get("programs"):
-        click.echo(
-            table(
-                ["PROGRAM", "COUNT", "RUNNING", "REGISTERED", "RESTARTS", "LATE", "GIVEN UP"],
-                [
-                    [
-                        p["name"],
-                        p["count"],
-                        p["running"],
-                        p["registered"],
-                        p["restarts"],
-                        p["unregistered"],
-                        p["given_up"],
-                    ]
-                    for p in report["programs"]
-                ],
-            )
-        )
-    r = report.get("refusals") or {}
-    if any(r.values()):
-        click.echo(
-            "refused since start (over the broker's limits): "
-            f"{r.get('registrations_too_many_envs', 0)} registration(s) of too many envs, "
-            f"{r.get('registrations_too_many_slots', 0)} past max_slots, "
-            f"{r.get('registrations_rate_limited', 0)} rate-limited; "
-            f"{r.get('leases_too_many_pending', 0)} lease request(s) past max_pending_leases"
-        )
-    for loss in report["recent_losses"][-RECENT_LOSSES_SHOWN:]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loss["time"]))
-        click.echo(
-            f"  {when}  lost worker {loss['worker']} (pid {loss['pid']} on host {loss['host']}, "
-            f"{loss['env_id']!r}, {loss['leased']} leased): {loss['why']}"
-        )
-
-
-def table(columns: list[str], rows: list[list[Any]]) -> str:
-    cells = [columns] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
 @main.command(context_settings=CONTEXT)
 @click.argument("env")
 @click.option("--num-envs", "-n", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--steps",
+    "--env-steps",
     "-s",
-    default=1000,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Vector steps (each steps every env).",
+    help="Env steps in all, over every env (a vector step is NUM_ENVS of them). [default: 8000]",
+)
+@click.option(
+    "--steps",
+    "vector_steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="The old spelling: vector steps, each stepping every env (--steps S is --env-steps S*NUM_ENVS).",
 )
 @click.option(
     "--broker", "broker_addr", default=None, help="Lease from the broker at this front-end address. [default: embedded]"
@@ -563,7 +622,8 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
 def rollout(
     env: str,
     num_envs: int,
-    steps: int,
+    env_steps: int | None,
+    vector_steps: int | None,
     broker_addr: str | None,
     envs_per_worker: int,
     env_kwargs: str | None,
@@ -572,11 +632,24 @@ def rollout(
     on_worker_failure: str,
     curve_dir: str | None,
 ) -> None:
-    """Random-policy rollout; prints env-steps/s and episode-return statistics."""
+    """Random-policy rollout; prints env-steps/s and episode-return statistics, and its progress on
+    the way (a bar on a terminal, a line every 5 s otherwise)."""
     import numpy as np
 
     import rlay
-    from rlay.errors import RlayError
+    from rlay.progress import Progress
+
+    if env_steps is not None and vector_steps is not None:
+        raise click.UsageError("give --env-steps or --steps (vector steps), not both")
+    if vector_steps is not None:
+        click.echo(
+            f"note: --steps counts vector steps, each stepping all {num_envs} envs: this is "
+            f"--env-steps {vector_steps * num_envs}",
+            err=True,
+        )
+        env_steps = vector_steps * num_envs
+    env_steps = 8000 if env_steps is None else env_steps
+    steps = -(-env_steps // num_envs)  # vector steps: the last may take the count past env_steps
 
     kwargs = parse_env_kwargs(env_kwargs)
     vector_kwargs: dict[str, Any] = {"timeout": timeout, "on_worker_failure": on_worker_failure}
@@ -584,24 +657,27 @@ def rollout(
         vector_kwargs["envs_per_worker"] = envs_per_worker
     elif curve_dir:
         vector_kwargs["curve"] = load_curve(curve_dir, "client")
-    try:
-        envs = rlay.make_vec(env, num_envs, broker=broker_addr, vector_kwargs=vector_kwargs, **kwargs)
-    except (RlayError, TimeoutError, TypeError) as exc:
-        raise click.ClickException(str(exc)) from None
+    envs = rlay.make_vec(env, num_envs, broker=broker_addr, vector_kwargs=vector_kwargs, **kwargs)
     try:
         where = f"broker {broker_addr}" if broker_addr else f"embedded, {envs.envs_per_worker} env(s) per worker"
-        click.echo(f"rollout: {env}, {num_envs} envs ({where}), {steps} steps, random policy")
+        click.echo(f"rollout: {env}, {num_envs} envs ({where}), {steps * num_envs} env steps, random policy")
         envs.action_space.seed(seed)
         envs.reset(seed=seed)
         running = np.zeros(num_envs)
         returns: list[float] = []
+        progress = Progress(steps * num_envs, "env-steps", "rollout")
         start = time.perf_counter()
-        for _ in range(steps):
-            _, rewards, terminations, truncations, _ = envs.step(envs.action_space.sample())
-            running += rewards  # NEXT_STEP autoreset: the reset step after an episode has reward 0
-            for i in np.flatnonzero(terminations | truncations):
-                returns.append(float(running[i]))
-                running[i] = 0.0
+        try:
+            for _ in range(steps):
+                _, rewards, terminations, truncations, _ = envs.step(envs.action_space.sample())
+                running += rewards  # NEXT_STEP autoreset: the reset step after an episode has reward 0
+                for i in np.flatnonzero(terminations | truncations):
+                    returns.append(float(running[i]))
+                    running[i] = 0.0
+                mean = f"{np.mean(returns[-100:]):.1f}" if returns else None
+                progress.update(num_envs, episodes=len(returns), mean_return=mean)
+        finally:
+            progress.close()
         elapsed = time.perf_counter() - start
     finally:
         envs.close()

@@ -55,6 +55,7 @@ SECTIONS = {
         "heartbeat_interval",
         "heartbeat_liveness",
         "curve",
+        "metrics",
         *LIMIT_KEYS,
     },
     "workers": {"env", "num_workers", "envs_per_worker", "threads", "env_kwargs", "name", "resources"},
@@ -78,6 +79,10 @@ VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "frontend": ("an address string", lambda v: isinstance(v, str)),
     "backend": ("an address string", lambda v: isinstance(v, str)),
     "curve": ("a key directory (a string)", lambda v: isinstance(v, str)),
+    "metrics": (
+        'the HOST:PORT to serve Prometheus metrics on (a string: "127.0.0.1:9100")',
+        lambda v: isinstance(v, str) and v.rpartition(":")[2].isdigit() and v.rpartition(":")[0] != "",
+    ),
     "max_message_size": ("a number of bytes >= 1, or -1 for no limit", lambda v: _is_int(v) and (v == -1 or v >= 1)),
     "heartbeat_interval": (
         f"a number of seconds from {P.MIN_HEARTBEAT_INTERVAL} to {P.MAX_HEARTBEAT_INTERVAL:g}",

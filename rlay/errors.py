@@ -139,16 +139,23 @@ def error_from_reply(head: dict[str, Any], what: str, lease: Any) -> Exception:
     code, message = head.get("code"), str(head.get("message", ""))
     failures = head.get("failures") or []
     if code == P.E_ENV:
-        details, lines = [], []
+        details = []
         for failure in failures:
             for err in failure.get("errors") or []:
                 row = lease.row_of_slot.get(err.get("slot"))
-                details.append({**err, "row": row, "worker": failure.get("worker"), "host": failure.get("host")})
-                lines.append(
-                    f"env {row} (slot {err.get('slot')}, env {err.get('env')} of worker {failure.get('worker')}, "
-                    f"pid {failure.get('pid')} on host {failure.get('host')}) raised "
-                    f"{err.get('type')}: {err.get('message')}\n--- remote traceback ---\n{err.get('traceback', '')}"
+                details.append(
+                    {
+                        **err,
+                        "row": row,
+                        "worker": failure.get("worker"),
+                        "host": failure.get("host"),
+                        "pid": failure.get("pid"),
+                    }
                 )
+        lines = [
+            f"{who} raised {d.get('type')}: {d.get('message')}\n--- remote traceback ---\n{d.get('traceback', '')}"
+            for who, d in env_error_groups(details)
+        ]
         type_name = details[0]["type"] if details else "Exception"
         module = details[0].get("module") if details else None
         return remote_env_error(
@@ -167,13 +174,35 @@ def error_from_reply(head: dict[str, Any], what: str, lease: Any) -> Exception:
     return BrokerError(f"the broker refused {what}: [{code}] {message}")
 
 
+def env_error_groups(details: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Env errors of one call, those with the same type, message and traceback together (eight envs
+    stepped before reset raise one error, said once): (who raised it, one of its details) each."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for d in details:
+        groups.setdefault((d.get("type"), d.get("message"), d.get("traceback")), []).append(d)
+    out = []
+    for same in groups.values():
+        rows = [d.get("row") for d in same]
+        workers = list(
+            dict.fromkeys(f"worker {d.get('worker')} (pid {d.get('pid')} on host {d.get('host')})" for d in same)
+        )
+        if len(same) == 1:
+            d = same[0]
+            who = f"env {d.get('row')} (slot {d.get('slot')}, env {d.get('env')} of {workers[0]})"
+        else:
+            known = sorted(r for r in rows if r is not None)
+            first, last = (known[0], known[-1]) if known else (None, None)
+            span = f"{first}-{last}" if known and known == list(range(first, last + 1)) else ", ".join(map(str, rows))
+            who = f"envs {span} (on {', '.join(workers)})"
+        out.append((who, same[0]))
+    return out
+
+
 def log_env_error(error: RemoteEnvError) -> None:
     """Report env errors through gymnasium's logger, as AsyncVectorEnv reports its workers' errors
-    before it raises one of them: who raised each, and its remote traceback."""
-    for d in error.details:
-        logger.error(
-            "%s",
-            f"Received the following error from env {d.get('row')} (worker {d.get('worker')} on host {d.get('host')})",
-        )
-        logger.error("%s", str(d.get("traceback") or f"{d.get('type')}: {d.get('message')}"))
+    before it raises one of them: who raised each, and what (once per kind). The remote traceback is
+    in the exception raised, and only there: printed once."""
+    for who, d in env_error_groups(error.details):
+        logger.error("%s", f"Received the following error from {who}")
+        logger.error("%s", f"{d.get('type')}: {d.get('message')}")
     logger.error("%s", "Raising the exception back to the main process.")

@@ -18,7 +18,7 @@ COMMANDS = {
     "worker": ["--broker", "--num-workers", "--envs-per-worker", "--env-kwargs"],
     "up": ["CONFIG"],
     "status": ["--broker", "--json"],
-    "rollout": ["--num-envs", "--steps", "--broker"],
+    "rollout": ["--num-envs", "--env-steps", "--steps", "--broker"],
 }
 
 
@@ -37,7 +37,7 @@ def test_console_script_is_installed():
 
 
 def test_embedded_rollout_prints_rate_and_returns():
-    result = run_cli("rollout", "CartPole-v1", "--num-envs", "4", "--steps", "200", "-k", "2")
+    result = run_cli("rollout", "CartPole-v1", "--num-envs", "4", "--env-steps", "800", "-k", "2")
     assert result.returncode == 0, result.stderr
     assert re.search(r"800 env-steps in [\d.]+ s: [\d,]+ env-steps/s", result.stdout), result.stdout
     assert re.search(r"\d+ episodes: return mean [\d.]+ \+- [\d.]+, min [\d.]+, max [\d.]+", result.stdout)
@@ -70,7 +70,7 @@ def test_up_status_rollout_then_signal_stops_everything(tmp_path, sig):
         as_json = json.loads(run_cli("status", "--broker", front, "--json").stdout)
         assert sum(w["slots"] for w in as_json["workers"]) == 7
 
-        rollout = run_cli("rollout", "CartPole-v1", "--num-envs", "6", "--steps", "100", "--broker", front)
+        rollout = run_cli("rollout", "CartPole-v1", "--num-envs", "6", "--env-steps", "600", "--broker", front)
         assert rollout.returncode == 0, rollout.stderr
         assert "600 env-steps in" in rollout.stdout
 

@@ -139,9 +139,10 @@ def test_a_sub_env_error_is_logged_through_gymnasiums_logger_as_async_vector_env
         assert issubclass(error_type, ValueError), cls
         assert len(lines) == 3, (cls, lines)
         assert lines[0].startswith("Received the following error from "), (cls, lines)
-        assert "boom at t=1" in lines[1] and "Traceback" in lines[1], (cls, lines)
+        assert "boom at t=1" in lines[1], (cls, lines)
         assert lines[2].startswith("Raising the"), (cls, lines)
     assert "env 1 " in errors[RlayVectorEnv][1][0]  # the env that raised, by its index
+    assert "Traceback" not in "".join(errors[RlayVectorEnv][1])  # (it is in the exception: printed once)
 
 
 class PercentEnv(FailingEnv):

@@ -90,3 +90,96 @@ def test_rlay_up_stopped_by_ctrl_c_logs_no_warning(tmp_path):
         code, _, err = up.stop(signal.SIGINT)
     assert code == 0, err
     assert "WARNING" not in err and "ERROR" not in err, err
+
+
+def test_the_same_error_of_many_envs_is_said_once():
+    """Eight envs stepped before their reset: one line names them all, one traceback follows."""
+    import gymnasium as gym
+    import numpy as np
+
+    envs = RlayVectorEnv([lambda: gym.make("CartPole-v1")] * 8, envs_per_worker=4)
+    try:
+        with pytest.raises(gym.error.ResetNeeded) as info:
+            envs.step(np.zeros(8, dtype=np.int64))
+    finally:
+        envs.close()
+    text = str(info.value)
+    assert text.count("Traceback") == 1, text
+    assert "envs 0-7 (on worker " in text and text.count("raised ResetNeeded") == 1, text
+    assert len(info.value.details) == 8 and sorted(d["row"] for d in info.value.details) == list(range(8))
+
+
+def test_rollout_shows_its_progress_in_plain_lines_when_not_on_a_terminal():
+    """Env-steps/s, episodes, mean return, elapsed and remaining time, in a line every
+    RLAY_PROGRESS_EVERY seconds (5 by default)."""
+    import re
+    import subprocess
+
+    from tests.conftest import RLAY, ROOT, subprocess_env
+
+    env = {**subprocess_env(), "RLAY_PROGRESS_EVERY": "0.05"}
+    done = subprocess.run(
+        [*RLAY, "rollout", "CartPole-v1", "-n", "4", "--env-steps", "6000", "-k", "4"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("rollout: ")]
+    assert lines, done.stderr
+    pattern = (
+        r"rollout: [\d,]+/6,000 env-steps \(\d+%\), [\d,]+ env-steps/s, episodes \d+(, mean return [\d.]+)?, "
+        r"\d+:\d\d elapsed, (\d+:\d\d|\?) left"
+    )
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert "6000 env-steps in" in done.stdout, done.stdout
+
+
+def test_the_old_steps_flag_still_works_and_says_what_it_means():
+    from tests.conftest import run_cli
+
+    done = run_cli("rollout", "CartPole-v1", "-n", "3", "--steps", "10", "-k", "3")
+    assert done.returncode == 0, done.stderr
+    assert "30 env-steps in" in done.stdout
+    assert "note: --steps counts vector steps, each stepping all 3 envs: this is --env-steps 30" in done.stderr
+
+
+def test_cli_errors_are_one_line_with_a_hint():
+    """A misspelt env id: one Error line and one hint, not a traceback; --debug shows it whole."""
+    from tests.conftest import run_cli
+
+    done = run_cli("rollout", "CartPol-v1", "-n", "2", "--env-steps", "10")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, done.stderr
+    assert lines[0].startswith("Error: NameNotFound: ") and "Did you mean: `CartPole`?" in lines[0], lines
+    assert lines[1].startswith("  hint: "), lines
+    debug = run_cli("--debug", "rollout", "CartPol-v1", "-n", "2", "--env-steps", "10")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_rlay_up_says_how_its_start_goes(tmp_path):
+    """Until everything it launched has registered, `rlay up` says how far it is, then that it is done."""
+    import signal
+    import subprocess
+
+    from tests.conftest import RLAY, ROOT, free_port, subprocess_env, wait_for
+
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "up.toml"
+    config.write_text(
+        f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n\n'
+        '[[workers]]\nenv = "CartPole-v1"\nnum_workers = 2\nenvs_per_worker = 2\n'
+    )
+    err = tmp_path / "up.err"
+    with err.open("w") as sink:
+        up = subprocess.Popen([*RLAY, "up", str(config)], cwd=ROOT, env=subprocess_env(), stderr=sink)
+        try:
+            wait_for(lambda: "rlay up: all registered in" in err.read_text(), 60, "rlay up to say all registered")
+        finally:
+            up.send_signal(signal.SIGINT)
+            code = up.wait(30)
+    assert code == 0
+    assert "2/2 worker process(es)" in err.read_text()
