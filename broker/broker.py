@@ -247,8 +247,11 @@ class Broker:
         """Answer a ping, saying whether we know the peer (a worker or trainer we dropped or forgot must
         register or lease again)."""
         main = ident[: -len(HEARTBEAT_SUFFIX)] if ident.endswith(HEARTBEAT_SUFFIX) else ident
-        self.liveness.ping(main)
-        self._send(sock, ident, [header(P.HEARTBEAT, known=main in peers)])
+        self.liveness.ping(ident, main)
+        try:  # (quietly: a ping connection the peer replaced, after a cut, is gone by the time we answer)
+            send_frames(sock, [ident, header(P.HEARTBEAT, known=main in peers)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("could not answer a ping from %s: %s", ident.hex(), exc)
 
     def _poll_timeout_ms(self) -> int:
         while self._deadlines and not self._live(self._deadlines[0][2]):
@@ -264,14 +267,21 @@ class Broker:
         return self.table.pending.get(waiting.ident) is waiting
 
     def _expire(self, now: float) -> None:
-        for ident, silence in self.liveness.silent(now):
-            why = f"no heartbeat for {silence:.1f} s"
+        lost, probe = self.liveness.silent(now)
+        for ident, probed, silence in probe:  # past the expiry: gone (connection closed) or cut off?
+            sock = self.back if ident in self.table.workers else self.front
+            try:
+                send_frames(sock, [probed, header(P.HEARTBEAT, known=True)], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: ZeroMQ saw its connection close
+                    lost.append((ident, silence, "its connection is gone"))
+        for ident, silence, *gone in lost:
+            why = f"no heartbeat for {silence:.1f} s" + (f", and {gone[0]}" if gone else "")
+            self.liveness.forget(ident)
             if ident in self.table.workers:
                 self._worker_lost(self.table.workers[ident], why)
             elif ident in self.table.trainers or ident in self.table.pending:
-                trainer = self.table.trainers.get(ident)
-                log.warning("trainer %s lost (%s); its slots are freed", trainer.name if trainer else ident.hex(), why)
-                self._release(ident)
+                self._trainer_lost(ident, why)
         while self._deadlines and self._deadlines[0][0] <= now:
             waiting = heapq.heappop(self._deadlines)[2]
             if not self._live(waiting):
@@ -410,6 +420,9 @@ class Broker:
                     continue
                 trainer = self.table.trainers[pending.ident]
                 log.info("leased %d slots of %r to trainer %s", len(granted), env_id, trainer.name)
+                if trainer.re_leases:  # (each grant makes a new record: counted once per lease)
+                    self.failures.counts["re_leases"] += 1
+                    self.metrics.trainer_back(trainer.name)
                 first = granted[0].worker
                 failed = self._send(
                     self.front,
@@ -458,6 +471,15 @@ class Broker:
             overhead = CURVE_FRAME_BYTES if self.curve is not None else 0
             settings["max_message_size"] = max(0, self.max_message_size - overhead)
         return settings
+
+    def _trainer_lost(self, ident: bytes, why: str) -> None:
+        """A trainer fell silent past the window: its lease (or pending lease) goes as by `release`."""
+        trainer = self.table.trainers.get(ident)
+        log.warning("trainer %s lost (%s); its slots are freed", trainer.name if trainer else ident.hex(), why)
+        self.failures.counts["trainers_timed_out"] += 1
+        if trainer is not None:
+            trainer.timed_out += 1
+        self._release(ident)
 
     def _release(self, ident: bytes) -> None:
         trainer = self.table.release(ident)
@@ -596,7 +618,10 @@ class Broker:
         except Refusal as refused:
             self._refuse_registration(ident, refused)
             return
+        again = ident in self.table.past_workers
         worker = self.table.register(ident, **fields)
+        if again:  # a recovery: after a restart of ours, a loss, or a network cut (protocol 8.5)
+            self.failures.counts["re_registrations"] += 1
         if self.inline:  # (its workers are the trainer's own children: a bounded set)
             self.local_pids.add(worker.pid)
         self.liveness.watch(ident)  # heartbeats are mandatory for workers

@@ -58,6 +58,11 @@ class CallBook:
         trainer = self.table.trainers.get(ident)
         if trainer is None:
             raise Refusal(P.E_NO_LEASE, NO_LEASE)
+        reported = head.get("loss_truncations")  # the trainer's count, sent when it changed (for status)
+        if reported is not None:
+            if type(reported) is not int or reported < 0:
+                raise Refusal(P.E_BAD_MESSAGE, f"'loss_truncations' must be an int >= 0, got {reported!r}")
+            trainer.loss_truncations = reported
         batch = Batch(next(self._ids), ident, req, kind, timeout, now + timeout, gather, partial, opened=now)
         offset, workers, lost = 0, set(), {}
         for part_spec in spec:

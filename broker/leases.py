@@ -9,6 +9,7 @@ grant whose `leased` cannot be delivered is undone by release() (no re-entrant c
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 from collections import defaultdict
@@ -21,6 +22,7 @@ from rlay import protocol as P
 __all__ = ["SlotTable", "check_registration"]
 
 MAX_NAME = 200  # characters of a program name (registrations and fleet reports)
+MAX_PAST_PEERS = 4096  # routing ids of former trainers and workers remembered, to count recoveries
 REGISTER_FIELDS = {"env_id": str, "num_envs": int, "host": str, "pid": int, "obs_space": dict, "act_space": dict}
 
 
@@ -57,6 +59,10 @@ class SlotTable:
         self._slot_ids = itertools.count()
         self._worker_seq = itertools.count(1)
         self._trainer_seq = itertools.count(1)
+        # Routing ids that held a lease, or registered, before: a lease or registration from one of
+        # them is a recovery (protocol 8.5), counted as such. Bounded: the oldest are forgotten.
+        self.past_trainers: collections.OrderedDict[bytes, Trainer] = collections.OrderedDict()
+        self.past_workers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     # -- workers -----------------------------------------------------------------------
 
@@ -73,6 +79,7 @@ class SlotTable:
 
     def register(self, ident: bytes, num_envs: int, **fields: Any) -> WorkerRecord:
         """A new worker with ``num_envs`` FREE slots."""
+        self._remember(self.past_workers, ident, None)
         seq = next(self._worker_seq)
         worker = WorkerRecord(ident=ident, name=f"w{seq}", seq=seq, **fields)
         free = self._free[worker.env_id]
@@ -131,13 +138,32 @@ class SlotTable:
             for slot in granted:
                 slot.lease = pending.ident
             if pending.replaces is None:
-                self.trainers[pending.ident] = Trainer(
-                    pending.ident, f"t{next(self._trainer_seq)}", env_id, [s.id for s in granted]
-                )
+                self.trainers[pending.ident] = self._new_lease(pending.ident, env_id, [s.id for s in granted])
             else:
                 self._replace(self.trainers[pending.ident], pending.replaces, granted)
             grants.append((pending, granted))
         return grants
+
+    def _new_lease(self, ident: bytes, env_id: str, slots: list[int]) -> Trainer:
+        """A lease for ``ident``; a routing id that held one before keeps its name and counters."""
+        past = self.past_trainers.pop(ident, None)
+        if past is None:
+            return Trainer(ident, f"t{next(self._trainer_seq)}", env_id, slots)
+        return Trainer(
+            ident,
+            past.name,
+            env_id,
+            slots,
+            re_leases=past.re_leases + 1,
+            timed_out=past.timed_out,
+            loss_truncations=past.loss_truncations,
+        )
+
+    def _remember(self, past: collections.OrderedDict, ident: bytes, record: Any) -> None:
+        past.pop(ident, None)
+        past[ident] = record
+        while len(past) > MAX_PAST_PEERS:
+            past.popitem(last=False)
 
     def _replace(self, trainer: Trainer, lost: list[int], granted: list[Slot]) -> None:
         position = {slot_id: row for row, slot_id in enumerate(trainer.slots)}
@@ -153,6 +179,7 @@ class SlotTable:
         trainer = self.trainers.pop(ident, None)
         if trainer is None:
             return None
+        self._remember(self.past_trainers, ident, trainer)
         for slot_id in trainer.slots:
             slot = self.slots.get(slot_id)
             if slot is None:

@@ -1,14 +1,23 @@
 """Which peers the broker watches, and which have fallen silent (docs/protocol.md 8.5).
 
-A watched peer's every ping, and every other message on its main socket, is a sign of life; one
-silent for the expiry is lost. Workers are watched from their registration (heartbeats are
-mandatory for them); trainers from their lease request. A peer that pings before the broker knows
-it is remembered as pinging (a bounded set), so that it is watched from the moment it is known.
+A watched peer's every ping, and every other message on its main socket, is a sign of life. Workers
+are watched from their registration (heartbeats are mandatory for them); trainers from their lease
+request. A peer that pings before the broker knows it is remembered as pinging (a bounded set), so
+that it is watched from the moment it is known.
+
+Silence has two causes that the broker tells apart: a peer that is gone (killed: its connection
+closed) and a peer cut off by the network (its connection still open, and TCP holding what it sent).
+Once a peer has been silent for the expiry it is **probed**: the broker sends it an unasked
+heartbeat answer, which fails at once if ZeroMQ has seen its connection close. A peer that fails the
+probe is lost then; one whose connection is still open is lost only after CUT_GRACE_INTERVALS more
+intervals of silence, long enough for a cut shorter than the expiry to heal and its pings to come.
 """
 
 from __future__ import annotations
 
 import time
+
+from rlay import protocol as P
 
 __all__ = ["Liveness"]
 
@@ -19,18 +28,21 @@ class Liveness:
     def __init__(self, interval: float, liveness: int):
         self.interval = interval
         self.expiry = interval * liveness
+        self.window = interval * (liveness + P.CUT_GRACE_INTERVALS)  # for a peer whose connection is open
         self.last_seen: dict[bytes, float] = {}  # watched peers: main ident -> last sign of life
-        self.pinging: dict[bytes, float] = {}  # peers that pinged before they were known
+        self.ping_from: dict[bytes, bytes] = {}  # watched peers: main ident -> the ident it last pinged from
+        self.pinging: dict[bytes, tuple[float, bytes]] = {}  # peers that pinged before they were known
         self._next_check = 0.0
 
-    def ping(self, ident: bytes) -> None:
-        """A ping from peer ``ident`` (its main ident): a sign of life if it is watched, else a note that
-        it pings (a trainer whose lease request is still on its way, a worker about to register)."""
+    def ping(self, ident: bytes, main: bytes) -> None:
+        """A ping from ``ident``, a socket of peer ``main``: a sign of life if it is watched, else a note
+        that it pings (a trainer whose lease request is still on its way, a worker about to register)."""
         now = time.monotonic()
-        if ident in self.last_seen:
-            self.last_seen[ident] = now
-        elif len(self.pinging) < MAX_PINGING or ident in self.pinging:
-            self.pinging[ident] = now
+        if main in self.last_seen:
+            self.last_seen[main] = now
+            self.ping_from[main] = ident
+        elif len(self.pinging) < MAX_PINGING or main in self.pinging:
+            self.pinging[main] = (now, ident)
 
     def seen(self, ident: bytes) -> None:
         """Any other message from a peer's main socket."""
@@ -40,21 +52,29 @@ class Liveness:
     def watch(self, ident: bytes) -> None:
         """Peer ``ident`` just became known: watch it from now, not from its next ping, so that one dying
         in between is not missed and one that never pings is expired."""
-        self.pinging.pop(ident, None)
+        _, pinged_from = self.pinging.pop(ident, (None, ident))
         self.last_seen[ident] = time.monotonic()
+        self.ping_from[ident] = pinged_from
 
     def forget(self, ident: bytes) -> None:
         self.last_seen.pop(ident, None)
+        self.ping_from.pop(ident, None)
 
-    def silent(self, now: float) -> list[tuple[bytes, float]]:
-        """The watched peers silent for longer than the expiry, with their silence, no longer watched.
-        Looked at most once per interval."""
+    def silent(self, now: float) -> tuple[list[tuple[bytes, float]], list[tuple[bytes, bytes, float]]]:
+        """The watched peers silent past the window, with their silence (no longer watched), and those
+        silent past the expiry but within the window, to probe: (main ident, the ident to probe,
+        silence). Looked at most once per interval."""
         if now < self._next_check:
-            return []
+            return [], []
         self._next_check = now + self.interval
         if self.pinging:
-            self.pinging = {i: t for i, t in self.pinging.items() if now - t <= self.expiry}
-        lost = [(ident, now - seen) for ident, seen in self.last_seen.items() if now - seen > self.expiry]
+            self.pinging = {i: seen for i, seen in self.pinging.items() if now - seen[0] <= self.expiry}
+        lost, probe = [], []
+        for ident, seen in self.last_seen.items():
+            if now - seen > self.window:
+                lost.append((ident, now - seen))
+            elif now - seen > self.expiry:
+                probe.append((ident, self.ping_from[ident], now - seen))
         for ident, _ in lost:
-            del self.last_seen[ident]
-        return lost
+            self.forget(ident)
+        return lost, probe

@@ -94,6 +94,12 @@ class Metrics:
             while len(self.departed) > MAX_DEPARTED:
                 self.departed.popitem(last=False)
 
+    def trainer_back(self, trainer: str) -> None:
+        """A trainer that left leases again under its name (protocol 8.5): its stats go on."""
+        stats = self.departed.pop(trainer, None)
+        if stats is not None:
+            self.trainers[trainer] = stats
+
     def worker_left(self, worker: str) -> None:
         self.workers.pop(worker, None)
 

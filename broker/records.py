@@ -81,6 +81,10 @@ class Trainer:
     env_id: str
     slots: list[int]  # by row: row r is slots[r]
     replaced: int = 0  # LOST slots this lease has had replaced
+    # Over the connection's life (a trainer that leases again keeps its name and these, protocol 8.5):
+    re_leases: int = 0  # leases after the first, from the same routing id
+    timed_out: int = 0  # times the broker released it because it fell silent
+    loss_truncations: int = 0  # as the trainer reports it (`loss_truncations` in a call's header, 5.8)
 
 
 @dataclass(eq=False)

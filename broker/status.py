@@ -25,6 +25,9 @@ FAILURE_COUNTS = (
     f"calls_{P.E_TIMEOUT}",
     f"calls_{P.E_ENV}",
     "calls_other",
+    "trainers_timed_out",  # released because they fell silent past the window (protocol 8.5)
+    "re_leases",  # leases from a routing id that held one before
+    "re_registrations",  # registrations from a routing id that registered before
 )
 # Requests refused because they ask for more than the broker's limits allow (broker/limits.py).
 REFUSAL_COUNTS = (
@@ -117,6 +120,9 @@ def table_report(table: Any) -> dict[str, Any]:
             "slots": len(t.slots),
             "lost": sum(1 for s in t.slots if s in slots and slots[s].lost),
             "replaced": t.replaced,
+            "re_leases": t.re_leases,
+            "timed_out": t.timed_out,
+            "loss_truncations": t.loss_truncations,
         }
         for t in table.trainers.values()
     ]

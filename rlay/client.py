@@ -42,21 +42,32 @@ class BrokerClient:
         self.health_check = health_check
         self.leased_at: float | None = None  # once a lease is granted, a broker that forgets us is an error
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDTIMEO, int(P.SEND_TIMEOUT * 1000))
-        identity = new_identity()
-        self.sock.setsockopt(zmq.ROUTING_ID, identity)
-        if curve is not None:
-            curve.secure_client(self.sock)
-        self.sock.connect(address)
+        self.identity, self.curve = new_identity(), curve
+        self.sock = self._connect()
         self.heartbeat = None
         if heartbeat_interval is not None:
-            self.heartbeat = Heartbeat(address, identity, heartbeat_interval, heartbeat_liveness, self.ctx, curve)
+            self.heartbeat = Heartbeat(address, self.identity, heartbeat_interval, heartbeat_liveness, self.ctx, curve)
         self._req_ids = itertools.count(1)
         self._next_check = time.monotonic() + P.IDLE_POLL_MS / 1000  # the health check costs syscalls
         self.answered = False  # whether anything ever came back on the main socket
         self.max_frame: int | None = None  # the broker's max_message_size, from `leased`
+
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, int(P.SEND_TIMEOUT * 1000))
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        if self.curve is not None:
+            self.curve.secure_client(sock)
+        sock.connect(self.address)
+        return sock
+
+    def _reconnect(self) -> None:
+        """Replace the main connection, keeping the routing id (protocol 8.5): once the broker is lost or
+        has forgotten this trainer, what the old one holds is moot, and after a network cut TCP may hold
+        it back for seconds more. The broker hands the id over to the new connection."""
+        self.sock.close(linger=0)
+        self.sock = self._connect()
 
     def leased(self, answer: dict) -> None:
         """A lease was granted (``answer`` is its `leased`): from now on a broker that forgets this
@@ -153,11 +164,13 @@ class BrokerClient:
         if hb is None:
             return
         if hb.lost:
+            self._reconnect()
             raise BrokerLostError(
                 f"the broker at {self.address} has not answered heartbeats for "
                 f"{hb.silence:.1f} s, while waiting for {what}{self._never_answered()}"
             )
         if self.leased_at is not None and hb.forgotten_since(self.leased_at):
+            self._reconnect()
             raise BrokerLostError(
                 f"the broker at {self.address} no longer knows this trainer (it restarted, or "
                 f"counted this trainer lost): its lease is gone; while waiting for {what}"

@@ -3,10 +3,16 @@
 A peer pings the broker every ``interval`` seconds it has sent nothing else, from a thread of
 its own, on a socket of its own whose routing id is the peer's main id plus ``|hb``: a main
 thread that is busy in a long env step, or in the trainer's own computation, still proves its
-process alive. The broker answers every ping; it counts a peer
-lost after ``interval * liveness`` seconds without a ping, and the peer counts the
-broker lost after as long without an answer. A process that is killed, stopped
-(SIGSTOP) or cut off stops pinging, whatever its main thread was doing.
+process alive. The broker answers every ping. A process that is killed, stopped (SIGSTOP) or cut
+off stops pinging, whatever its main thread was doing.
+
+Network cuts (protocol 8.5): a cut shorter than the expiry (``interval * liveness``) costs nothing.
+TCP retransmits what was sent into a cut with a doubling timeout, so a connection can stay silent
+for about as long again after the link returns; the ping path does not wait for that. Once the
+broker has been silent for STALE_INTERVALS intervals, each ping goes out on a new connection (a new
+socket, same routing id: the broker's ROUTER hands the id over), which carries it as soon as the
+link is back. The broker counts a peer whose connection is still open lost only after the expiry
+plus CUT_GRACE_INTERVALS intervals, and the peer counts the broker lost one interval after that.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = ["Heartbeat", "new_identity", "announced_heartbeat", "HEARTBEAT_SUFFIX
 log = logging.getLogger("rlay.heartbeat")
 
 HEARTBEAT_SUFFIX = b"|hb"
+STALE_INTERVALS = 2  # intervals without an answer after which the ping connection counts as stale
 
 
 def announced_heartbeat(answer: dict) -> tuple[float | None, int | None]:
@@ -74,6 +81,7 @@ class Heartbeat:
         self.last_sent = 0.0  # when the owner last sent on its main socket
         self.answered = False  # whether any answer ever came (none at all: wrong address, or refused by CURVE)
         self.pings = 0  # pings sent (the rest rode on traffic)
+        self.reconnects = 0  # new ping connections opened because the old one went silent
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
@@ -85,8 +93,14 @@ class Heartbeat:
         return time.monotonic() - self.last_answer
 
     @property
+    def window(self) -> float:
+        """The silence (s) after which the broker counts as lost: the expiry, the broker's grace for a
+        cut (protocol.CUT_GRACE_INTERVALS), and one interval more for its verdict to arrive first."""
+        return self.interval * (self.liveness + P.CUT_GRACE_INTERVALS + 1)
+
+    @property
     def lost(self) -> bool:
-        return self.silence > self.interval * self.liveness
+        return self.silence > self.window
 
     def reset(self) -> None:
         """Start counting again (after registering anew)."""
@@ -124,7 +138,7 @@ class Heartbeat:
         except OSError:  # (closed: the thread is gone)
             pass
 
-    def _run(self) -> None:
+    def _connect(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.identity + HEARTBEAT_SUFFIX)
@@ -132,6 +146,10 @@ class Heartbeat:
         if self.curve is not None:
             self.curve.secure_client(sock)
         sock.connect(self.address)
+        return sock
+
+    def _run(self) -> None:
+        sock = self._connect()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -141,7 +159,16 @@ class Heartbeat:
             while not self._stopping:
                 now = time.monotonic()
                 if now >= next_ping:
-                    if now - self.last_sent >= self.interval:  # silent for an interval: ping
+                    silence = now - self.last_answer
+                    # Pings ride on the owner's traffic only while the broker answers: when it falls
+                    # silent, the ping path proves this peer alive on its own.
+                    if now - self.last_sent >= self.interval or silence >= self.interval:
+                        if silence >= STALE_INTERVALS * self.interval:  # stale: ping on a new connection
+                            poller.unregister(sock)
+                            sock.close()
+                            sock = self._connect()
+                            poller.register(sock, zmq.POLLIN)
+                            self.reconnects += 1
                         try:
                             sock.send(ping, zmq.NOBLOCK)
                             self.pings += 1

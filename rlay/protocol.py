@@ -22,6 +22,11 @@ REQ = "req"
 HEARTBEAT = "heartbeat"
 HEARTBEAT_INTERVAL = 0.5  # s between pings
 HEARTBEAT_LIVENESS = 4  # pings missed before the other side counts as lost: 2 s by default
+# A network cut shorter than the expiry (interval x liveness) must cost nothing (protocol 8.5): a peer
+# whose connection is still open is lost only after this many more intervals of silence, the time
+# its ping path needs to reconnect once the cut heals. A peer counts its broker lost one interval
+# later still, so that the broker's verdict (`known: false`, `no_lease`) comes first.
+CUT_GRACE_INTERVALS = 3
 # The settings a broker may have, which it announces in `registered` and `leased` (its peers adopt
 # them, and ignore a value outside these bounds).
 MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL = 0.01, 3600.0

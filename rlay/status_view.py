@@ -90,11 +90,13 @@ def render(report: dict[str, Any], previous: dict[str, Any] | None = None, secon
     per_trainer = metrics.get("trainers", {})
     out.append(
         table(
-            ["TRAINER", "ENV ID", "SLOTS", "LOST", "REPLACED", "STEPS", "STEPS/S", "P50 MS", "P99 MS", "SLOWEST P99"],
+            ["TRAINER", "ENV ID", "SLOTS", "LOST", "REPLACED", "STEPS", "STEPS/S", "P50 MS", "P99 MS", "SLOWEST P99"]
+            + ["TIMED OUT", "RE-LEASES", "LOSS TRUNCS"],
             [
                 [t["name"], t["env_id"], t["slots"], t["lost"], t["replaced"]]
                 + _call_columns(per_trainer.get(t["name"]), before.get("trainers", {}).get(t["name"]), seconds)
                 + [_ms((per_trainer.get(t["name"]) or {}).get("slowest_wait_ms_p99"))]
+                + [t.get("timed_out", "-"), t.get("re_leases", "-"), t.get("loss_truncations", "-")]
                 for t in report["trainers"]
             ],
         )
@@ -106,6 +108,11 @@ def render(report: dict[str, Any], previous: dict[str, Any] | None = None, secon
         f"{f['slots_replaced']} slot(s) replaced; calls failed: {f['calls_worker_lost']} on a lost worker, "
         f"{f['calls_timeout']} timed out, {f['calls_env_error']} env error(s), {f['calls_other']} other"
     )
+    if "re_leases" in f:  # (a broker before issue 18 does not count recoveries)
+        out.append(
+            f"recoveries: {f['trainers_timed_out']} trainer(s) timed out, {f['re_leases']} re-lease(s), "
+            f"{f['re_registrations']} re-registration(s)"
+        )
     if report.get("programs"):
         out.append(
             table(

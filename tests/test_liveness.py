@@ -19,7 +19,11 @@ from tests.conftest import ROOT, Proc, broker_status, deployment, free_port, sta
 from workers.worker import Worker
 
 EXPIRY = P.HEARTBEAT_INTERVAL * P.HEARTBEAT_LIVENESS  # 2 s by default
-BOUND = 3.0  # the issue's bound for noticing a lost peer
+BOUND = 3.0  # the bound for noticing a lost peer whose connection closed (killed): the expiry, then a probe
+# A peer whose connection stays open (stopped, or cut off) may be only a network cut away: it is lost
+# after the window (expiry + CUT_GRACE_INTERVALS intervals; a cut shorter than the expiry must cost
+# nothing, issue 18), found at the broker's next look (once per interval).
+SILENT_BOUND = P.HEARTBEAT_INTERVAL * (P.HEARTBEAT_LIVENESS + P.CUT_GRACE_INTERVALS + 1)  # 4 s
 
 
 @pytest.fixture
@@ -72,7 +76,7 @@ def test_stopped_worker_fails_the_step_in_flight_naming_it(addresses):
             os.kill(victim, signal.SIGCONT)
         text = str(caught.value)
         assert f"pid {victim}" in text and "no heartbeat" in text and "envs 1 (slots [" in text and "on host" in text
-        assert waited < BOUND + 0.5, f"noticed after {waited:.1f} s (the call's own timeout is 30 s)"
+        assert waited < SILENT_BOUND + 0.5, f"noticed after {waited:.1f} s (the call's own timeout is 30 s)"
         # The continued worker learns that the broker dropped it, and registers again.
         wait_for(lambda: victim in worker_pids(front).values(), 15, "the continued worker to register again")
     finally:
@@ -228,10 +232,10 @@ def test_a_trainer_dying_right_after_its_lease_is_still_noticed(addresses):
         leased = time.monotonic()  # ...and it never pings again
         wait_for(
             lambda: sum(w["leased"] for w in broker_status(front)["workers"]) == 0,
-            BOUND + 2,
+            SILENT_BOUND + 2,
             "the silent trainer's slots to be freed",
         )
-        assert time.monotonic() - leased < BOUND
+        assert time.monotonic() - leased < SILENT_BOUND
     finally:
         main.close()
         ping.close()

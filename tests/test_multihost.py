@@ -7,67 +7,27 @@ pairs; they need root, and the test is skipped with the reason when that is not 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import uuid
+import time
 
 import pytest
 
 from rlay.security import generate_keys
 from tests.conftest import ROOT, Proc, subprocess_env, wait_for
-
-SUBNET = "10.77.{}.{}"
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+from tests.netns import CannotMakeHosts, bridged_hosts, on_host, rlay_on, sh
 
 
 @pytest.fixture
 def hosts():
     """Four namespaces, broker / workers / spare (a second worker host) / trainer, on one bridge:
     {name: (namespace, address, the host's end of its veth pair)}."""
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    tag = uuid.uuid4().hex[:6]
-    bridge, net = f"rlbr{tag}", 77 + int(tag[:2], 16) % 100
-    names = {"broker": 1, "workers": 2, "spare": 3, "trainer": 4}
-    made: list[str] = []
     try:
-        try:
-            sh("ip", "link", "add", bridge, "type", "bridge")
-        except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-            pytest.skip(f"cannot make network namespaces here: {exc}")
-        sh("ip", "link", "set", bridge, "up")
-        hosts = {}
-        for name, n in names.items():
-            ns, veth = f"rl{name[:2]}{tag}", f"rlv{n}{tag}"
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "link", "set", veth, "master", bridge, "up")
-            address = SUBNET.format(net, n)
-            sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            hosts[name] = (ns, address, veth)
-        yield hosts
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=10)
-
-
-def on_host(ns: str, *command: str) -> list[str]:
-    """Run ``command`` in namespace ``ns`` with its own host name (a UTS namespace) equal to ``ns``;
-    each step execs the next, so the command's pid is the one the test signals."""
-    return ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', ns, *command]
-
-
-def in_ns(ns: str) -> list[str]:
-    return on_host(ns, sys.executable, "-m", "rlay.cli")
+        with bridged_hosts("broker", "workers", "spare", "trainer") as made:
+            yield made
+    except CannotMakeHosts as exc:
+        pytest.skip(str(exc))
 
 
 def next_line(proc: subprocess.Popen) -> str:
@@ -115,8 +75,8 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
     (b_ns, b_addr, _), (w_ns, _, w_veth) = hosts["broker"], hosts["workers"]
     (s_ns, _, _), (t_ns, _, _) = hosts["spare"], hosts["trainer"]
     front, back = f"tcp://{b_addr}:5555", f"tcp://{b_addr}:5556"
-    broker = Proc("broker", "--frontend", front, "--backend", back, "--curve", keys, command=in_ns(b_ns))
-    status = [*in_ns(b_ns), "status", "--broker", front, "--curve", keys, "--json"]
+    broker = Proc("broker", "--frontend", front, "--backend", back, "--curve", keys, command=rlay_on(b_ns))
+    status = [*rlay_on(b_ns), "status", "--broker", front, "--curve", keys, "--json"]
 
     def registered() -> int:
         result = subprocess.run(status, capture_output=True, text=True, timeout=20)
@@ -124,7 +84,7 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
 
     def worker_host(ns: str, *args: str) -> Proc:
         return Proc(
-            "worker", "CartPole-v1", "--broker", back, "--curve", keys, "--no-restart", *args, command=in_ns(ns)
+            "worker", "CartPole-v1", "--broker", back, "--curve", keys, "--no-restart", *args, command=rlay_on(ns)
         )
 
     # 2 x 2 envs on the worker host, then 4 on the spare host.
@@ -164,3 +124,149 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
             trainer.wait(10)
         for proc in reversed(procs):
             proc.stop()
+
+
+# -- network partitions (issue 18) ---------------------------------------------------------------
+#
+# Link cuts with `ip link set VETH down/up` (this kernel has no netem). With the default heartbeats
+# (interval 0.5 s, liveness 4: expiry 2 s) a cut shorter than the expiry must cost nothing, and an
+# outage longer than the window (expiry + 3 intervals = 3.5 s) must cost one recovery, no more.
+
+PARTITION_TRAINER = """
+import json, select, sys, time
+import gymnasium as gym, numpy as np
+from rlay import RlayVectorEnv
+from rlay.security import Curve
+N = 6
+envs = RlayVectorEnv.remote("CartPole-v1", N, broker=sys.argv[1], timeout=60, on_worker_failure="replace",
+                            curve=Curve.from_dir(sys.argv[2], "client"))
+sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * N)
+rng = np.random.default_rng(0)
+assert np.array_equal(envs.reset(seed=5)[0], sync.reset(seed=5)[0])
+print("ready", flush=True)
+steps, more, longest, mismatches = 0, None, 0.0, 0
+lost_events = [0] * N  # steps whose infos mark the row worker_lost
+loss_truncations = [0] * N
+back_to_back_ends = 0  # an episode end right after another: a zero-length episode
+ended = np.zeros(N, bool)
+diverged = np.zeros(N, bool)  # rows given new envs: their results no longer follow SyncVectorEnv
+while more is None or more > 0:
+    if more is None and select.select([sys.stdin], [], [], 0)[0]:
+        more = int(sys.stdin.readline())  # the test healed the cut: this many more steps, then report
+    actions = rng.integers(0, 2, N)
+    start = time.monotonic()
+    got = envs.step(actions)
+    longest = max(longest, time.monotonic() - start)
+    expected = sync.step(actions)
+    obs, _, term, trunc, infos = got
+    lost = infos.get("_worker_lost", np.zeros(N, bool)) & infos.get("worker_lost", np.zeros(N, bool))
+    for row in np.flatnonzero(lost):
+        lost_events[row] += 1
+        loss_truncations[row] += int(trunc[row])
+    diverged |= lost
+    same = [np.array_equal(g[~diverged], e[~diverged]) for g, e in zip(got[:4], expected[:4])]
+    mismatches += not all(same)
+    done = term | trunc
+    back_to_back_ends += int((done & ended).sum())
+    ended = done
+    steps += 1
+    if more is not None:
+        more -= 1
+print(json.dumps({"steps": steps, "longest_step_s": longest, "mismatches": mismatches,
+                  "lost_events": lost_events, "loss_truncations": loss_truncations,
+                  "back_to_back_ends": back_to_back_ends, "re_leases": envs._lease.generation}), flush=True)
+sys.stdin.readline()  # the test reads the broker's status while this trainer still holds its lease
+envs.close()
+"""
+
+
+def partition_run(hosts, tmp_path, cut: str, seconds: float) -> tuple[dict, dict]:
+    """Broker, two workers (3 envs each) on the worker host and a trainer stepping 6 envs with
+    CURVE on; cut ``cut``'s link for ``seconds`` while the trainer steps, then let it take 300 more
+    steps. Returns the trainer's report and the broker's status."""
+    keys = str(tmp_path / "keys")
+    generate_keys(keys)
+    broker_host, worker_host, trainer_host = hosts["broker"], hosts["workers"], hosts["trainer"]
+    front, back = f"tcp://{broker_host.address}:5555", f"tcp://{broker_host.address}:5556"
+    status = [*rlay_on(broker_host.ns), "status", "--broker", front, "--curve", keys, "--json"]
+
+    def report() -> dict:
+        result = subprocess.run(status, capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    procs = [Proc("broker", "--frontend", front, "--backend", back, "--curve", keys, command=rlay_on(broker_host.ns))]
+    trainer = None
+    try:
+        procs.append(
+            Proc(
+                "worker", "CartPole-v1", "--broker", back, "--curve", keys, "-p", "2", "-k", "3",
+                command=rlay_on(worker_host.ns),
+            )
+        )  # fmt: skip
+        wait_for(lambda: len(report()["workers"]) == 2, 60, "both workers to register across the bridge")
+        trainer = subprocess.Popen(
+            on_host(trainer_host.ns, sys.executable, "-c", PARTITION_TRAINER, front, keys),
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert next_line(trainer) == "ready"
+        before = report()
+        wait_for(lambda: report()["metrics"]["env_steps"] > before["metrics"]["env_steps"] + 600, 30, "stepping")
+        sh("ip", "link", "set", hosts[cut].veth, "down")
+        try:
+            time.sleep(seconds)  # the fault itself: how long the link stays down (nothing is awaited)
+        finally:
+            sh("ip", "link", "set", hosts[cut].veth, "up")
+        trainer.stdin.write("300\n")
+        trainer.stdin.flush()
+        result = json.loads(next_line(trainer))
+        status_then = report()
+        trainer.stdin.write("done\n")
+        trainer.stdin.flush()
+        assert trainer.wait(30) == 0, trainer.stderr.read()
+        return result, status_then
+    finally:
+        if trainer is not None and trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(10)
+        for proc in reversed(procs):
+            proc.stop()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cut", ["trainer", "workers"])
+def test_a_cut_shorter_than_the_expiry_costs_nothing(hosts, tmp_path, cut):
+    """1.5 s without the trainer's (or the worker host's) link, while it steps: the call in flight
+    completes late with its real results (equal to SyncVectorEnv's, step for step), and nothing is
+    lost, timed out, re-leased or registered again."""
+    result, status = partition_run(hosts, tmp_path, cut, 1.5)
+    assert result["mismatches"] == 0 and result["lost_events"] == [0] * 6, result
+    assert result["longest_step_s"] > 1.0, result  # a call was in flight across the cut
+    assert result["re_leases"] == 0, result
+    failures = status["failures"]
+    for counter in ("workers_lost", "trainers_timed_out", "re_leases", "re_registrations"):
+        assert failures[counter] == 0, failures
+    assert [w["name"] for w in status["workers"]] == ["w1", "w2"], status["workers"]
+
+
+@pytest.mark.timeout(180)
+def test_a_broker_outage_costs_one_recovery(hosts, tmp_path):
+    """4 s without the broker's link (longer than the 3.5 s window): every env is truncated once
+    (or, if its episode had just ended, reports only its reset), the trainer leases again once, each
+    worker registers again once, and nothing is counted twice. The broker's status says so."""
+    result, status = partition_run(hosts, tmp_path, "broker", 4.0)
+    assert result["lost_events"] == [1] * 6, result
+    assert result["back_to_back_ends"] == 0, result  # no zero-length episode
+    assert sum(result["loss_truncations"]) >= 1 and max(result["loss_truncations"]) == 1, result
+    assert result["re_leases"] == 1 and result["mismatches"] == 0, result
+    failures = status["failures"]
+    assert failures["trainers_timed_out"] == 1 and failures["re_leases"] == 1, failures
+    assert failures["workers_lost"] == 2 and failures["re_registrations"] == 2, failures
+    (trainer,) = status["trainers"]
+    assert trainer["name"] == "t1" and trainer["re_leases"] == 1 and trainer["timed_out"] == 1, trainer
+    assert sorted(w["name"] for w in status["workers"]) == ["w3", "w4"], status["workers"]
