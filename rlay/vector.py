@@ -169,10 +169,12 @@ class RlayVectorEnv(VectorEnv):
             lost (killed, hung, cut off): ``"raise"`` a WorkerLostError naming
             the envs, slots, worker, host and cause; or ``"replace"`` the lost
             envs with free slots of the same env id (here: restart the dead
-            local worker), reset them, and report each as a truncation:
-            ``truncated=True``, ``infos["worker_lost"]=True``, and the new
-            episode's first observation where the autoreset mode places it
-            (docs/architecture.md, "Worker failures").
+            local worker), reset them, and report each running episode as a
+            truncation: ``truncated=True``, ``infos["worker_lost"]=True``, and
+            the new episode's first observation where the autoreset mode places
+            it. An episode that had already ended is not reported again: under
+            NextStep its autoreset step comes from the new env's reset, marked
+            ``worker_lost`` (docs/architecture.md, "Worker failures").
         replace_timeout: seconds a replacement may wait for a free slot [default: timeout].
         shared_memory: keep the batch buffer of large observations (Box leaves
             of 8 KiB or more per env) in shared memory, which the workers on
@@ -278,11 +280,12 @@ class RlayVectorEnv(VectorEnv):
         the connection to a broker started with ``--curve``. ``on_worker_failure`` and
         ``replace_timeout`` are as for the constructor; under ``"replace"`` a broker that
         restarts is also survived: the trainer leases ``num_envs`` slots from it again
-        (waiting up to ``replace_timeout``) and reports every env as truncated.
-        ``shared_memory`` is as for the constructor: workers on this host write large
-        observations into the trainer's memory, the others send them as frames. So are
-        ``timeout`` (each call's, enforced by the broker), ``lease_timeout`` (here: how long to
-        wait for ``num_envs`` free slots of ``env_id``), ``autoreset_mode`` and ``copy``."""
+        (waiting up to ``replace_timeout``) and reports every env's loss (a truncation of
+        each running episode). ``shared_memory`` is as for the constructor: workers on this
+        host write large observations into the trainer's memory, the others send them as
+        frames. So are ``timeout`` (each call's, enforced by the broker), ``lease_timeout``
+        (here: how long to wait for ``num_envs`` free slots of ``env_id``), ``autoreset_mode``
+        and ``copy``."""
         if type(heartbeat_interval) not in (int, float) or not heartbeat_interval > 0:
             raise ValueError(
                 f"heartbeat_interval must be a positive number of seconds, got {heartbeat_interval!r}: "
@@ -409,6 +412,17 @@ class RlayVectorEnv(VectorEnv):
         """Envs replaced after their worker was lost, over this vector env's life."""
         return 0 if self._replacer is None else self._replacer.envs_replaced
 
+    @property
+    def loss_truncations(self) -> int:
+        """Truncations reported (``infos["worker_lost"]``) because an env's worker was lost, over this
+        vector env's life: one per episode a loss ended, none for an episode that had ended already."""
+        return 0 if self._replacer is None else self._replacer.loss_truncations
+
+    @property
+    def re_leases(self) -> int:
+        """Times every env was leased anew from a broker that no longer knew this trainer (it restarted)."""
+        return 0 if self._replacer is None else self._replacer.re_leases
+
     # -- gymnasium API ------------------------------------------------------------
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
@@ -438,8 +452,7 @@ class RlayVectorEnv(VectorEnv):
         for row, info in enumerate(columns["info"]):
             if info is None:  # a row the reset did not touch
                 continue
-            self._replacer.new_episode(row)
-            if row in replaced:
+            if self._replacer.new_episode(row) or row in replaced:  # (a loss not yet reported says so here)
                 info = {**info, WORKER_LOST_KEY: True}
             if info:
                 infos = self._add_info(infos, info, row)
@@ -467,6 +480,7 @@ class RlayVectorEnv(VectorEnv):
         rows = np.arange(self.num_envs)
         owed = self._replacer.owed_rows()
         if owed:  # replaced envs: their results are made in step_wait
+            self._replacer.check_steppable(owed)
             rows = np.asarray([r for r in rows if not self._replacer.owes(r)])
         self._pending = self._transport.send(P.STEP, rows, body)
         self._state = AsyncState.WAITING_STEP
@@ -481,8 +495,9 @@ class RlayVectorEnv(VectorEnv):
         columns, _ = self._collect(timeout, STEP_KEYS)
         for row in self._replacer.owed_rows():
             if columns["reward"][row] is not None:
-                continue  # it stepped before a new lease replaced every env: its truncation comes next step
+                continue  # it stepped before a new lease replaced every env: its loss is reported next step
             result = self._replacer.result(row)
+            self._replacer.loss_truncations += result.loss
             columns["reward"][row], columns["terminated"][row] = result.reward, result.terminated
             columns["truncated"][row], columns["info"][row], columns["final"][row] = (
                 result.truncated,
@@ -492,6 +507,7 @@ class RlayVectorEnv(VectorEnv):
         rewards = np.array(columns["reward"], dtype=np.float64)
         terminations = np.array(columns["terminated"], dtype=np.bool_)
         truncations = np.array(columns["truncated"], dtype=np.bool_)
+        np.logical_or(terminations, truncations, out=self._replacer.done)  # (what a later loss reports)
         infos: dict[str, Any] = {}
         for row, (info, final) in enumerate(zip(columns["info"], columns["final"])):
             if final is not None:  # SameStep: batched first, as SyncVectorEnv does

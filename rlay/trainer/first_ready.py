@@ -86,6 +86,7 @@ class FirstReady:
         # that cannot be sent raises, and leaves every env as it was).
         owed = [r for r in ids.tolist() if self.replacer.owes(r)]
         if owed:
+            self.replacer.check_steppable(owed)
             ids = np.asarray([r for r in ids.tolist() if r not in owed], dtype=np.int64)
         self._send(P.STEP, ids, body)
         self.ready.extend(self.replacer.result(r) for r in owed)
@@ -131,6 +132,7 @@ class FirstReady:
             live = set(self.in_flight.values())
             self.calls = {req: call for req, call in self.calls.items() if req in live}
         results = [self.ready.popleft() for _ in range(batch_size)]
+        self.replacer.handed_out(results)
         return self.transport.buffer.batch(results)
 
     def _send(self, kind: str, rows: np.ndarray, make_body) -> None:
@@ -153,9 +155,11 @@ class FirstReady:
                 self.in_flight.pop(result.row, None)
                 self.ready.append(result)
                 if self.settings.replace and "reward" not in body:  # a reset: a new episode
-                    self.replacer.new_episode(result.row)
+                    lost = self.replacer.new_episode(result.row)  # (a loss not yet reported says so here)
                     if result.row in self.marked:
                         self.marked.discard(result.row)
+                        lost = True
+                    if lost:
                         result.info = {**result.info, WORKER_LOST_KEY: True}
 
     def _replace_in_flight(self, rows: list[int], cause: str, relet: bool = False) -> None:

@@ -26,13 +26,14 @@ STEP_KEYS = ("reward", "terminated", "truncated", "info", "final")
 
 
 class EnvResult:
-    """One env's step or reset result (a reset's with reward 0), as first-ready stepping hands it out."""
+    """One env's step or reset result (a reset's with reward 0), as first-ready stepping hands it out.
+    ``loss``: a truncation that the trainer reports because the env's worker was lost."""
 
-    __slots__ = ("row", "obs", "reward", "terminated", "truncated", "info", "final")
+    __slots__ = ("row", "obs", "reward", "terminated", "truncated", "info", "final", "loss")
 
-    def __init__(self, row, obs, reward, terminated, truncated, info, final):
+    def __init__(self, row, obs, reward, terminated, truncated, info, final, loss=False):
         self.row, self.obs, self.reward, self.terminated, self.truncated = row, obs, reward, terminated, truncated
-        self.info, self.final = info, final
+        self.info, self.final, self.loss = info, final, loss
 
 
 class ObsBuffer:

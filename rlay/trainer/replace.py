@@ -3,11 +3,18 @@ docs/architecture.md, "Worker failures").
 
 Under ``on_worker_failure="raise"`` a lost worker's failure is raised. Under ``"replace"`` the lost
 rows move to free slots of the env id (or, from a broker that forgot the trainer, every row is leased
-anew), the new envs are reset, and each row owes its trainer results that no worker will send:
+anew), the new envs are reset, and each row owes its trainer results that no worker will send. What
+it owes depends on the autoreset mode and on whether the episode the trainer last saw of the row was
+still running or had just ended (``done``: the last step result handed out was terminated or
+truncated, and no reset came since), decided when the result is handed out, so that an episode is
+never reported ended twice:
 
-- the truncation of the episode the lost worker ended, at the row's next step (``owed_truncation``,
-  which holds the new env's reset result until then);
-- under NextStep, at the step after that, the new env's reset result itself (``owed_reset``).
+- ``owed_loss``: the loss is not reported yet (the new env's reset result waits here). At the row's
+  next step: the truncation of its running episode (NextStep, Disabled), or of the new episode that a
+  SameStep autoreset started; under NextStep, after an episode that had ended, the autoreset step
+  itself, made from the new env's reset and marked ``worker_lost``; under Disabled, after an episode
+  that had ended, nothing (the row's next reset uses the new env, and says ``worker_lost``).
+- ``owed_reset``: under NextStep, at the step after a loss's truncation, the new env's reset result.
 
 Rows on new slots whose new env has not been reset yet are ``awaiting_reset``: a replacement that an
 error interrupted is finished before the next call.
@@ -42,45 +49,76 @@ class Replacer:
     def __init__(self, transport: Transport):
         self.transport, self.lease, self.buffer = transport, transport.lease, transport.buffer
         self.settings = transport.settings
-        self.owed_truncation: dict[int, EnvResult] = {}
+        self.owed_loss: dict[int, EnvResult] = {}
         self.owed_reset: dict[int, EnvResult] = {}
         self.awaiting_reset: set[int] = set()
-        self.envs_replaced = 0  # over the trainer's life
+        # Per row: the last step result handed to the user ended its episode, and no reset came since.
+        self.done = np.zeros(len(self.lease.slots), dtype=np.bool_)
+        # Over the trainer's life:
+        self.envs_replaced = 0
+        self.loss_truncations = 0  # truncations handed to the user because of a loss
+        self.re_leases = 0  # times every row was leased anew from a broker that forgot the trainer
 
     # -- the rows' debt -----------------------------------------------------------------
 
     def owes(self, row: int) -> bool:
         """Whether ``row``'s next step result is made here rather than by a worker."""
-        return row in self.owed_truncation or row in self.owed_reset
+        return row in self.owed_loss or row in self.owed_reset
 
     def owed_rows(self) -> list[int]:
-        return [*self.owed_reset, *self.owed_truncation]
+        return [*self.owed_reset, *self.owed_loss]
 
-    def new_episode(self, row: int) -> None:
-        """``row`` was reset: nothing is left to report of an episode a lost worker ended."""
-        self.owed_truncation.pop(row, None)
+    def new_episode(self, row: int) -> bool:
+        """``row`` was reset: nothing is left to report of an episode a lost worker ended. Returns
+        whether a loss of the row was not reported yet (the reset then says ``worker_lost``)."""
+        self.done[row] = False
         self.owed_reset.pop(row, None)
+        return self.owed_loss.pop(row, None) is not None
+
+    def check_steppable(self, rows: list[int]) -> None:
+        """Under Disabled, refuse (as the lost worker would have, and SyncVectorEnv does) to step a row
+        whose episode had ended when its worker was lost: its next reset uses the new env."""
+        if self.settings.autoreset_mode != AutoresetMode.DISABLED:
+            return
+        ended = [r for r in rows if r in self.owed_loss and self.done[r]]
+        if ended:
+            raise AssertionError(
+                f"env {ended[0]} was stepped after its episode ended; with autoreset_mode=Disabled, "
+                "reset it first (reset(options={'reset_mask': ...})); its worker was lost meanwhile, and "
+                "the reset uses the new env"
+            )
+
+    def handed_out(self, results: list[EnvResult]) -> None:
+        """``results`` go to the user now (first-ready stepping): each row's episode ended or not,
+        and the truncations reported because of a loss are counted."""
+        for result in results:
+            self.done[result.row] = result.terminated or result.truncated
+            self.loss_truncations += result.loss
 
     def result(self, row: int) -> EnvResult:
-        """The step result ``row`` is owed: the truncation of the episode its lost worker ended or,
-        under NextStep, at the step after it, the new env's reset. Its observation goes into the
+        """The step result ``row`` is owed (the module's docstring). Its observation goes into the
         batch, which holds each env's last observation."""
-        if row in self.owed_reset:
+        mode = self.settings.autoreset_mode
+        if row in self.owed_reset:  # NextStep, the step after the loss's truncation: the new env's reset
             new = self.owed_reset.pop(row)
             result = EnvResult(row, new.obs, 0.0, False, False, new.info, None)
         else:
-            new = self.owed_truncation.pop(row)
+            new = self.owed_loss.pop(row)
             marker = {WORKER_LOST_KEY: True}
-            if (
-                self.settings.autoreset_mode == AutoresetMode.SAME_STEP
-            ):  # the last observation seen stands in for the final one
+            if mode == AutoresetMode.SAME_STEP:
+                # The episode running, or the one the step that ended the last began, is truncated. The
+                # last observation seen stands in for the final one.
                 result = EnvResult(
-                    row, new.obs, 0.0, False, True, {**new.info, **marker}, (self.buffer.row_obs(row), {})
+                    row, new.obs, 0.0, False, True, {**new.info, **marker}, (self.buffer.row_obs(row), {}), loss=True
                 )
+            elif mode == AutoresetMode.NEXT_STEP and self.done[row]:
+                # Its episode had ended: this step is its autoreset, made from the new env's reset.
+                result = EnvResult(row, new.obs, 0.0, False, False, {**new.info, **marker}, None)
             else:
-                if self.settings.autoreset_mode == AutoresetMode.NEXT_STEP:
+                # (Disabled, ended: only if it was stepped against the rules while its worker was lost.)
+                if mode == AutoresetMode.NEXT_STEP:
                     self.owed_reset[row] = new
-                result = EnvResult(row, self.buffer.row(row), 0.0, False, True, marker, None)
+                result = EnvResult(row, self.buffer.row(row), 0.0, False, True, marker, None, loss=True)
         self.buffer.set_row(row, result.obs)
         return result
 
@@ -108,7 +146,7 @@ class Replacer:
         The broker moves the rows' LOST slots to free slots of the env id, waiting up to
         ``replace_timeout`` for some (a restarted worker registering). ``relet``: the broker
         restarted or forgot this trainer, so every row is leased anew. The reset results wait in
-        ``owed_truncation`` until each row's next step reports the lost episode as truncated.
+        ``owed_loss`` until each row's next step reports the loss (the module's docstring).
         """
         deadline = time.monotonic() + self.settings.replace_timeout
         replaced: set[int] = set()
@@ -146,10 +184,10 @@ class Replacer:
                 for result in self.buffer.results(part_rows, body, part_frames, keep=False):
                     row = result.row
                     self.awaiting_reset.discard(row)
-                    if row in self.owed_reset:  # its lost episode was reported already: owe only the reset
-                        self.owed_reset[row] = result
-                    else:
-                        self.owed_truncation[row] = result
+                    # (lost again after its truncation was reported: that episode has ended, and
+                    # this loss is reported as the loss of an ended episode)
+                    self.owed_reset.pop(row, None)
+                    self.owed_loss[row] = result
                     replaced.add(row)
             rows, cause = self.lost_rows(head, what)  # a new env lost in turn is replaced again
         self.envs_replaced += len(replaced)
@@ -201,4 +239,5 @@ class Replacer:
             client.heartbeat.reset()
         self.transport.stash.clear()  # answers of the old lease: their envs are gone
         self.lease.renew(head["slots"])
+        self.re_leases += 1
         self.awaiting_reset = set(range(num_envs))
