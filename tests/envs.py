@@ -726,3 +726,36 @@ def alternating_bounds_cartpole() -> gym.Env:
     high = float(1 + _made_alternating % 2)
     env.observation_space = spaces.Box(-high, high, (4,), np.float32)
     return env
+
+
+class EpisodeEnv(gym.Env):
+    """Episodes of a known length, for episode accounting: each step pays 1 and the episode terminates
+    at step ``horizon`` (action 1 truncates it at once). The observation is (steps into the episode,
+    this process's pid, resets so far), so a result shows which env made it, and after which reset;
+    the reset info says the same. ``reset_delay``: seconds every reset after the first takes (an
+    autoreset to lose a worker in)."""
+
+    observation_space = spaces.Box(0.0, 2.0**32, (3,), np.float64)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, horizon: int = 3, reset_delay: float = 0.0):
+        self.horizon, self.reset_delay = horizon, reset_delay
+        self.t = self.resets = 0
+
+    def _obs(self) -> np.ndarray:
+        import os
+
+        return np.array([self.t, os.getpid(), self.resets], np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        import os
+
+        super().reset(seed=seed)
+        if self.resets and self.reset_delay:
+            time.sleep(self.reset_delay)
+        self.t, self.resets = 0, self.resets + 1
+        return self._obs(), {"pid": os.getpid(), "resets": self.resets}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, self.t >= self.horizon, bool(action == 1), {"t": self.t}
