@@ -14,9 +14,11 @@ import time
 
 import pytest
 
+from rlay.conformance.env import ENV_ID as CONFORMANCE_ENV_ID
 from rlay.security import generate_keys
 from tests.conftest import ROOT, Proc, subprocess_env, wait_for
 from tests.netns import CannotMakeHosts, bridged_hosts, on_host, rlay_on, sh
+from tests.test_cpp import BUILD_TIMEOUT, cpp_build  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -137,12 +139,18 @@ import json, select, sys, time
 import gymnasium as gym, numpy as np
 from rlay import RlayVectorEnv
 from rlay.security import Curve
-N = 6
-envs = RlayVectorEnv.remote("CartPole-v1", N, broker=sys.argv[1], timeout=60, on_worker_failure="replace",
+N, ENV_ID = 6, sys.argv[3]
+envs = RlayVectorEnv.remote(ENV_ID, N, broker=sys.argv[1], timeout=60, on_worker_failure="replace",
                             curve=Curve.from_dir(sys.argv[2], "client"))
-sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * N)
+sync = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID)] * N)
 rng = np.random.default_rng(0)
-assert np.array_equal(envs.reset(seed=5)[0], sync.reset(seed=5)[0])
+
+def equal(got, expected, rows):  # the rows of two batches (arrays, or dicts of them) are equal
+    if isinstance(expected, dict):
+        return all(equal(got[key], expected[key], rows) for key in expected)
+    return np.array_equal(np.asarray(got)[rows], np.asarray(expected)[rows])
+
+assert equal(envs.reset(seed=5)[0], sync.reset(seed=5)[0], slice(None))
 print("ready", flush=True)
 steps, more, longest, mismatches = 0, None, 0.0, 0
 lost_events = [0] * N  # steps whose infos mark the row worker_lost
@@ -153,7 +161,7 @@ diverged = np.zeros(N, bool)  # rows given new envs: their results no longer fol
 while more is None or more > 0:
     if more is None and select.select([sys.stdin], [], [], 0)[0]:
         more = int(sys.stdin.readline())  # the test healed the cut: this many more steps, then report
-    actions = rng.integers(0, 2, N)
+    actions = rng.integers(0, sync.single_action_space.n, N)
     start = time.monotonic()
     got = envs.step(actions)
     longest = max(longest, time.monotonic() - start)
@@ -164,7 +172,7 @@ while more is None or more > 0:
         lost_events[row] += 1
         loss_truncations[row] += int(trunc[row])
     diverged |= lost
-    same = [np.array_equal(g[~diverged], e[~diverged]) for g, e in zip(got[:4], expected[:4])]
+    same = [equal(g, e, ~diverged) for g, e in zip(got[:4], expected[:4])]
     mismatches += not all(same)
     done = term | trunc
     back_to_back_ends += int((done & ended).sum())
@@ -180,10 +188,19 @@ envs.close()
 """
 
 
-def partition_run(hosts, tmp_path, cut: str, seconds: float) -> tuple[dict, dict]:
-    """Broker, two workers (3 envs each) on the worker host and a trainer stepping 6 envs with
-    CURVE on; cut ``cut``'s link for ``seconds`` while the trainer steps, then let it take 300 more
-    steps. Returns the trainer's report and the broker's status."""
+def python_workers(back: str, keys: str) -> list[list[str]]:
+    """`rlay worker` with two processes of 3 CartPole envs each."""
+    return [["worker", "CartPole-v1", "--broker", back, "--curve", keys, "-p", "2", "-k", "3"]]
+
+
+def partition_run(
+    hosts, tmp_path, cut: str, seconds: float, workers=python_workers, env_id: str = "CartPole-v1", on_host_cmd=None
+) -> tuple[dict, dict]:
+    """Broker, two workers (3 envs each) on the worker host and a trainer stepping 6 envs of
+    ``env_id`` with CURVE on; cut ``cut``'s link for ``seconds`` while the trainer steps, then let
+    it take 300 more steps. ``workers(back, keys)`` gives the worker command lines, each run on the
+    worker host with ``on_host_cmd`` (default: the rlay CLI). Returns the trainer's report and the
+    broker's status."""
     keys = str(tmp_path / "keys")
     generate_keys(keys)
     broker_host, worker_host, trainer_host = hosts["broker"], hosts["workers"], hosts["trainer"]
@@ -198,15 +215,11 @@ def partition_run(hosts, tmp_path, cut: str, seconds: float) -> tuple[dict, dict
     procs = [Proc("broker", "--frontend", front, "--backend", back, "--curve", keys, command=rlay_on(broker_host.ns))]
     trainer = None
     try:
-        procs.append(
-            Proc(
-                "worker", "CartPole-v1", "--broker", back, "--curve", keys, "-p", "2", "-k", "3",
-                command=rlay_on(worker_host.ns),
-            )
-        )  # fmt: skip
+        run_on_worker_host = on_host_cmd or rlay_on
+        procs += [Proc(*args, command=run_on_worker_host(worker_host.ns)) for args in workers(back, keys)]
         wait_for(lambda: len(report()["workers"]) == 2, 60, "both workers to register across the bridge")
         trainer = subprocess.Popen(
-            on_host(trainer_host.ns, sys.executable, "-c", PARTITION_TRAINER, front, keys),
+            on_host(trainer_host.ns, sys.executable, "-c", PARTITION_TRAINER, front, keys, env_id),
             cwd=ROOT,
             env=subprocess_env(),
             stdin=subprocess.PIPE,
@@ -270,3 +283,22 @@ def test_a_broker_outage_costs_one_recovery(hosts, tmp_path):
     (trainer,) = status["trainers"]
     assert trainer["name"] == "t1" and trainer["re_leases"] == 1 and trainer["timed_out"] == 1, trainer
     assert sorted(w["name"] for w in status["workers"]) == ["w3", "w4"], status["workers"]
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 180)
+def test_a_cut_shorter_than_the_expiry_costs_a_cpp_worker_nothing(hosts, tmp_path, cpp_build):  # noqa: F811
+    """The C++ SDK follows the same rules (its ping path reconnects, its window is the peer window):
+    a 1.5 s cut of the worker host's link loses neither of two `rlay_example_command` workers, and
+    every step equals SyncVectorEnv's over the Python conformance env."""
+
+    def cpp_workers(back: str, keys: str) -> list[list[str]]:
+        return [["--broker", back, "--curve", keys, "--envs", "3", "--env", "conformance"]] * 2
+
+    def run_cpp(ns: str) -> list[str]:
+        return on_host(ns, str(cpp_build / "rlay_example_command"))
+
+    result, status = partition_run(hosts, tmp_path, "workers", 1.5, cpp_workers, CONFORMANCE_ENV_ID, run_cpp)
+    assert result["mismatches"] == 0 and result["lost_events"] == [0] * 6, result
+    assert result["longest_step_s"] > 1.0 and result["re_leases"] == 0, result
+    failures = status["failures"]
+    assert failures["workers_lost"] == 0 and failures["re_registrations"] == 0, failures

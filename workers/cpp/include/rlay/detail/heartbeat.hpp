@@ -3,7 +3,10 @@
 // The thread pings the broker every interval from a DEALER whose routing id is the main id
 // followed by "|hb", so a long env step, a game's loading screen or a big frame being sent
 // on the main socket is never silence. The main thread reads the outcome (rules 1 and 2 of
-// 8.5) between messages; the only shared state is atomics.
+// 8.5) between messages; the only shared state is atomics. After 2 intervals without an
+// answer the ping connection is stale (8.5, "Network cuts"): each ping goes out on a new
+// socket, so that it gets through as soon as a cut link is back, not when TCP's doubling
+// retransmission timeout next fires.
 #pragma once
 
 #include <rlay/config.hpp>
@@ -31,6 +34,8 @@ inline std::int64_t ticks(clock::time_point t) { return std::chrono::duration_ca
 constexpr double default_heartbeat_interval = 0.5;  // s, until `registered` says otherwise
 constexpr int default_heartbeat_liveness = 4;
 constexpr int idle_poll_ms = 250;
+constexpr int cut_grace_intervals = 3;  // the broker's window: expiry + 3 intervals (8.5)
+constexpr int stale_intervals = 2;      // intervals without an answer: the ping connection is stale
 
 /// True when a blocking ZeroMQ call was only interrupted by a signal.
 inline bool interrupted(const zmq::error_t& e) { return e.num() == EINTR; }
@@ -93,8 +98,9 @@ public:
     }
     /// Seconds since the broker last answered a ping.
     double silence() const { return static_cast<double>(ticks(clock::now()) - last_answer_.load()) * 1e-9; }
-    /// Rule 1: no answer for more than interval * liveness.
-    bool lost() const { return silence() > interval() * liveness(); }
+    /// Rule 1: no answer for more than the peer window: the expiry (interval * liveness), the
+    /// broker's grace for a cut, and one interval more for the broker's verdict to come first.
+    bool lost() const { return silence() > interval() * (liveness() + cut_grace_intervals + 1); }
     /// Rule 2: an answer said known: false, received more than an interval after `registered_at`.
     bool forgotten_since(clock::time_point registered_at) const {
         std::int64_t unknown = last_unknown_;
@@ -134,6 +140,10 @@ private:
                     }
                 }
                 if (now >= next) {
+                    if (now - last_answer_.load() >= stale_intervals * interval_ns_.load()) {
+                        sock.reset();  // stale: this ping goes out on a new connection (same routing id)
+                        sock.emplace(open(hwm));
+                    }
                     try {
                         sock->send(zmq::buffer(ping_), zmq::send_flags::dontwait);  // EAGAIN: dropped
                     } catch (const zmq::error_t& e) {
