@@ -18,14 +18,14 @@ frames (:func:`encode_value`, :func:`decode_value`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 from gymnasium.spaces import GraphInstance
 
-from rlay.values import WireError, array_dtype_str, array_from_buffer, parse_dtype
+from rlay.values import RepeatedKeys, WireError, array_dtype_str, array_from_buffer, parse_dtype
 
 __all__ = [
     "UnsupportedSpaceError",
@@ -39,10 +39,20 @@ __all__ = [
     "ValueRows",
     "encode_value",
     "decode_value",
+    "MAX_SPACE_DEPTH",
+    "MAX_BATCH",
 ]
 
 SUPPORTED = "Box, Discrete, MultiDiscrete, MultiBinary, Text, Graph, Sequence, OneOf, Tuple and Dict"
 VALUE_SPACES = (spaces.Graph, spaces.Sequence, spaces.OneOf)  # one value leaf each, whatever they hold
+# Tuple, Dict, Graph, Sequence and OneOf nested in one another at most this deep (protocol 4.1): every
+# walk of a space or of its values recurses once a level, and a peer's space map must not exhaust the stack.
+MAX_SPACE_DEPTH = 32
+_NESTING_SPACES = (spaces.Tuple, spaces.Dict, *VALUE_SPACES)
+_NESTING_KINDS = ("Tuple", "Dict", "Graph", "Sequence", "OneOf")
+# The most items L one batch in a value leaf may have (protocol 3.8.1): a batch of a zero-size space (a
+# Box of shape (0,)) takes no bytes at all, so only this bounds what gymnasium's contains() iterates.
+MAX_BATCH = 2**20
 
 
 class UnsupportedSpaceError(TypeError):
@@ -65,9 +75,20 @@ def encode_space(space: spaces.Space, name: str = "space") -> dict[str, Any]:
 
     Only gymnasium's own space classes cross the wire, checked by exact type: a subclass
     (``class MyBox(Box)``) or a custom Space raises UnsupportedSpaceError, naming the
-    space by its path under ``name`` (``observation_space['pos']``) and what to use instead.
+    space by its path under ``name`` (``observation_space['pos']``) and what to use instead;
+    so does nesting deeper than MAX_SPACE_DEPTH.
     """
+    return _encode_space(space, name, 0)
+
+
+def _encode_space(space: spaces.Space, name: str, depth: int) -> dict[str, Any]:
     kind = type(space)
+    if depth >= MAX_SPACE_DEPTH and kind in _NESTING_SPACES:
+        raise UnsupportedSpaceError(
+            f"rlay cannot carry {name}: Tuple, Dict, Graph, Sequence and OneOf spaces nest there more than "
+            f"{MAX_SPACE_DEPTH} deep (protocol 4.1)"
+        )
+    depth += 1
     if kind is spaces.Box:
         return {
             "type": "Box",
@@ -96,27 +117,36 @@ def encode_space(space: spaces.Space, name: str = "space") -> dict[str, Any]:
             "charset": "".join(space.character_list),  # in its order: sample() depends on it
         }
     if kind is spaces.Tuple:
-        return {"type": "Tuple", "spaces": [encode_space(s, f"{name}[{i}]") for i, s in enumerate(space.spaces)]}
+        return {
+            "type": "Tuple",
+            "spaces": [_encode_space(s, f"{name}[{i}]", depth) for i, s in enumerate(space.spaces)],
+        }
     if kind is spaces.Dict:
         for key in space.spaces:
             if not isinstance(key, str):
                 raise UnsupportedSpaceError(f"Dict space keys must be strings, got {key!r} in {name}: {space}")
-        return {"type": "Dict", "spaces": [[k, encode_space(s, f"{name}[{k!r}]")] for k, s in space.spaces.items()]}
+        return {
+            "type": "Dict",
+            "spaces": [[k, _encode_space(s, f"{name}[{k!r}]", depth)] for k, s in space.spaces.items()],
+        }
     if kind is spaces.Graph:
         edge = space.edge_space
         return {
             "type": "Graph",
-            "node_space": encode_space(space.node_space, f"{name}.node_space"),
-            "edge_space": None if edge is None else encode_space(edge, f"{name}.edge_space"),
+            "node_space": _encode_space(space.node_space, f"{name}.node_space", depth),
+            "edge_space": None if edge is None else _encode_space(edge, f"{name}.edge_space", depth),
         }
     if kind is spaces.Sequence:
         return {
             "type": "Sequence",
-            "feature_space": encode_space(space.feature_space, f"{name}.feature_space"),
+            "feature_space": _encode_space(space.feature_space, f"{name}.feature_space", depth),
             "stack": bool(space.stack),
         }
     if kind is spaces.OneOf:
-        return {"type": "OneOf", "spaces": [encode_space(s, f"{name}.spaces[{i}]") for i, s in enumerate(space.spaces)]}
+        return {
+            "type": "OneOf",
+            "spaces": [_encode_space(s, f"{name}.spaces[{i}]", depth) for i, s in enumerate(space.spaces)],
+        }
     raise UnsupportedSpaceError(_refusal(space, name))
 
 
@@ -144,17 +174,21 @@ def _refusal(space: Any, name: str) -> str:
 def decode_space(data: Any) -> spaces.Space:
     """Build a space from :func:`encode_space` data. Raises WireError on malformed input."""
     try:
-        return _decode_space(data)
+        return _decode_space(data, 0)
     except WireError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # (RecursionError too, though MAX_SPACE_DEPTH keeps the walk shallow)
         raise WireError(f"malformed space description: {type(exc).__name__}: {exc}") from None
 
 
-def _decode_space(data: Any) -> spaces.Space:
+def _decode_space(data: Any, depth: int) -> spaces.Space:
     if not isinstance(data, dict):
         raise WireError(f"a space must be a map, got {type(data).__name__}")
     kind = data.get("type")
+    if kind in _NESTING_KINDS:
+        if depth >= MAX_SPACE_DEPTH:
+            raise WireError(f"Tuple, Dict, Graph, Sequence and OneOf spaces nested more than {MAX_SPACE_DEPTH} deep")
+        depth += 1
     if kind == "Box":
         dtype = parse_dtype(data["dtype"])
         low, high = _array(data["low"], "Box.low"), _array(data["high"], "Box.high")
@@ -171,18 +205,21 @@ def _decode_space(data: Any) -> spaces.Space:
     if kind == "Text":
         return spaces.Text(int(data["max_length"]), min_length=int(data["min_length"]), charset=str(data["charset"]))
     if kind == "Tuple":
-        return spaces.Tuple([_decode_space(s) for s in _list(data["spaces"], "Tuple.spaces")])
+        return spaces.Tuple([_decode_space(s, depth) for s in _list(data["spaces"], "Tuple.spaces")])
     if kind == "Dict":
-        return spaces.Dict(OrderedDict((str(k), _decode_space(s)) for k, s in _list(data["spaces"], "Dict.spaces")))
+        pairs = _list(data["spaces"], "Dict.spaces")
+        return spaces.Dict(OrderedDict((str(k), _decode_space(s, depth)) for k, s in pairs))
     if kind == "Graph":
         edge = data["edge_space"]
-        return spaces.Graph(_decode_space(data["node_space"]), None if edge is None else _decode_space(edge))
+        return spaces.Graph(
+            _decode_space(data["node_space"], depth), None if edge is None else _decode_space(edge, depth)
+        )
     if kind == "Sequence":
         if type(data["stack"]) is not bool:
             raise WireError(f"Sequence.stack must be a bool, got {data['stack']!r}")
-        return spaces.Sequence(_decode_space(data["feature_space"]), stack=data["stack"])
+        return spaces.Sequence(_decode_space(data["feature_space"], depth), stack=data["stack"])
     if kind == "OneOf":
-        return spaces.OneOf([_decode_space(s) for s in _list(data["spaces"], "OneOf.spaces")])
+        return spaces.OneOf([_decode_space(s, depth) for s in _list(data["spaces"], "OneOf.spaces")])
     raise WireError(f"unknown space type {kind!r}; supported spaces are {SUPPORTED}")
 
 
@@ -274,10 +311,15 @@ _ARRAY_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
 class _Walk:
-    """Check a value of a space and rebuild it, its arrays passed through ``array``."""
+    """Check a value of a space and rebuild it, its arrays passed through ``array``.
 
-    def __init__(self, array: Callable[[Any, str], tuple[Any, np.ndarray]], check_dtype: bool):
-        self.array, self.check_dtype = array, check_dtype
+    ``lenient`` (encoding: an env's or a user's value) takes any Mapping for a Dict and subclasses of
+    tuple and list (a namedtuple, say) as plain ones, as SyncVectorEnv passes them on; decoding takes
+    only what the wire makes.
+    """
+
+    def __init__(self, array: Callable[[Any, str], tuple[Any, np.ndarray]], check_dtype: bool, lenient: bool):
+        self.array, self.check_dtype, self.lenient = array, check_dtype, lenient
 
     def one(self, space: spaces.Space, value: Any, path: str) -> Any:
         """One value of ``space`` (protocol 3.8.1, "one value")."""
@@ -297,6 +339,8 @@ class _Walk:
                     f"{path}: a value of {space} must be an integer, a numpy integer or a 0-d array, "
                     f"got {type(value).__name__}"
                 ) from None
+            if array.ndim == 0 and array.dtype.kind not in "iu":  # (as a bool or an ext 2 float is refused)
+                raise TypeError(f"{path}: a value of {space} must be an integer, got a 0-d {array.dtype} array")
             self._fits(array, space, (), path)
             return out
         if isinstance(space, spaces.Text):
@@ -305,7 +349,7 @@ class _Walk:
             return value
         if isinstance(space, spaces.Tuple):
             items = self._items(value, path, len(space.spaces))
-            return type(value)(self.one(s, v, f"{path}[{i}]") for i, (s, v) in enumerate(zip(space.spaces, items)))
+            return type(items)(self.one(s, v, f"{path}[{i}]") for i, (s, v) in enumerate(zip(space.spaces, items)))
         if isinstance(space, spaces.Dict):
             return {
                 key: self.one(space.spaces[key], v, f"{path}[{key!r}]") for key, v in self._entries(space, value, path)
@@ -316,15 +360,16 @@ class _Walk:
             if space.stack:
                 return self.batch(space.feature_space, value, path, [None])
             items = self._items(value, path)
-            return type(value)(self.one(space.feature_space, v, f"{path}[{i}]") for i, v in enumerate(items))
+            return type(items)(self.one(space.feature_space, v, f"{path}[{i}]") for i, v in enumerate(items))
         if isinstance(space, spaces.OneOf):
-            index, item = self._items(value, path, 2)
+            items = self._items(value, path, 2)
+            index, item = items
             if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
                 raise TypeError(f"{path}: a value of {space} starts with an integer index, got {type(index).__name__}")
             if not 0 <= index < len(space.spaces):
                 raise ValueError(f"{path}: index {index} is out of range for {space}")
             index = int(index) if isinstance(index, int) else index
-            return type(value)((index, self.one(space.spaces[int(index)], item, f"{path}[1]")))
+            return type(items)((index, self.one(space.spaces[int(index)], item, f"{path}[1]")))
         raise UnsupportedSpaceError(_refusal(space, path))
 
     def batch(self, space: spaces.Space, value: Any, path: str, length: list[int | None]) -> Any:
@@ -340,10 +385,10 @@ class _Walk:
         if isinstance(space, spaces.Text):
             items = self._items(value, path)
             _same_length(length, len(items), path)
-            return type(value)(self.one(space, v, f"{path}[{i}]") for i, v in enumerate(items))
+            return type(items)(self.one(space, v, f"{path}[{i}]") for i, v in enumerate(items))
         if isinstance(space, spaces.Tuple):
             items = self._items(value, path, len(space.spaces))
-            return type(value)(
+            return type(items)(
                 self.batch(s, v, f"{path}[{i}]", length) for i, (s, v) in enumerate(zip(space.spaces, items))
             )
         if isinstance(space, spaces.Dict):
@@ -353,12 +398,13 @@ class _Walk:
             }
         items = self._items(value, path)  # Graph, Sequence, OneOf: a tuple of single values
         _same_length(length, len(items), path)
-        return type(value)(self.one(space, v, f"{path}[{i}]") for i, v in enumerate(items))
+        return type(items)(self.one(space, v, f"{path}[{i}]") for i, v in enumerate(items))
 
     def _graph(self, space: spaces.Graph, value: Any, path: str) -> GraphInstance:
         if type(value) is not GraphInstance:
             raise TypeError(f"{path}: a value of {space} must be a GraphInstance, got {type(value).__name__}")
-        nodes = self.batch(space.node_space, value.nodes, f"{path}.nodes", [None])
+        node_count: list[int | None] = [None]
+        nodes = self.batch(space.node_space, value.nodes, f"{path}.nodes", node_count)
         if value.edges is None and value.edge_links is None:
             return GraphInstance(nodes, None, None)
         if space.edge_space is None:
@@ -373,6 +419,11 @@ class _Walk:
                 f"{path}.edge_links: expected an integer array of shape (m, 2), got {array.dtype} {array.shape}"
             )
         _same_length(edges, array.shape[0], f"{path}.edge_links")
+        n = node_count[0]  # (None only for a node space without arrays, such as an empty Tuple)
+        if n is not None and array.size and (array.min() < 0 or array.max() >= n):
+            raise ValueError(
+                f"{path}.edge_links: a link names no node (each must be at least 0 and below {n}, the nodes)"
+            )
         return GraphInstance(nodes, out_edges, links)
 
     def _fits(self, array: np.ndarray, space: spaces.Space, shape: tuple, path: str) -> None:
@@ -383,24 +434,30 @@ class _Walk:
                 f"{path}: an array of {array.dtype} does not fit {space} (it casts to {space.dtype} only unsafely)"
             )
 
-    @staticmethod
-    def _items(value: Any, path: str, count: int | None = None) -> tuple | list:
-        if type(value) not in (tuple, list):
-            raise TypeError(f"{path}: expected a tuple or a list, got {type(value).__name__}")
+    def _items(self, value: Any, path: str, count: int | None = None) -> tuple | list:
+        kind = type(value)
+        if kind is not tuple and kind is not list:
+            if not (self.lenient and isinstance(value, (tuple, list))):
+                raise TypeError(f"{path}: expected a tuple or a list, got {kind.__name__}")
+            value = tuple(value) if isinstance(value, tuple) else list(value)
         if count is not None and len(value) != count:
             raise ValueError(f"{path}: expected {count} items, got {len(value)}")
         return value
 
-    @staticmethod
-    def _entries(space: spaces.Dict, value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    def _entries(self, space: spaces.Dict, value: Any, path: str) -> Iterator[tuple[str, Any]]:
         if type(value) is not dict:  # (in its own key order: the order its arrays' frames go in)
-            raise TypeError(f"{path}: a value of a Dict space must be a dict, got {type(value).__name__}")
+            if type(value) is RepeatedKeys:
+                raise ValueError(f"{path}: a map that has a key more than once")
+            if not (self.lenient and isinstance(value, Mapping)):
+                raise TypeError(f"{path}: a value of a Dict space must be a dict, got {type(value).__name__}")
         if value.keys() != space.spaces.keys():
             raise ValueError(f"{path}: keys {sorted(map(str, value))} do not match {sorted(space.spaces)}")
         return iter(value.items())
 
 
 def _same_length(length: list[int | None], n: int, path: str) -> None:
+    if n > MAX_BATCH:
+        raise ValueError(f"{path}: a batch of {n} items, more than the {MAX_BATCH} a value leaf carries")
     if length[0] is None:
         length[0] = n
     elif length[0] != n:
@@ -420,7 +477,7 @@ def encode_value(space: spaces.Space, value: Any, frames: list[np.ndarray], chec
         frames.append(np.ascontiguousarray(item))
         return reference, item
 
-    return _Walk(array, check_dtype).one(space, value, "value")
+    return _Walk(array, check_dtype, lenient=True).one(space, value, "value")
 
 
 def decode_value(space: spaces.Space, wire: Any, frames: Iterator[Any], check_dtype: bool = True) -> Any:
@@ -430,6 +487,8 @@ def decode_value(space: spaces.Space, wire: Any, frames: Iterator[Any], check_dt
 
     def array(item: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
         if type(item) is not dict:
+            if type(item) is RepeatedKeys:
+                raise ValueError(f"{path}: an array reference that has a key more than once")
             raise TypeError(f"{path}: expected an array reference {{dtype, shape}}, got {type(item).__name__}")
         frame = next(frames, None)
         if frame is None:
@@ -439,8 +498,10 @@ def decode_value(space: spaces.Space, wire: Any, frames: Iterator[Any], check_dt
         return decoded, decoded
 
     try:
-        return _Walk(array, check_dtype).one(space, wire, "value")
+        return _Walk(array, check_dtype, lenient=False).one(space, wire, "value")
     except WireError:
         raise
     except (TypeError, ValueError) as exc:
         raise WireError(str(exc)) from None
+    except RecursionError:  # (MAX_SPACE_DEPTH keeps the walk shallow; a local space may still be deeper)
+        raise WireError("a value nested too deeply to decode") from None

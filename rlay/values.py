@@ -49,6 +49,7 @@ __all__ = [
     "EXT_BIGINT",
     "EXT_GRAPH",
     "VersionError",
+    "RepeatedKeys",
 ]
 
 EXT_NDARRAY = 1
@@ -126,7 +127,8 @@ def _parse_dtype(text: Any) -> np.dtype:
 
 
 def check_shape(shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, (list, tuple)) or len(shape) > _MAX_NDIM:
+    # A msgpack array only: an ext 3 tuple is another value (protocol 3.4, 3.8.1), which peers refuse.
+    if type(shape) is not list or len(shape) > _MAX_NDIM:
         raise WireError(f"bad array shape {shape!r}: expected a list of at most {_MAX_NDIM} ints")
     for dim in shape:
         if type(dim) is not int or dim < 0:
@@ -146,7 +148,10 @@ def array_from_buffer(dtype: Any, shape: Any, buffer: Any) -> np.ndarray:
         codes = np.frombuffer(buffer, dtype=np.dtype("u4").newbyteorder(dt.byteorder))
         if codes.size and int(codes.max()) > 0x10FFFF:
             raise WireError(f"a {dtype} array holds a code point beyond U+10FFFF")
-    return np.frombuffer(buffer, dtype=dt).reshape(shp)
+    try:
+        return np.frombuffer(buffer, dtype=dt).reshape(shp)
+    except (ValueError, OverflowError) as exc:  # a zero-size array with a dimension beyond numpy's intp
+        raise WireError(f"bad array shape {list(shp)}: {exc}") from None
 
 
 def array_dtype_str(array: np.ndarray) -> str:
@@ -252,6 +257,22 @@ def _object_hook(obj: dict) -> dict:
     return obj
 
 
+class RepeatedKeys(dict):
+    """A map that had a key more than once on the wire, holding the last value of each key.
+
+    Value leaves refuse one (protocol 3.8.1); anywhere else it reads as the dict it is (3.3).
+    """
+
+
+def _pairs_hook(pairs: list) -> dict:
+    obj = dict(pairs)
+    return obj if len(obj) == len(pairs) else RepeatedKeys(obj)
+
+
+def _pairs_hook_checking_numpy(pairs: list) -> dict:
+    return _object_hook(_pairs_hook(pairs))
+
+
 def unpackb_plain(data: Any) -> Any:
     """Decode msgpack with no extension types at all (headers): C speed, and just as safe.
 
@@ -272,14 +293,20 @@ def unpackb(data: Any) -> Any:
     # pays for the per-map hook that refuses it.
     raw = data if isinstance(data, bytes) else bytes(data)
     suspicious = b"\x02nd" in raw or b"\xa2nd" in raw  # every msgpack encoding of a 2-byte key "nd"
+    # Value leaves refuse a map that repeats a key (protocol 3.8.1), which a dict would hide; only a
+    # body that holds one (its descriptor has the key "values") pays for the per-map hook that marks
+    # such maps, and the tuples and graphs inside it (decoded by nested calls) with it.
+    if getattr(_nesting, "tuples", 0) == 0:
+        _nesting.pairs = b"values" in raw
     try:
-        value = msgpack.unpackb(
-            raw,
-            raw=False,
-            strict_map_key=False,
-            ext_hook=_ext_hook,
-            object_hook=_object_hook if suspicious else None,
-        )
+        if _nesting.pairs:
+            pairs_hook = _pairs_hook_checking_numpy if suspicious else _pairs_hook
+            value = msgpack.unpackb(
+                raw, raw=False, strict_map_key=False, ext_hook=_ext_hook, object_pairs_hook=pairs_hook
+            )
+        else:
+            object_hook = _object_hook if suspicious else None
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_ext_hook, object_hook=object_hook)
     except WireError:
         raise
     except RecursionError:

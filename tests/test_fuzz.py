@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlay import protocol as P
-from rlay.spaces import decode_space, encode_value
+from rlay.spaces import MAX_SPACE_DEPTH, decode_space, encode_space, encode_value
 from rlay.values import WireError, packb, unpackb
 from rlay.wire import decode_body, decode_header, decode_leaves, header
 from tests.conftest import Proc, assert_remote_cartpole_equals_sync, broker_status, deployment, free_port, wait_for
@@ -92,6 +92,30 @@ def test_space_decoder_raises_only_wire_errors(value):
         decode_space(value)
     except WireError:
         pass
+
+
+NESTING = {
+    "Tuple": lambda inner: {"type": "Tuple", "spaces": [inner]},
+    "Dict": lambda inner: {"type": "Dict", "spaces": [["a", inner]]},
+    "Graph": lambda inner: {"type": "Graph", "node_space": inner, "edge_space": None},
+    "Sequence": lambda inner: {"type": "Sequence", "feature_space": inner, "stack": False},
+    "OneOf": lambda inner: {"type": "OneOf", "spaces": [inner]},
+}
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(sorted(NESTING)), max_size=700))
+def test_space_maps_nested_any_depth_decode_or_raise_wire_errors(kinds):
+    """A Sequence 500 deep registered, and every reset then raised RecursionError: past
+    MAX_SPACE_DEPTH a space map is refused, whatever nests."""
+    data = encode_space(gym.spaces.Discrete(2))
+    for kind in kinds:
+        data = NESTING[kind](data)
+    try:
+        decode_space(data)
+    except WireError:
+        return
+    assert len(kinds) <= MAX_SPACE_DEPTH
 
 
 @FUZZ
@@ -248,12 +272,15 @@ VALUE_SPACES = [
         stack=True,
     ),
     gym.spaces.OneOf((gym.spaces.Discrete(2), gym.spaces.Sequence(gym.spaces.Discrete(4), stack=True))),
+    gym.spaces.Sequence(gym.spaces.Box(0, 1, (0,), np.float32), stack=True),  # (a batch of no bytes: L is capped)
 ]
 # What a hostile or buggy peer puts where an array reference or a value belongs.
 references = st.fixed_dictionaries(
     {
         "dtype": st.sampled_from(["<f4", "<f8", "<i8", "|i1", "|u1", "<i4", "|O", "=f4", "<U1", "x"]),
-        "shape": st.lists(st.integers(-1, 4) | st.just(2**40), max_size=4) | st.none(),
+        "shape": st.lists(st.integers(-1, 4) | st.just(2**40) | st.just(2**70), max_size=4)
+        | st.tuples(st.integers(0, 4))
+        | st.none(),
     }
 )
 junk = data | references | st.builds(GraphInstance, data, data, data) | st.tuples(data, data)

@@ -4,6 +4,7 @@ embedded and remote. A space that is not gymnasium's own is refused, by exact ty
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 
@@ -17,16 +18,19 @@ from gymnasium.vector.utils import batch_space, iterate
 
 from rlay import RemoteEnvError, RlayError, RlayVectorEnv
 from rlay.spaces import (
+    MAX_BATCH,
+    MAX_SPACE_DEPTH,
     UnsupportedSpaceError,
     ValueRows,
     decode_space,
+    decode_value,
     encode_space,
     encode_value,
     is_value_space,
     leaf_spaces,
 )
-from rlay.values import EXT_GRAPH, WireError, packb, unpackb
-from rlay.wire import decode_leaves, encode_leaves
+from rlay.values import EXT_GRAPH, WireError, array_from_buffer, packb, unpackb
+from rlay.wire import decode_body, decode_leaves, encode_leaves
 from tests.conftest import GAME, Proc, assert_same, broker_status, deployment, free_port, wait_for
 from tests.envs import SAMPLED_KINDS, BadGraphEnv, SampledSpacesEnv, SubclassSpaceEnv, VarSpacesEnv, sampled_spaces
 from tests.test_equivalence import ENVS as EQUIVALENCE_ENVS
@@ -306,6 +310,172 @@ def test_actions_are_checked_for_structure_not_dtype():
         decode_leaves(unpackb(packb(descriptors)), raw, [space], 1)
     with pytest.raises(ValueError, match="does not fit"):
         encode_leaves([ValueRows(((np.zeros(3, np.float32),),), space)])
+
+
+# -- value leaves: the limits of protocol 3.8.1 and 4.1 ---------------------------------------------
+
+
+def ref(dtype: str, shape: list) -> dict:
+    return {"dtype": dtype, "shape": shape}
+
+
+def decoded(space: spaces.Space, wire_values: list, frames: list, check_dtype: bool = False) -> tuple:
+    """One value leaf of len(wire_values) envs, through a body, as a worker (check_dtype False) or a
+    trainer (True) decodes it."""
+    body = decode_body(packb({"actions": [{"values": wire_values}]}))
+    (leaf,) = decode_leaves(body["actions"], frames, [space], len(wire_values), check_dtype=check_dtype)
+    return leaf
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "space",
+    [
+        spaces.Sequence(spaces.Box(-1, 1, (0,), np.float32), stack=True),
+        spaces.Sequence(spaces.MultiDiscrete(np.zeros((0,), np.int64)), stack=True),
+        spaces.Graph(spaces.Box(-1, 1, (0, 3), np.float32), None),
+    ],
+    ids=str,
+)
+def test_a_batch_of_a_zero_size_space_holds_at_most_max_batch_items(space):
+    """Such a batch takes no bytes: a 43-byte body declared 2**40 items, and gymnasium's contains()
+    (or an env iterating them) ran for ever. Refused both ways past MAX_BATCH."""
+    feature = space.node_space if isinstance(space, spaces.Graph) else space.feature_space
+
+    def wire(length: int):
+        reference = ref(feature.dtype.str, [length, *feature.shape])
+        return GraphInstance(reference, None, None) if isinstance(space, spaces.Graph) else reference
+
+    for check_dtype in (False, True):
+        for length in (2**40, MAX_BATCH + 1):
+            with pytest.raises(WireError, match=f"a batch of {length} items, more than the {MAX_BATCH}"):
+                decoded(space, [wire(length)], [b""], check_dtype)
+    (value,) = decoded(space, [wire(MAX_BATCH)], [b""])
+    rows = value.nodes if isinstance(space, spaces.Graph) else value
+    assert rows.shape == (MAX_BATCH, *feature.shape)
+    too_long = np.zeros((MAX_BATCH + 1, *feature.shape), feature.dtype)
+    with pytest.raises(ValueError, match="more than the"):
+        encode_value(space, GraphInstance(too_long, None, None) if isinstance(space, spaces.Graph) else too_long, [])
+
+
+@pytest.mark.timeout(30)
+def test_edge_links_must_name_nodes_in_actions_and_observations():
+    """As gymnasium's Graph.contains checks: 0 <= link < the node count, in any integer dtype."""
+    space = graph_space()
+    nodes, edges = np.zeros((2, 2), np.float32).tobytes(), np.zeros(1, np.int64).tobytes()
+
+    def wire(dtype: str) -> GraphInstance:
+        return GraphInstance(ref("<f4", [2, 2]), ref("<i8", [1]), ref(dtype, [1, 2]))
+
+    for dtype, links in [("<i8", [[5, -7]]), ("<i4", [[0, 2]]), ("|i1", [[-1, 0]]), (">u8", [[2, 0]])]:
+        for check_dtype in (False, True):
+            with pytest.raises(WireError, match=r"value.edge_links: a link names no node \(.* below 2, the nodes\)"):
+                decoded(space, [wire(dtype)], [nodes, edges, np.array(links, dtype).tobytes()], check_dtype)
+    (graph,) = decoded(space, [wire(">u8")], [nodes, edges, np.array([[1, 0]], ">u8").tobytes()])
+    assert graph.edge_links.dtype == np.dtype(">u8") and graph.edge_links.tolist() == [[1, 0]]  # the sender's dtype
+    with pytest.raises(ValueError, match="a link names no node"):
+        encode_value(space, one_graph(edge_links=np.array([[0, 1], [3, 0]], np.int32)), [])
+
+
+def nested(depth: int, inner: spaces.Space) -> spaces.Space:
+    wrap = [
+        spaces.Sequence,
+        lambda s: spaces.Tuple((s,)),
+        lambda s: spaces.OneOf((s,)),
+        lambda s: spaces.Dict({"a": s}),
+    ]
+    for level in range(depth):
+        inner = wrap[level % len(wrap)](inner)
+    return inner
+
+
+@pytest.mark.timeout(60)
+def test_spaces_nest_at_most_max_space_depth_deep():
+    """A Sequence nested 500 deep registered, then every reset raised RecursionError."""
+    deepest = nested(MAX_SPACE_DEPTH, spaces.Discrete(2))
+    assert decode_space(encode_space(deepest)) == deepest
+    with pytest.raises(UnsupportedSpaceError, match=f"nest there more than {MAX_SPACE_DEPTH} deep"):
+        encode_space(nested(MAX_SPACE_DEPTH + 1, spaces.Discrete(2)), "observation_space")
+    data = encode_space(spaces.Discrete(2))
+    for _ in range(500):  # a peer's map
+        data = {"type": "Sequence", "feature_space": data, "stack": False}
+    with pytest.raises(WireError, match=f"nested more than {MAX_SPACE_DEPTH} deep"):
+        decode_space(data)
+    too_deep = spaces.Discrete(2)  # a space built here, never decoded: a value walk of it is a WireError all the same
+    wire: list | int = 1
+    for _ in range(3000):
+        too_deep, wire = spaces.Sequence(too_deep), [wire]
+    with pytest.raises(WireError, match="nested too deeply"):
+        decode_value(too_deep, wire, iter([]))
+
+
+@pytest.mark.timeout(30)
+def test_a_shape_is_an_array_never_a_tuple():
+    rows = spaces.Sequence(spaces.Box(0, 1, (2,), np.float32))
+    with pytest.raises(WireError, match="bad array shape"):
+        decoded(rows, [[{"dtype": "<f4", "shape": (2,)}]], [bytes(8)])
+    body = decode_body(packb({"actions": [{"dtype": "<f4", "shape": (1, 2)}]}))
+    with pytest.raises(WireError, match="bad array shape"):
+        decode_leaves(body["actions"], [bytes(8)], [spaces.Box(0, 1, (2,), np.float32)], 1)
+    # a dimension beyond numpy's intp, of a zero-size array: a WireError, not numpy's ValueError
+    with pytest.raises(WireError, match="bad array shape"):
+        array_from_buffer("<f4", [2**70, 0], b"")
+    body = decode_body(packb({"actions": [{"dtype": "<f4", "shape": [2**64 - 1, 0]}]}))
+    with pytest.raises(WireError, match="bad array shape"):
+        decode_leaves(body["actions"], [b""])
+
+
+@pytest.mark.timeout(30)
+def test_a_discrete_value_is_an_integer_in_every_form():
+    """A bool and an ext 2 float are refused for a Discrete; so is a 0-d array reference of either."""
+    space = spaces.Sequence(spaces.Discrete(5))
+    for dtype, raw in [("|b1", b"\x01"), ("<f8", bytes(8))]:
+        for check_dtype in (False, True):
+            with pytest.raises(WireError, match=f"must be an integer, got a 0-d {np.dtype(dtype)} array"):
+                decoded(space, [[ref(dtype, [])]], [raw], check_dtype)
+    with pytest.raises(TypeError, match="must be an integer, got a 0-d bool array"):
+        encode_value(space, (np.array(True),), [])
+    ((three,),) = decoded(space, [[ref(">u2", [])]], [np.array(3, ">u2").tobytes()])
+    assert three.shape == () and int(three) == 3
+
+
+@pytest.mark.timeout(30)
+def test_a_map_that_repeats_a_key_is_refused_in_a_value_leaf():
+    """A dict keeps a repeated key's last value, and counted the frames of the references that were
+    left: refused instead, in a Dict's value and in an array reference (C++ refuses it too)."""
+    plain = functools.partial(msgpack.packb, use_bin_type=True)
+    opened = plain({"actions": [{"values": [[{}]]}]})[:-1]  # (ends where the inner map starts)
+    pairs = spaces.Sequence(spaces.Dict({"a": spaces.Discrete(2), "b": spaces.Discrete(2)}))
+    twice = opened + b"\x82" + plain("a") + plain(1) + plain("a") + plain(1)
+    with pytest.raises(WireError, match=r"value\[0\]: a map that has a key more than once"):
+        decode_leaves(decode_body(twice)["actions"], [], [pairs], 1, check_dtype=False)
+    rows = spaces.Sequence(spaces.Box(0, 1, (2,), np.float32))
+    ref_twice = (
+        opened + b"\x83" + plain("dtype") + plain("<f4") + plain("dtype") + plain("<f4") + plain("shape") + plain([2])
+    )
+    with pytest.raises(WireError, match="an array reference that has a key more than once"):
+        decode_leaves(decode_body(ref_twice)["actions"], [bytes(8)], [rows], 1, check_dtype=False)
+    # anywhere else a repeated key is unspecified (3.3), and the reference keeps the last value
+    for key in ("a", "values"):  # (a body with the key "values" is one that marks such maps)
+        read = unpackb(b"\x82" + plain(key) + plain(1) + plain(key) + plain(2))
+        assert read == {key: 2} and isinstance(read, dict)
+
+
+@pytest.mark.timeout(30)
+def test_an_env_may_return_mappings_and_tuple_subclasses_as_syncvectorenv_passes_them_on():
+    """An OrderedDict for a Dict and a namedtuple for a Tuple travel as a map and an ext 3 tuple."""
+    pair = collections.namedtuple("pair", "n d")
+    space = spaces.Sequence(
+        spaces.Tuple((spaces.Discrete(3), spaces.Dict({"b": spaces.Discrete(2), "a": spaces.Box(0, 1, (1,))})))
+    )
+    value = [pair(2, collections.OrderedDict(a=np.ones(1, np.float32), b=1))]
+    frames: list = []
+    wire = encode_value(space, value, frames)
+    assert wire == [(2, {"a": {"dtype": "<f4", "shape": [1]}, "b": 1})] and type(wire[0]) is tuple
+    back = decode_value(space, unpackb(packb(wire)), iter(np.ascontiguousarray(f).tobytes() for f in frames))
+    assert_same(back, [(2, {"a": np.ones(1, np.float32), "b": 1})])
+    with pytest.raises(WireError, match="must be a dict, got OrderedDict"):  # (what a receiver reads is the wire's own)
+        decode_value(space, [(2, collections.OrderedDict(a=ref("<f4", [1]), b=1))], iter([bytes(4)]))
 
 
 # -- RlayVectorEnv equals SyncVectorEnv ----------------------------------------------------------

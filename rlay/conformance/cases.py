@@ -164,6 +164,11 @@ def malformed(k: int, mode: str) -> list[Case]:
         [frame],
     )
     step("an action frame a byte short", {"autoreset": "NextStep", "actions": [leaf]}, [frame[:-1]])
+    step(
+        "an action leaf whose shape is an ext 3 tuple",
+        {"autoreset": "NextStep", "actions": [{"dtype": "<i8", "shape": msgpack.ExtType(EXT_TUPLE, _plain([k]))}]},
+        [frame],
+    )
     step("an action dtype |O", {"autoreset": "NextStep", "actions": [{"dtype": "|O", "shape": [k]}]}, [frame])
     step(
         "an action dtype |f8 (no byte order)",
@@ -183,6 +188,33 @@ def malformed(k: int, mode: str) -> list[Case]:
         [np.zeros((), np.int64).tobytes()] * k,
     )
     step("a value leaf whose values are not a list", {"autoreset": "NextStep", "actions": [{"values": 0}]}, [])
+    # ... and values that 3.8.1 refuses whatever the space: a worker refuses each at once, and
+    # must not walk, allocate for or hang on what they claim before it has refused them.
+    step(
+        "a value leaf claiming 2**40 rows of no bytes",
+        {"autoreset": "NextStep", "actions": [{"values": [{"dtype": "<f4", "shape": [2**40, 0]}] * k}]},
+        [b""] * k,
+    )
+    links = msgpack.ExtType(
+        EXT_GRAPH,
+        _plain([{"dtype": "<f4", "shape": [1, 1]}, {"dtype": "<i8", "shape": [1]}, {"dtype": "<i8", "shape": [1, 2]}]),
+    )
+    step(
+        "a value leaf of graphs whose edge links name no node",
+        {"autoreset": "NextStep", "actions": [{"values": [links] * k}]},
+        [bytes(4), bytes(8), np.array([[5, -7]], "<i8").tobytes()] * k,
+    )
+    step(
+        "a value leaf of 0-d bool arrays",
+        {"autoreset": "NextStep", "actions": [{"values": [{"dtype": "|b1", "shape": []}] * k}]},
+        [b"\x01"] * k,
+    )
+    twice = b"\x82" + _plain("a") + _plain(1) + _plain("a") + _plain(1)  # a map with the key "a" twice
+    step(
+        "a value leaf of maps that repeat a key",
+        _plain({"autoreset": "NextStep", "actions": [{"values": [0] * k}]})[:-k] + twice * k,
+        [],
+    )
     # call and set_attr (5.11, 5.12): a native or push worker may refuse every call (NotImplementedError).
     either = (BAD, ENV) if mode == P.COMMAND_MODE else (ENV,)
     for name, kind, body in (
