@@ -728,6 +728,52 @@ def alternating_bounds_cartpole() -> gym.Env:
     return env
 
 
+def as_the_cpp_sdk_hands_it(space: spaces.Space, value):
+    """An action of ``space`` as the C++ SDK hands it to env code (workers/cpp/README.md): every
+    array in its space's dtype, edge links as int64, each Discrete value and OneOf index a plain
+    int; lists stay lists and tuples tuples."""
+    if isinstance(space, spaces.Dict):
+        return {key: as_the_cpp_sdk_hands_it(space[key], item) for key, item in value.items()}
+    if isinstance(space, spaces.Tuple):
+        return type(value)(as_the_cpp_sdk_hands_it(s, item) for s, item in zip(space.spaces, value))
+    if isinstance(space, spaces.Discrete):
+        return int(value)
+    if isinstance(space, spaces.Graph):
+        nodes = _cpp_batch(space.node_space, value.nodes)
+        if value.edges is None:
+            return spaces.GraphInstance(nodes, None, None)
+        return spaces.GraphInstance(nodes, _cpp_batch(space.edge_space, value.edges), value.edge_links.astype(np.int64))
+    if isinstance(space, spaces.Sequence):
+        if space.stack:
+            return _cpp_batch(space.feature_space, value)
+        return type(value)(as_the_cpp_sdk_hands_it(space.feature_space, item) for item in value)
+    if isinstance(space, spaces.OneOf):
+        index, item = value
+        return type(value)((int(index), as_the_cpp_sdk_hands_it(space.spaces[int(index)], item)))
+    if isinstance(space, spaces.Text):
+        return value
+    return np.asarray(value).astype(space.dtype)
+
+
+def _cpp_batch(space: spaces.Space, value):
+    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        return np.asarray(value).astype(space.dtype)
+    if isinstance(space, spaces.Tuple):
+        return type(value)(_cpp_batch(s, item) for s, item in zip(space.spaces, value))
+    if isinstance(space, spaces.Dict):
+        return {key: _cpp_batch(space[key], item) for key, item in value.items()}
+    return type(value)(as_the_cpp_sdk_hands_it(space, item) for item in value)
+
+
+class VarSpacesCppTwin(VarSpacesEnv):
+    """VarSpacesEnv stepped with its action as the C++ SDK hands it over (converted to the spaces'
+    dtypes, protocol 3.6 and 3.8.1): the twin whose echoed actions `rlay_example_command --env
+    var-spaces` must equal."""
+
+    def step(self, action):
+        return super().step(as_the_cpp_sdk_hands_it(self.action_space, action))
+
+
 class EpisodeEnv(gym.Env):
     """Episodes of a known length, for episode accounting: each step pays 1 and the episode terminates
     at step ``horizon`` (action 1 truncates it at once). The observation is (steps into the episode,

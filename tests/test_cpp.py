@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -265,10 +266,67 @@ def test_every_space_crosses_a_cpp_worker_exactly(cpp_build):
 @pytest.mark.timeout(BUILD_TIMEOUT + 60)
 def test_graph_sequence_and_oneof_cross_a_cpp_worker_exactly(cpp_build):
     """ "rlay/VarSpaces-v0": Graph, Sequence and OneOf values (protocol 3.8.1) of every shape the wire
-    accepts, as observations and actions, against its Python twin, tests.envs:VarSpacesEnv."""
-    from tests.envs import VarSpacesEnv
+    accepts, as observations and actions, against its Python twin, tests.envs:VarSpacesEnv, stepped
+    with its actions as the C++ SDK hands them to env code (converted to the spaces' dtypes)."""
+    from tests.envs import VarSpacesCppTwin
 
-    assert_cpp_worker_equals_sync(cpp_build, "var-spaces", "rlay/VarSpaces-v0", VarSpacesEnv)
+    assert_cpp_worker_equals_sync(cpp_build, "var-spaces", "rlay/VarSpaces-v0", VarSpacesCppTwin)
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident set (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+def test_a_large_value_leaf_action_is_not_copied_over_and_over(cpp_build):
+    """A 2 MB step body, a Sequence(Discrete(5)) action of 2,000,000 ints (one byte each), took the
+    C++ worker to 1.3 GB: the decoded action (~112 bytes a value) was copied by the value walk, into
+    the actions, by the example env's echo and into the reply. Now the SDK decodes it in place: what
+    remains is the decoded body, the copy detail::run_plan makes of the plan's first command, and
+    the env's own echo of it into its info (one copy each)."""
+    from rlay import protocol as P
+    from rlay.conformance.harness import RawBroker
+    from rlay.values import EXT_GRAPH, packb
+    from rlay.wire import decode_body, header
+
+    n, value_bytes = 2_000_000, 112
+    back = f"tcp://127.0.0.1:{free_port()}"
+    raw = RawBroker(back, 0.2, 50)
+    worker = Proc(
+        "--broker", back, "--envs", "1", "--env", "var-spaces", command=[str(cpp_build / "rlay_example_command")]
+    )
+    try:
+        raw.expect_register(30)
+        raw.registered(1)
+        head, _ = raw.ask([header(P.RESET, req=1, envs=[0]), packb({"seeds": [1], "options": None})], 10, "reset")
+        assert head[P.TYPE] == P.REPLY, head
+        before = peak_rss(worker.popen.pid)
+        # the action space's leaves, in key order: graph, one, seq, stack (examples/var_spaces_env.hpp)
+        refs = [{"dtype": "<f4", "shape": [1, 2]}, {"dtype": "<i8", "shape": [0]}, {"dtype": "<i8", "shape": [0, 2]}]
+        graph = msgpack.ExtType(EXT_GRAPH, msgpack.packb(refs))
+        stack = [{"dtype": "<i8", "shape": [0]}, {"dtype": "<f4", "shape": [0, 2]}]
+        leaves = [{"values": [graph]}, {"values": [[0, 1]]}, {"values": [[4] * n]}, {"values": [stack]}]
+        body = msgpack.packb({"autoreset": "NextStep", "actions": leaves})
+        assert len(body) < n + 1000
+        frames = [bytes(8), b"", b"", b"", b""]
+        head, rest = raw.ask([header(P.STEP, req=2, envs=[0]), body, *frames], 60, "the large step")
+        assert head[P.TYPE] == P.REPLY, head
+        (info,) = decode_body(rest[0])["info"]
+        assert len(info["action"][0]["seq"]) == n and info["score"] > 4 * n
+        grew = peak_rss(worker.popen.pid) - before
+        assert grew < 3.3 * n * value_bytes, (
+            f"the worker's peak grew by {grew / 2**20:.0f} MiB for a {len(body)}-byte body"
+        )
+    finally:
+        code, _, err = worker.stop()
+        raw.close()
+    assert code == 0, err
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 60)

@@ -11,7 +11,8 @@
 // OneOf; Sequences of Boxes (a tuple or a list), of Graphs (stacked), of Dicts (stacked, maybe
 // empty) and of Tuples; a Discrete.
 // Action: a Graph, a OneOf, a Sequence of Discrete, a stacked Sequence of Tuples. Each step puts
-// the action it received into its info, in a tuple.
+// the action it received into its info, in a tuple: as the SDK converts it (arrays in the space's
+// dtypes, int64 edge links, plain ints), which tests/envs.py: VarSpacesCppTwin models.
 //
 // State: s (the last seed mod 1000), t (steps since reset), score (from the actions) and the
 // env's index. Integer arithmetic only; the floats are exact (multiples of 1/8).
@@ -80,7 +81,12 @@ public:
                   static_cast<std::int64_t>(seq.size()) + seq_sum;
         score_ += 5 * static_cast<std::int64_t>(action.at("stack")[0].as_ndarray().shape()[0]);
         bool terminated = t_ >= 2 && (score_ + index_) % 3 == 0;
-        rlay::value info = rlay::value::map({{"t", t_}, {"score", score_}, {"action", rlay::value::tuple({action})}});
+        // (one copy of the action: value::tuple({action}) and value::map({...}) would copy it from
+        // their initializer lists, twice each, and an action may hold millions of values)
+        rlay::value echoed = rlay::value::tuple();
+        echoed.push_back(action);
+        rlay::value info = rlay::value::map({{"t", t_}, {"score", score_}});
+        info["action"] = std::move(echoed);
         return {obs(), static_cast<double>(score_) / 4.0 + static_cast<double>(t_), terminated, t_ >= 4, std::move(info)};
     }
 

@@ -4,6 +4,7 @@
 // `ctest` runs it.
 #include <rlay/worker.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -551,8 +552,8 @@ void hostile_sizes() {
         CHECK(took < 0.1);
     }
 
-    // Each decoded value takes ~170 bytes: a body of 3 million nils (3 MB) took 500 MB, and
-    // 100 MB took 24 GB. A decode makes at most max_decoded_values values (default 2^21).
+    // Each decoded value takes ~115 bytes (~170 before arrays moved behind a pointer): a body of
+    // 3 million nils (3 MB) took 500 MB, and 100 MB took 24 GB. A decode makes at most max_decoded_values values (default 2^21).
     auto nils = [](std::size_t n) {
         mp::writer w;
         w.array(n);
@@ -938,7 +939,8 @@ void value_leaves() {
     CHECK(misfit(value::map({{"g", value::graph(value::array<std::int64_t>({1, 2}, {0, 0}), value::array<std::int64_t>({1}, {0}), value())}, {"t", 0}}),
                  "ValueError", "value: edges and edge_links must both be None, or neither"));
 
-    // actions: a value leaf decodes to the very values, in any dtype; refusals are bad_message (3.8.1)
+    // actions: a value leaf decodes to the very values, each array in its space's dtype (as action
+    // leaves, 3.6), a Discrete as a plain int; refusals are bad_message (3.8.1)
     rlay::space act = dict({{"g", graph(discrete(4), box(0, 1, {1}, rlay::dtype::float32()))},
                             {"o", one_of({discrete(2), sequence(dict({{"a", discrete(3)}, {"b", text(2, 0, "xy")}}), true)})}});
     auto act_leaves = act.leaves();
@@ -970,10 +972,11 @@ void value_leaves() {
     CHECK(actions.size() == 1);
     if (actions.size() == 1) {
         const value& ga = actions[0].at("g");
-        CHECK(ga.is_graph() && ga[0].as_ndarray().dtype() == rlay::dtype::int64() && ga[1].as_ndarray().dtype() == rlay::dtype::float64());
-        CHECK(ga[2].as_ndarray().shape() == ndarray::shape_type({2, 2}) && ga[2].as_ndarray().item<int>(3) == 2);
+        CHECK(ga.is_graph() && ga[0].as_ndarray().dtype() == rlay::dtype::int64() && ga[1].as_ndarray().dtype() == rlay::dtype::float32());
+        CHECK(ga[1].as_ndarray().data<float>()[1] == 0.25f);
+        CHECK(ga[2].as_ndarray().shape() == ndarray::shape_type({2, 2}) && ga[2].as_ndarray().data<std::int64_t>()[3] == 2);  // int64 links
         const value& oa = actions[0].at("o");
-        CHECK(oa.is_list() && oa[0].is_scalar() && oa[1].as_map()[0].first.as_str() == "b" && oa[1].at("b").is_tuple());
+        CHECK(oa.is_list() && oa[0].is_int() && oa[0].as_int() == 1 && oa[1].as_map()[0].first.as_str() == "b" && oa[1].at("b").is_tuple());
         CHECK(oa[1].at("a").as_ndarray().item<std::int64_t>(0) == 2);
     }
     auto refused_values = [&](const value& desc, std::vector<std::string> frames, std::size_t k = 1) {
@@ -1007,9 +1010,11 @@ void value_leaves() {
                          all));  // batches of 2 and 1
     CHECK(refused_values(value::list({good[0], value::map({{"values", value::list({value::tuple({0, 1, 2})})}})}),
                          {node_bytes, weight_bytes, link_bytes}));  // a OneOf of 3 items
-    // the worker does not check action dtypes (3.6): int8 node features for a Discrete pass
+    // the worker does not check action dtypes (3.6): int8 node features for a Discrete pass, as int64
     value small = descriptors(value::graph(ref("|i1", {3}), value(), value()), value::tuple({0, 1}));
     CHECK(!refused_values(small, {std::string("\x01\x02\x03", 3)}));
+    auto converted = rlay::detail::decode_actions(&small, message_of({std::string("\x01\x02\x03", 3)}), 2, act, act_leaves, 1);
+    CHECK(converted.size() == 1 && converted[0].at("g")[0].as_ndarray().data<std::int64_t>()[2] == 3);
 
     // a mutation fuzz pass: any change to the descriptors' bytes or the frames decodes or is refused
     // with rlay::error, nothing else
@@ -1047,6 +1052,161 @@ void value_leaves() {
     CHECK(decoded > 0 && refused_count > 0);
 }
 
+/// The limits and conversions of value leaves (3.8.1, 4.1): a batch's length, edge links that
+/// name nodes, integer Discretes, repeated keys, graphs of 3 items, valid UTF-8, space nesting,
+/// actions converted as action leaves are, and the walk of a large action by move within budget.
+void value_leaf_limits() {
+    using namespace rlay::spaces;
+    using rlay::ndarray;
+    auto message_of = [](std::vector<std::string> frames) {
+        rlay::detail::message m;
+        m.emplace_back();
+        m.emplace_back();
+        for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
+        return m;
+    };
+    auto ref = [](const char* dtype, std::vector<std::size_t> shape) {
+        value s = value::list();
+        for (std::size_t d : shape) s.push_back(d);
+        return value::map({{"dtype", dtype}, {"shape", s}});
+    };
+    auto one_value = [](value v) { return value::list({value::map({{"values", value::list({std::move(v)})}})}); };
+    // the action of one env, or the error's text ("" if accepted); `max` is max_decoded_values
+    auto action = [&](const rlay::space& s, value v, std::vector<std::string> frames, value* out = nullptr,
+                      std::size_t max = std::size_t(1) << 21) -> std::string {
+        auto leaves = s.leaves();
+        try {
+            auto got = rlay::detail::decode_actions(one_value(std::move(v)), message_of(std::move(frames)), 2, s, leaves, 1, max);
+            if (out) *out = got.at(0);
+            return "";
+        } catch (const rlay::error& e) {
+            return e.code() == rlay::errc::bad_message ? e.what() : std::string("not bad_message: ") + e.what();
+        }
+    };
+    auto has = [](const std::string& text, const char* part) {
+        if (text.find(part) != std::string::npos) return true;
+        std::fprintf(stderr, "  expected \"%s\" in \"%s\"\n", part, text.c_str());
+        return false;
+    };
+    // an observation's env_error (type and text), or "" if it fits
+    auto observed = [](const rlay::space& s, const value& obs) -> std::string {
+        try {
+            rlay::detail::check_observation(s, s.leaves(), obs);
+            return "";
+        } catch (const rlay::env_error& e) {
+            return e.type() + ": " + e.what();
+        }
+    };
+
+    // 1. a batch of a zero-size space takes no bytes: its length is capped at 2^20 both ways
+    rlay::space empty_rows = sequence(box(-1, 1, {0}), true);
+    CHECK(has(action(empty_rows, ref("<f4", {std::size_t(1) << 40, 0}), {""}), "a batch of 1099511627776 items, more than the 1048576"));
+    CHECK(action(empty_rows, ref("<f4", {std::size_t(1) << 20, 0}), {""}).empty());
+    CHECK(has(action(empty_rows, ref("<f4", {(std::size_t(1) << 20) + 1, 0}), {""}), "more than the 1048576"));
+    CHECK(has(observed(empty_rows, value(ndarray(rlay::dtype::float32(), {(std::size_t(1) << 20) + 1, 0}))), "ValueError: value: a batch of"));
+    CHECK(has(action(graph(multi_binary(0)), value::graph(ref("|i1", {std::size_t(1) << 30, 0}), value(), value()), {""}), "more than the"));
+
+    // 3. edge links name nodes (0 <= link < n), and reach env code as host-order int64
+    rlay::space net = graph(box(-1, 1, {1}), discrete(3));
+    std::string node_bytes(8, '\0'), edge_bytes(8, '\0');  // 2 nodes of float32[1], 1 edge of int64
+    auto links_of = [&](const char* dtype, std::string bytes, value* out = nullptr) {
+        return action(net, value::graph(ref("<f4", {2, 1}), ref("<i8", {1}), ref(dtype, {1, 2})), {node_bytes, edge_bytes, bytes}, out);
+    };
+    std::int64_t bad_links[2] = {5, -7};
+    CHECK(has(links_of("<i8", std::string(reinterpret_cast<const char*>(bad_links), 16)),
+              "value.edge_links: a link names no node (each must be at least 0 and below 2, the nodes)"));
+    CHECK(has(links_of("|i1", std::string("\x01\xff", 2)), "a link names no node"));   // -1
+    CHECK(has(links_of(">u8", std::string("\0\0\0\0\0\0\0\x02" "\0\0\0\0\0\0\0\0", 16)), "a link names no node"));  // 2
+    value g;
+    CHECK(links_of(">u8", std::string("\0\0\0\0\0\0\0\x01" "\0\0\0\0\0\0\0\0", 16), &g).empty());
+    CHECK(g.is_graph() && g[2].as_ndarray().dtype() == rlay::dtype::int64() && g[2].as_ndarray().data<std::int64_t>()[0] == 1);
+    CHECK(links_of("|u1", std::string("\x01\x00", 2), &g).empty() && g[2].as_ndarray().data<std::int64_t>()[0] == 1);
+    value out_of_range = value::graph(value::array<float>({2, 1}, {0, 0}), value::array<std::int64_t>({1}, {0}),
+                                      value::array<std::int32_t>({1, 2}, {0, 2}));
+    CHECK(has(observed(net, out_of_range), "ValueError: value.edge_links: a link names no node"));
+
+    // 8. a Discrete is an integer: a 0-d array reference of a bool or a float is refused both ways
+    rlay::space ids = sequence(discrete(5));
+    CHECK(has(action(ids, value::list({ref("|b1", {})}), {std::string("\x01", 1)}), "must be an integer, got a 0-d bool array"));
+    CHECK(has(action(ids, value::list({ref("<f8", {})}), {std::string(8, '\0')}), "must be an integer, got a 0-d float64 array"));
+    CHECK(has(observed(ids, value::list({value(rlay::ndarray(rlay::dtype::boolean(), {}))})), "TypeError: value[0]: a value of Discrete(5)"));
+    // 7. ... and reaches env code as a plain int, as a Discrete action leaf does; one that cannot is refused
+    value seq;
+    CHECK(action(ids, value::list({ref(">u2", {}), value::scalar<std::int8_t>(4), 3}), {std::string("\x00\x02", 2)}, &seq).empty());
+    CHECK(seq.is_list() && seq.size() == 3 && seq[0].is_int() && seq[0].as_int() == 2 && seq[1].is_int() && seq[1].as_int() == 4);
+    CHECK(has(action(ids, value::list({value::big_integer(std::string("\x01\0\0\0\0\0\0\0\0", 9))}), {}), "does not fit int64"));
+    CHECK(has(action(ids, value::list({value(std::uint64_t(1) << 63)}), {}), "value[0]: the integer 9223372036854775808 does not fit int64"));
+    // 7. arrays inside a value leaf reach env code in the space's dtype, host order; bytes and strs are refused
+    rlay::space rows = sequence(box(-1, 1, {2}));
+    double be[2] = {0.5, -0.25};
+    std::string be_bytes(reinterpret_cast<const char*>(be), 16);
+    for (std::size_t i = 0; i < 2; ++i) std::reverse(be_bytes.begin() + 8 * i, be_bytes.begin() + 8 * i + 8);
+    CHECK(action(rows, value::list({ref(">f8", {2})}), {be_bytes}, &seq).empty());
+    CHECK(seq[0].as_ndarray().dtype() == rlay::dtype::float32() && seq[0].as_ndarray().data<float>()[1] == -0.25f);
+    CHECK(has(action(rows, value::list({ref("|S4", {2})}), {"abcdefgh"}), "value[0]: an array of S4 does not convert to float32"));
+    CHECK(has(action(rows, value::list({ref("<U2", {2})}), {std::string("a\0\0\0b\0\0\0c\0\0\0d\0\0\0", 16)}), "does not convert to float32"));
+    CHECK(has(action(sequence(box(0, 9, {1}, rlay::dtype::int32())), value::list({ref("<f8", {1})}), {std::string("\0\0\0\0\0\0\xf8\x7f", 8)}),
+              "does not convert to int32"));
+
+    // 5. a shape is an array, not an ext 3 tuple
+    CHECK(has(action(rows, value::list({value::map({{"dtype", "<f4"}, {"shape", value::tuple({2})}})}), {std::string(8, '\0')}),
+              "bad array shape"));
+
+    // 9. a map that repeats a key: a Dict's value, or an array reference
+    rlay::space pairs = sequence(dict({{"a", discrete(2)}, {"b", discrete(2)}}));
+    value twice = value::map();
+    twice.as_map().emplace_back(value("a"), value(1));
+    twice.as_map().emplace_back(value("a"), value(1));
+    CHECK(has(action(pairs, value::list({twice}), {}), "value[0]: a map that has a key more than once"));
+    value ref_twice = ref("<f4", {2});
+    ref_twice.as_map().emplace_back(value("dtype"), value("<f4"));
+    CHECK(has(action(rows, value::list({ref_twice}), {std::string(8, '\0')}), "an array reference that has a key more than once"));
+
+    // 10. a graph has 3 items, even when env code shrank one
+    value shrunk = value::graph(value::array<float>({1, 1}, {0}), value(), value());
+    shrunk.items().pop_back();
+    CHECK(has(observed(graph(box(-1, 1, {1})), shrunk), "ValueError: value: a graph has 3 items (nodes, edges, edge_links), not 2"));
+    bool writer_refuses = false;
+    try {
+        mp::encode(value::map({{"g", shrunk}}));
+    } catch (const rlay::error& e) {
+        writer_refuses = e.code() == rlay::errc::bad_message;
+    }
+    CHECK(writer_refuses);
+
+    // 6. invalid UTF-8 never leaves the SDK: a value leaf's str, a Text leaf, the writer; an error's text is mended
+    rlay::space words = sequence(text(4));
+    CHECK(has(observed(words, value::tuple({value(std::string("\xff\xfe"))})), "ValueError: value[0]: a str that is not valid UTF-8"));
+    CHECK(has(observed(text(4), value(std::string("a\xc3"))), "ValueError: a Text observation is not valid UTF-8"));
+    bool str_refused = false;
+    try {
+        mp::encode(value::map({{"tag", std::string("\xc3\x28")}}));
+    } catch (const rlay::error& e) {
+        str_refused = e.code() == rlay::errc::bad_message;
+    }
+    CHECK(str_refused);
+    rlay::detail::env_report report{3, "ValueError", "bad \xff value"};
+    CHECK(mp::encode(report.to_value()).find("bad \xef\xbf\xbd value") != std::string::npos);
+
+    // 4. spaces nest at most 32 deep (4.1): every walk recurses once a level
+    rlay::space deep = discrete(2);
+    for (int i = 0; i < rlay::max_space_depth; ++i) deep = i % 2 ? sequence(deep) : tuple({deep});
+    CHECK(deep.depth() == rlay::max_space_depth);
+    bool too_deep = false;
+    try {
+        one_of({deep});
+    } catch (const rlay::error& e) {
+        too_deep = e.code() == rlay::errc::invalid_space && std::string(e.what()).find("nest more than 32 deep") != std::string::npos;
+    }
+    CHECK(too_deep);
+
+    // 2. a large action is walked in place, and counts against max_decoded_values
+    std::vector<value> many(100000, value(std::int64_t(4)));
+    value held;
+    CHECK(action(ids, value::list(many), {}, &held).empty() && held.size() == many.size());
+    CHECK(has(action(ids, value::list(many), {}, nullptr, 50000), "more than a decode may make (rlay::config::max_decoded_values)"));
+}
+
 int main() {
     header_examples();
     header_refusals();
@@ -1055,6 +1215,7 @@ int main() {
     dtypes();
     spaces_and_leaves();
     value_leaves();
+    value_leaf_limits();
     plans();
     seeds();
     fuzz();

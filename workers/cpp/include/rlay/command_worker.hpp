@@ -74,7 +74,7 @@ private:
     }
 
     /// Answer one batched call. Never throws.
-    detail::message handle(const detail::request& r) {
+    detail::message handle(detail::request& r) {
         try {
             if (r.kind == detail::type::reset) return reset(r);
             if (r.kind == detail::type::step) return step(r);
@@ -131,17 +131,18 @@ private:
             obs.push_back(std::move(o.obs));
             infos.push_back(std::move(o.info));
         }
-        return link_.reply(r, obs, {{"info", std::move(infos)}});
+        return link_.reply(r, obs, detail::columns("info", std::move(infos)));
     }
 
-    detail::message step(const detail::request& r) {
+    detail::message step(detail::request& r) {
         auto mode = detail::parse_autoreset(r.body.find("autoreset"));
         if (!mode) {
             const value* m = r.body.find("autoreset");
             throw error(errc::bad_message, "unknown autoreset mode " + (m ? m->repr() : std::string("None")));
         }
-        std::vector<value> actions =
-            detail::decode_actions(r.body.find("actions"), r.frames, 2, link_.cfg().action_space, link_.act_leaves(), r.envs.size());
+        value* leaves = r.body.find("actions");  // moved out, not copied: an action may be large
+        std::vector<value> actions = detail::decode_actions(leaves ? std::move(*leaves) : value(), r.frames, 2, link_.cfg().action_space,
+                                                            link_.act_leaves(), r.envs.size(), link_.cfg().max_decoded_values);
         auto outcomes = each(r, [&](std::size_t n, std::int64_t i) {
             detail::env_outcome o = detail::run_plan(detail::plan::for_step(*mode, done_[i], std::move(actions[n]), i), *envs_[i]);
             done_[i] = o.terminated || o.truncated;
@@ -157,8 +158,8 @@ private:
             info.push_back(std::move(o.info));
             final.push_back(std::move(o.final));
         }
-        return link_.reply(r, obs, {{"reward", std::move(reward)}, {"terminated", std::move(terminated)},
-                                    {"truncated", std::move(truncated)}, {"info", std::move(info)}, {"final", std::move(final)}});
+        return link_.reply(r, obs, detail::columns("reward", std::move(reward), "terminated", std::move(terminated),
+                                    "truncated", std::move(truncated), "info", std::move(info), "final", std::move(final)));
     }
 
     detail::message call(const detail::request& r) {

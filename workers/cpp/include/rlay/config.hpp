@@ -116,10 +116,11 @@ struct config {
     /// Where this worker's log lines go; empty: the handler of rlay::set_log_handler, or stderr.
     log_handler logger;
     /// The most values (array items, map keys and values) one header or body from the broker
-    /// may decode to; a message with more is answered bad_message. Each decoded value takes
-    /// ~170 bytes of memory, so this bounds what one message can make the game allocate
-    /// (the default, 2^21, ~350 MB; 2^16 is plenty for a worker that serves no call/set_attr
-    /// with large values and hosts at most a few thousand envs).
+    /// may decode to; a message with more is answered bad_message. The walk of the actions of
+    /// value leaves (3.8.1) may visit as many again. Each decoded value takes ~115 bytes of
+    /// memory, so this bounds what one message can make the game allocate (the default, 2^21,
+    /// ~240 MB; 2^16 is plenty for a worker that serves no call/set_attr with large values and
+    /// hosts at most a few thousand envs).
     std::size_t max_decoded_values = std::size_t(1) << 21;
 };
 

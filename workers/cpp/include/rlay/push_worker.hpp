@@ -327,7 +327,7 @@ private:
         }
     }
 
-    std::vector<std::function<detail::plan(std::size_t, std::int64_t)>> plan_factories(const detail::request& r) {
+    std::vector<std::function<detail::plan(std::size_t, std::int64_t)>> plan_factories(detail::request& r) {
         std::vector<std::function<detail::plan(std::size_t, std::int64_t)>> out;
         if (r.kind == detail::type::reset) {
             const value* seeds = r.body.find("seeds");
@@ -345,8 +345,10 @@ private:
                 const value* m = r.body.find("autoreset");
                 throw error(errc::bad_message, "unknown autoreset mode " + (m ? m->repr() : std::string("None")));
             }
-            auto actions = std::make_shared<std::vector<value>>(
-                detail::decode_actions(r.body.find("actions"), r.frames, 2, link_.cfg().action_space, link_.act_leaves(), r.envs.size()));
+            value* leaves = r.body.find("actions");  // moved out, not copied: an action may be large
+            auto actions = std::make_shared<std::vector<value>>(detail::decode_actions(leaves ? std::move(*leaves) : value(), r.frames, 2,
+                                                                                       link_.cfg().action_space, link_.act_leaves(),
+                                                                                       r.envs.size(), link_.cfg().max_decoded_values));
             for (std::size_t n = 0; n < r.envs.size(); ++n) {
                 out.push_back([this, actions, m = *mode](std::size_t k, std::int64_t j) {
                     if (!agents_[j].started) throw env_error("RuntimeError", "agent " + std::to_string(j) + " was stepped before its first reset");
@@ -402,9 +404,9 @@ private:
                 info.push_back(std::move(o.info));
                 final.push_back(std::move(o.final));
             }
-            if (r.kind == detail::type::reset) return link_.reply(r, obs, {{"info", std::move(info)}});
-            return link_.reply(r, obs, {{"reward", std::move(reward)}, {"terminated", std::move(terminated)},
-                                        {"truncated", std::move(truncated)}, {"info", std::move(info)}, {"final", std::move(final)}});
+            if (r.kind == detail::type::reset) return link_.reply(r, obs, detail::columns("info", std::move(info)));
+            return link_.reply(r, obs, detail::columns("reward", std::move(reward), "terminated", std::move(terminated),
+                                        "truncated", std::move(truncated), "info", std::move(info), "final", std::move(final)));
         } catch (const detail::env_failures& f) {
             return link_.env_error_message(r.raw_req, f.reports);
         } catch (...) {  // the reference push worker never sends internal_error (10.1)

@@ -33,6 +33,10 @@ namespace rlay {
 
 class space;
 
+/// Tuple, Dict, Graph, Sequence and OneOf nest in one another at most this deep (4.1): every
+/// walk of a space or its values recurses once a level. The builders refuse deeper nesting.
+constexpr int max_space_depth = 32;
+
 /// One leaf of a space (4.2): what a row of it looks like on the wire.
 struct leaf_info;
 
@@ -87,6 +91,9 @@ public:
     const space& feature_space() const { return part(kind::sequence, 0); }
     /// Sequence: whether its values are stacked (gymnasium's stack=True).
     bool stack() const noexcept { return stack_; }
+    /// How deep Tuple, Dict, Graph, Sequence and OneOf nest in it: 0 for a leaf that holds
+    /// nothing (a Box), 1 for a Tuple of Boxes; at most max_space_depth.
+    int depth() const noexcept { return depth_; }
 
     /// The space map of 4.1 (plain msgpack), as `rlay.spaces.encode_space` writes it.
     value encode() const {
@@ -217,6 +224,7 @@ private:
     bool stack_ = false;      // Sequence
     std::string charset_;
     std::vector<entry> entries_;  // Tuple, Dict, OneOf: the entries; Graph: node (and edge) space; Sequence: the item space
+    int depth_ = 0;               // see depth()
 };
 
 struct leaf_info {
@@ -297,7 +305,14 @@ struct space_builder {
         return s;
     }
     static space& set_entries(space& s, std::vector<space::entry> entries) {
+        int depth = 0;
+        for (const space::entry& e : entries) depth = e.second.depth_ > depth ? e.second.depth_ : depth;
+        if (depth >= max_space_depth) {
+            throw error(errc::invalid_space, "Tuple, Dict, Graph, Sequence and OneOf spaces nest more than " + std::to_string(max_space_depth) +
+                                                 " deep (4.1)");
+        }
         s.entries_ = std::move(entries);
+        s.depth_ = depth + 1;
         return s;
     }
     static space& set_stack(space& s, bool stack) {

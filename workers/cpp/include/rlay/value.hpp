@@ -218,7 +218,7 @@ public:
     value(const char* s) : kind_(kind::str), bytes_(s) {}
     value(std::string s) : kind_(kind::str), bytes_(std::move(s)) {}
     value(std::string_view s) : kind_(kind::str), bytes_(s) {}
-    value(rlay::ndarray a) : kind_(kind::ndarray), array_(std::move(a)) {}
+    value(rlay::ndarray a) : kind_(kind::ndarray), array_(std::make_shared<const rlay::ndarray>(std::move(a))) {}
 
     // -- builders --------------------------------------------------------------------------
     static value str(std::string s) { return value(std::move(s)); }
@@ -277,7 +277,7 @@ public:
         if (zero_d.ndim() != 0) throw error(errc::type_mismatch, "a typed scalar needs a 0-d array");
         value v;
         v.kind_ = kind::scalar;
-        v.array_ = std::move(zero_d);
+        v.array_ = std::make_shared<const rlay::ndarray>(std::move(zero_d));
         return v;
     }
     /// An integer given as big-endian two's complement bytes (1 to 1024 of them): an ext 4
@@ -337,9 +337,9 @@ public:
     }
     /// A plain integer in the int64 range (or a typed integer scalar).
     std::int64_t as_int() const {
-        if (kind_ == kind::scalar && array_.dtype().is_numeric() && array_.dtype().type() != dtype::kind::floating &&
-            array_.dtype().type() != dtype::kind::complex) {
-            detail::number n = detail::load_number(array_.dtype(), array_.bytes());
+        if (kind_ == kind::scalar && array_->dtype().is_numeric() && array_->dtype().type() != dtype::kind::floating &&
+            array_->dtype().type() != dtype::kind::complex) {
+            detail::number n = detail::load_number(array_->dtype(), array_->bytes());
             if (n.kind == dtype::kind::unsigned_int) return checked_int(n.u, false);
             return n.i;
         }
@@ -369,7 +369,7 @@ public:
                 for (unsigned char c : bytes_) d = d * 256.0 + (neg ? static_cast<unsigned char>(~c) : c);
                 return neg ? -(d + 1.0) : d;
             }
-            case kind::scalar: return detail::number_to_double(detail::load_number(array_.dtype(), array_.bytes()));
+            case kind::scalar: return detail::number_to_double(detail::load_number(array_->dtype(), array_->bytes()));
             default: throw mismatch("a number");
         }
     }
@@ -413,12 +413,12 @@ public:
     }
     const rlay::ndarray& as_ndarray() const {
         expect(kind::ndarray);
-        return array_;
+        return *array_;
     }
     /// A typed scalar's dtype and bytes, as a 0-d array.
     const rlay::ndarray& as_scalar() const {
         expect(kind::scalar);
-        return array_;
+        return *array_;
     }
 
     // -- containers -----------------------------------------------------------------------
@@ -448,6 +448,7 @@ public:
         }
         return nullptr;
     }
+    value* find(std::string_view key) { return const_cast<value*>(static_cast<const value&>(*this).find(key)); }
     bool contains(std::string_view key) const { return find(key) != nullptr; }
     /// The value of str key `key` in a map; rlay::error (key_not_found) if it has none.
     const value& at(std::string_view key) const {
@@ -483,7 +484,7 @@ public:
             case kind::big_integer: case kind::str: case kind::bin: return a.bytes_ == b.bytes_;
             case kind::list: case kind::tuple: case kind::graph: return a.items_ == b.items_;
             case kind::map: return a.entries_ == b.entries_;
-            case kind::ndarray: case kind::scalar: return a.array_ == b.array_;
+            case kind::ndarray: case kind::scalar: return *a.array_ == *b.array_;
         }
         return false;
     }
@@ -593,8 +594,8 @@ private:
                 s += "}";
                 break;
             }
-            case kind::ndarray: s += "array(" + array_.dtype().str() + " " + ndarray::shape_text(array_.shape()) + ")"; break;
-            case kind::scalar: s += "scalar(" + array_.dtype().str() + ")"; break;
+            case kind::ndarray: s += "array(" + array_->dtype().str() + " " + ndarray::shape_text(array_->shape()) + ")"; break;
+            case kind::scalar: s += "scalar(" + array_->dtype().str() + ")"; break;
             case kind::graph: {
                 const char* names[3] = {"nodes=", ", edges=", ", edge_links="};
                 s += "GraphInstance(";
@@ -618,7 +619,9 @@ private:
     std::string bytes_;     // str, bin, big integer (big-endian two's complement, minimal)
     list_type items_;       // list, tuple, graph
     map_type entries_;      // map
-    rlay::ndarray array_;   // ndarray, scalar (0-d)
+    // ndarray, scalar (0-d). Behind a pointer so that every other value (a decoded message holds
+    // millions) is smaller and makes no allocation of an empty array; never changed once set.
+    std::shared_ptr<const rlay::ndarray> array_;
 };
 
 }  // namespace rlay

@@ -9,15 +9,18 @@
 
 #include <zmq.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -120,222 +123,355 @@ inline std::string numpy_name(const dtype& dt) {
     return r.size() > 9 ? r.substr(7, r.size() - 9) : r;
 }
 
+/// The most items L one batch in a value leaf may have (3.8.1): a batch of a zero-size space (a
+/// Box of shape (0,)) takes no bytes, so only this bounds what a receiver's env iterates.
+constexpr std::size_t max_batch = std::size_t(1) << 20;
+
 /// One walk of a value of a value leaf's space, the same in both directions, as the Python
-/// reference's (rlay/spaces.py: _Walk): `array` turns what stands where an array belongs into its
-/// other form (an ndarray into an array reference, encoding; a reference into the ndarray of its
-/// frame, decoding) and returns the array too; the walk checks and rebuilds everything else.
-/// Lists stay lists and tuples tuples (3.8.1, "Tuples and lists").
+/// reference's (rlay/spaces.py: _Walk), made in place so that a large value is never copied:
+/// `array` turns what stands where an array belongs into its other form (an ndarray into an
+/// array reference, encoding; a reference into the ndarray of its frame, decoding) and returns
+/// the array; the walk checks everything else. Lists stay lists and tuples tuples (3.8.1,
+/// "Tuples and lists").
 class value_walk {
 public:
-    using array_fn = std::function<std::pair<value, ndarray>(const value&, const std::string&)>;
+    using array_fn = std::function<ndarray(value& slot, const std::string& path)>;
+    struct options {
+        bool check_dtype = false;  ///< observations: every array casts same_kind to its space's dtype
+        /// Actions, as action leaves are (3.6): every array becomes its space's dtype, edge links
+        /// host-order int64, a Discrete value or a OneOf index a plain int; what cannot is refused.
+        bool convert = false;
+        /// The values the walk may visit in all (rlay::config::max_decoded_values): a decoded
+        /// message's values, walked, count again.
+        std::size_t max_values = SIZE_MAX;
+    };
 
-    value_walk(array_fn array, bool check_dtype) : array_(std::move(array)), check_dtype_(check_dtype) {}
+    value_walk(array_fn array, options o) : array_(std::move(array)), options_(o), remaining_(o.max_values) {}
 
-    /// One value of `s` (3.8.1, `one`).
-    value one(const space& s, const value& v, const std::string& path) const {
+    /// Check `v`, one value of `s` (3.8.1, `one`), and rewrite its arrays in place.
+    void walk(const space& s, value& v) {
+        path_ = "value";
+        one(s, v);
+    }
+
+    /// Whether a map has some str key more than once (3.8.1 refuses it in a value).
+    static bool repeats_a_key(const value& map) {
+        std::vector<std::string_view> keys;
+        for (const auto& entry : map.as_map()) if (entry.first.is_str()) keys.push_back(entry.first.as_str());
+        std::sort(keys.begin(), keys.end());
+        return std::adjacent_find(keys.begin(), keys.end()) != keys.end();
+    }
+
+private:
+    /// Appends to the walk's path for as long as it lives: the place of a value, for messages.
+    class step {
+    public:
+        step(std::string& path, std::size_t index) : path_(path), size_(path.size()) {
+            path += '[';
+            path += std::to_string(index);
+            path += ']';
+        }
+        step(std::string& path, std::initializer_list<std::string_view> parts) : path_(path), size_(path.size()) {
+            for (std::string_view p : parts) path += p;
+        }
+        step(const step&) = delete;
+        step& operator=(const step&) = delete;
+        ~step() { path_.resize(size_); }
+
+    private:
+        std::string& path_;
+        std::size_t size_;
+    };
+
+    void one(const space& s, value& v) {
+        spend();
         using k = space::kind;
         switch (s.type()) {
             case k::box: case k::multi_discrete: case k::multi_binary: {
-                auto [out, a] = array_(v, path);
-                fits(a, s, s.shape(), path);
-                return out;
+                ndarray a = array_(v, path_);
+                fits(a, s, s.shape());
+                convert(v, a, s.dtype());
+                return;
             }
-            case k::discrete: {
-                if (v.is_int() || v.is_big_int()) return v;
-                if (v.is_scalar()) {
-                    if (!integer(v.as_scalar().dtype())) {
-                        throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " must be an integer, got a " +
-                                                              numpy_name(v.as_scalar().dtype()) + " scalar");
-                    }
-                    return v;
-                }
-                std::pair<value, ndarray> got;
-                try {
-                    got = array_(v, path);
-                } catch (const value_mismatch&) {
-                    throw value_mismatch("TypeError", path + ": a value of " + s.repr() +
-                                                          " must be an integer, a numpy integer or a 0-d array, got " + kind(v));
-                }
-                fits(got.second, s, {}, path);
-                return got.first;
-            }
+            case k::discrete: return discrete(s, v);
             case k::text:
-                if (!v.is_str()) throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " must be a str, got " + kind(v));
-                return v;
+                if (!v.is_str()) throw value_mismatch("TypeError", path_ + ": a value of " + s.repr() + " must be a str, got " + kind(v));
+                if (!msgpack::valid_utf8(v.as_str())) throw value_mismatch("ValueError", path_ + ": a str that is not valid UTF-8");
+                return;
             case k::tuple: {
-                const value::list_type& items = sequence(v, path, s.entries().size());
-                value out = like(v);
-                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(one(s.entries()[i].second, items[i], at(path, i)));
-                return out;
+                value::list_type& items = sequence(v, s.entries().size());
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    step at(path_, i);
+                    one(s.entries()[i].second, items[i]);
+                }
+                return;
             }
             case k::dict: {
-                value out = value::map();
-                for (const auto& [key, item] : entries(s, v, path)) {
-                    out.as_map().emplace_back(value(key.first), one(*key.second, item, path + "['" + key.first + "']"));
+                std::vector<const space*> subspaces = entries(s, v);
+                value::map_type& map = v.as_map();
+                for (std::size_t i = 0; i < map.size(); ++i) {
+                    step at(path_, {"['", map[i].first.as_str(), "']"});
+                    one(*subspaces[i], map[i].second);
                 }
-                return out;
+                return;
             }
-            case k::graph: return graph(s, v, path);
+            case k::graph: return graph(s, v);
             case k::sequence: {
                 if (s.stack()) {
                     std::optional<std::size_t> length;
-                    return batch(s.feature_space(), v, path, length);
+                    return batch(s.feature_space(), v, length);
                 }
-                const value::list_type& items = sequence(v, path);
-                value out = like(v);
-                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(one(s.feature_space(), items[i], at(path, i)));
-                return out;
+                value::list_type& items = sequence(v);
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    step at(path_, i);
+                    one(s.feature_space(), items[i]);
+                }
+                return;
             }
             case k::one_of: {
-                const value::list_type& items = sequence(v, path, 2);
-                const value& index = items[0];
+                value::list_type& items = sequence(v, 2);
+                value& index = items[0];
                 bool is_index = index.is_int() || index.is_big_int() || (index.is_scalar() && integer(index.as_scalar().dtype()));
                 if (!is_index) {
-                    throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " starts with an integer index, got " + kind(index));
+                    throw value_mismatch("TypeError", path_ + ": a value of " + s.repr() + " starts with an integer index, got " + kind(index));
                 }
                 if (index.is_negative() || index.is_big_int() || (index.is_int() && index.as_uint() >= s.entries().size()) ||
                     (index.is_scalar() && (index.to_double() < 0 || index.to_double() >= static_cast<double>(s.entries().size())))) {
-                    throw value_mismatch("ValueError", path + ": index " + index.repr() + " is out of range for " + s.repr());
+                    throw value_mismatch("ValueError", path_ + ": index " + index.repr() + " is out of range for " + s.repr());
                 }
                 std::size_t choice = index.is_int() ? static_cast<std::size_t>(index.as_uint()) : static_cast<std::size_t>(index.to_double());
-                value out = like(v);
-                out.push_back(index);
-                out.push_back(one(s.entries()[choice].second, items[1], at(path, 1)));
-                return out;
+                if (options_.convert) index = value(static_cast<std::int64_t>(choice));
+                step at(path_, 1);
+                one(s.entries()[choice].second, items[1]);
+                return;
             }
         }
-        throw value_mismatch("TypeError", path + ": unknown space");
+        throw value_mismatch("TypeError", path_ + ": unknown space");
     }
 
     /// L values of `s` batched as gymnasium batches them (3.8.1, `batch`); `length` is L, unset
     /// until the batch's first leaf says it.
-    value batch(const space& s, const value& v, const std::string& path, std::optional<std::size_t>& length) const {
+    void batch(const space& s, value& v, std::optional<std::size_t>& length) {
+        spend();
         using k = space::kind;
         switch (s.type()) {
             case k::box: case k::multi_discrete: case k::multi_binary: case k::discrete: {
-                auto [out, a] = array_(v, path);
+                ndarray a = array_(v, path_);
                 if (a.ndim() == 0) {
-                    throw value_mismatch("ValueError", path + ": a batch of " + s.repr() + " needs a first dimension, got a 0-d array");
+                    throw value_mismatch("ValueError", path_ + ": a batch of " + s.repr() + " needs a first dimension, got a 0-d array");
                 }
-                same_length(length, a.shape()[0], path);
+                same_length(length, a.shape()[0]);
                 ndarray::shape_type shape{a.shape()[0]};
                 shape.insert(shape.end(), s.shape().begin(), s.shape().end());
-                fits(a, s, shape, path);
-                return out;
+                fits(a, s, shape);
+                convert(v, a, s.dtype());
+                return;
             }
             case k::tuple: {
-                const value::list_type& items = sequence(v, path, s.entries().size());
-                value out = like(v);
-                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(batch(s.entries()[i].second, items[i], at(path, i), length));
-                return out;
+                value::list_type& items = sequence(v, s.entries().size());
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    step at(path_, i);
+                    batch(s.entries()[i].second, items[i], length);
+                }
+                return;
             }
             case k::dict: {
-                value out = value::map();
-                for (const auto& [key, item] : entries(s, v, path)) {
-                    out.as_map().emplace_back(value(key.first), batch(*key.second, item, path + "['" + key.first + "']", length));
+                std::vector<const space*> subspaces = entries(s, v);
+                value::map_type& map = v.as_map();
+                for (std::size_t i = 0; i < map.size(); ++i) {
+                    step at(path_, {"['", map[i].first.as_str(), "']"});
+                    batch(*subspaces[i], map[i].second, length);
                 }
-                return out;
+                return;
             }
             default: {  // Text, Graph, Sequence, OneOf: a tuple (or list) of single values
-                const value::list_type& items = sequence(v, path);
-                same_length(length, items.size(), path);
-                value out = like(v);
-                for (std::size_t i = 0; i < items.size(); ++i) out.push_back(one(s, items[i], at(path, i)));
-                return out;
+                value::list_type& items = sequence(v);
+                same_length(length, items.size());
+                for (std::size_t i = 0; i < items.size(); ++i) {
+                    step at(path_, i);
+                    one(s, items[i]);
+                }
+                return;
             }
         }
     }
 
-private:
-    value graph(const space& s, const value& v, const std::string& path) const {
-        if (!v.is_graph()) throw value_mismatch("TypeError", path + ": a value of " + s.repr() + " must be a GraphInstance, got " + kind(v));
-        const value::list_type& it = v.items();
-        std::optional<std::size_t> nodes_count;
-        value nodes = batch(s.node_space(), it[0], path + ".nodes", nodes_count);
-        if (it[1].is_nil() && it[2].is_nil()) return value::graph(std::move(nodes), value(), value());
-        if (!s.edge_space()) {
-            throw value_mismatch("ValueError", path + ": " + s.repr() + " has no edge space, so its edges and edge_links must be None");
+    void discrete(const space& s, value& v) {
+        if (v.is_int() || v.is_big_int()) {
+            // (a msgpack uint64 above 2^63 - 1 does not fit the int64 that env code reads with as_int())
+            bool too_big = v.is_big_int() || (v.is_int() && !v.is_negative() && v.as_uint() > static_cast<std::uint64_t>(INT64_MAX));
+            if (options_.convert && too_big) {
+                throw value_mismatch("ValueError", path_ + ": the integer " + v.repr() + " does not fit " + numpy_name(s.dtype()));
+            }
+            return;
         }
-        if (it[1].is_nil() || it[2].is_nil()) throw value_mismatch("ValueError", path + ": edges and edge_links must both be None, or neither");
-        std::optional<std::size_t> edges_count;
-        value edges = batch(*s.edge_space(), it[1], path + ".edges", edges_count);
-        auto [links, a] = array_(it[2], path + ".edge_links");
-        if (!integer(a.dtype()) || a.ndim() != 2 || a.shape()[1] != 2) {
-            throw value_mismatch("ValueError", path + ".edge_links: expected an integer array of shape (m, 2), got " + numpy_name(a.dtype()) +
-                                                   " " + ndarray::shape_text(a.shape()));
+        if (v.is_scalar()) {
+            if (!integer(v.as_scalar().dtype())) {
+                throw value_mismatch("TypeError", path_ + ": a value of " + s.repr() + " must be an integer, got a " +
+                                                      numpy_name(v.as_scalar().dtype()) + " scalar");
+            }
+            if (options_.convert) v = plain_int(v.as_scalar(), s.dtype());
+            return;
         }
-        same_length(edges_count, a.shape()[0], path + ".edge_links");
-        return value::graph(std::move(nodes), std::move(edges), std::move(links));
+        ndarray a;
+        try {
+            a = array_(v, path_);
+        } catch (const value_mismatch&) {
+            throw value_mismatch("TypeError", path_ + ": a value of " + s.repr() + " must be an integer, a numpy integer or a 0-d array, got " + kind(v));
+        }
+        if (a.ndim() == 0 && !integer(a.dtype())) {  // (as a bool or an ext 2 float is refused)
+            throw value_mismatch("TypeError", path_ + ": a value of " + s.repr() + " must be an integer, got a 0-d " + numpy_name(a.dtype()) + " array");
+        }
+        fits(a, s, {});
+        if (options_.convert) v = plain_int(a, s.dtype());
     }
 
-    void fits(const ndarray& a, const space& s, const ndarray::shape_type& shape, const std::string& path) const {
+    void graph(const space& s, value& v) {
+        if (!v.is_graph()) throw value_mismatch("TypeError", path_ + ": a value of " + s.repr() + " must be a GraphInstance, got " + kind(v));
+        value::list_type& it = v.items();
+        if (it.size() != 3) {  // (env code can change a graph's items)
+            throw value_mismatch("ValueError", path_ + ": a graph has 3 items (nodes, edges, edge_links), not " + std::to_string(it.size()));
+        }
+        std::optional<std::size_t> node_count;
+        {
+            step at(path_, {".nodes"});
+            batch(s.node_space(), it[0], node_count);
+        }
+        if (it[1].is_nil() && it[2].is_nil()) return;
+        if (!s.edge_space()) {
+            throw value_mismatch("ValueError", path_ + ": " + s.repr() + " has no edge space, so its edges and edge_links must be None");
+        }
+        if (it[1].is_nil() || it[2].is_nil()) throw value_mismatch("ValueError", path_ + ": edges and edge_links must both be None, or neither");
+        std::optional<std::size_t> edge_count;
+        {
+            step at(path_, {".edges"});
+            batch(*s.edge_space(), it[1], edge_count);
+        }
+        step at(path_, {".edge_links"});
+        spend();
+        ndarray a = array_(it[2], path_);
+        if (!integer(a.dtype()) || a.ndim() != 2 || a.shape()[1] != 2) {
+            throw value_mismatch("ValueError", path_ + ": expected an integer array of shape (m, 2), got " + numpy_name(a.dtype()) + " " +
+                                                   ndarray::shape_text(a.shape()));
+        }
+        same_length(edge_count, a.shape()[0]);
+        if (node_count) links_name_nodes(a, *node_count);
+        convert(it[2], a, dtype::int64());
+    }
+
+    /// Every edge link names a node: 0 <= link < n (3.8.1), as gymnasium's Graph.contains checks.
+    void links_name_nodes(const ndarray& links, std::size_t n) const {
+        std::size_t width = links.dtype().itemsize();
+        for (std::size_t i = 0; i < links.size(); ++i) {
+            number x = load_number(links.dtype(), links.bytes() + i * width);
+            bool ok = x.kind == dtype::kind::unsigned_int ? x.u < n : x.i >= 0 && static_cast<std::uint64_t>(x.i) < n;
+            if (!ok) {
+                throw value_mismatch("ValueError", path_ + ": a link names no node (each must be at least 0 and below " + std::to_string(n) +
+                                                       ", the nodes)");
+            }
+        }
+    }
+
+    void fits(const ndarray& a, const space& s, const ndarray::shape_type& shape) const {
         if (a.shape() != shape) {
-            throw value_mismatch("ValueError", path + ": an array of shape " + ndarray::shape_text(a.shape()) + " does not fit " + s.repr() +
+            throw value_mismatch("ValueError", path_ + ": an array of shape " + ndarray::shape_text(a.shape()) + " does not fit " + s.repr() +
                                                    " (expected " + ndarray::shape_text(shape) + ")");
         }
-        if (check_dtype_ && !can_cast_same_kind(a.dtype(), s.dtype())) {
-            throw value_mismatch("TypeError", path + ": an array of " + numpy_name(a.dtype()) + " does not fit " + s.repr() + " (it casts to " +
+        if (options_.check_dtype && !can_cast_same_kind(a.dtype(), s.dtype())) {
+            throw value_mismatch("TypeError", path_ + ": an array of " + numpy_name(a.dtype()) + " does not fit " + s.repr() + " (it casts to " +
                                                   numpy_name(s.dtype()) + " only unsafely)");
+        }
+    }
+
+    /// With options.convert, `slot` (which holds `a`) becomes `a` in dtype `to`.
+    void convert(value& slot, const ndarray& a, const dtype& to) const {
+        if (!options_.convert || a.dtype() == to) return;
+        try {
+            slot = value(a.astype(to));
+        } catch (const error& e) {
+            throw value_mismatch("TypeError", path_ + ": an array of " + numpy_name(a.dtype()) + " does not convert to " + numpy_name(to) + ": " + e.what());
+        }
+    }
+
+    value plain_int(const ndarray& zero_d, const dtype& to) const {
+        ndarray item;
+        try {
+            item = zero_d.astype(to);
+        } catch (const error& e) {
+            throw value_mismatch("TypeError", path_ + ": a " + numpy_name(zero_d.dtype()) + " does not convert to " + numpy_name(to) + ": " + e.what());
+        }
+        number n = load_number(item.dtype(), item.bytes());
+        return n.kind == dtype::kind::unsigned_int ? value(n.u) : value(n.i);
+    }
+
+    void spend() {
+        if (remaining_ == 0) {
+            throw error(errc::bad_message, "the values hold more than a decode may make (rlay::config::max_decoded_values)");
+        }
+        --remaining_;
+    }
+
+    void same_length(std::optional<std::size_t>& length, std::size_t n) const {
+        if (n > max_batch) {
+            throw value_mismatch("ValueError", path_ + ": a batch of " + std::to_string(n) + " items, more than the " + std::to_string(max_batch) +
+                                                   " a value leaf carries");
+        }
+        if (!length) length = n;
+        else if (*length != n) {
+            throw value_mismatch("ValueError", path_ + ": a batch of " + std::to_string(n) + " where its siblings have " + std::to_string(*length));
         }
     }
 
     static bool integer(const dtype& dt) { return dt.type() == dtype::kind::signed_int || dt.type() == dtype::kind::unsigned_int; }
     static std::string kind(const value& v) { return value::kind_name(v.type()); }
-    static std::string at(const std::string& path, std::size_t i) { return path + "[" + std::to_string(i) + "]"; }
-    static value like(const value& v) { return v.is_tuple() ? value::tuple() : value::list(); }
 
-    static const value::list_type& sequence(const value& v, const std::string& path, std::optional<std::size_t> count = std::nullopt) {
-        if (!v.is_tuple() && !v.is_list()) throw value_mismatch("TypeError", path + ": expected a tuple or a list, got " + kind(v));
+    value::list_type& sequence(value& v, std::optional<std::size_t> count = std::nullopt) const {
+        if (!v.is_tuple() && !v.is_list()) throw value_mismatch("TypeError", path_ + ": expected a tuple or a list, got " + kind(v));
         if (count && v.size() != *count) {
-            throw value_mismatch("ValueError", path + ": expected " + std::to_string(*count) + " items, got " + std::to_string(v.size()));
+            throw value_mismatch("ValueError", path_ + ": expected " + std::to_string(*count) + " items, got " + std::to_string(v.size()));
         }
         return v.items();
     }
 
-    /// A Dict value's entries in its own order (the order its arrays' frames go in), each with
-    /// its key's subspace; the keys must be exactly the space's.
-    static std::vector<std::pair<std::pair<std::string, const space*>, const value&>> entries(const space& s, const value& v, const std::string& path) {
-        if (!v.is_map()) throw value_mismatch("TypeError", path + ": a value of a Dict space must be a dict, got " + kind(v));
-        std::vector<bool> seen(s.entries().size(), false);
-        std::vector<std::pair<std::pair<std::string, const space*>, const value&>> out;
+    /// The subspace of each entry of a Dict value, in the value's own order (the order its arrays'
+    /// frames go in); the keys must be exactly the space's, each once.
+    std::vector<const space*> entries(const space& s, const value& v) const {
+        if (!v.is_map()) throw value_mismatch("TypeError", path_ + ": a value of a Dict space must be a dict, got " + kind(v));
+        if (repeats_a_key(v)) throw value_mismatch("ValueError", path_ + ": a map that has a key more than once");
+        std::vector<const space*> out;
         bool ok = v.size() == s.entries().size();
-        for (const auto& [key, item] : v.as_map()) {
+        for (const auto& entry : v.as_map()) {
             std::size_t i = 0;
-            while (ok && i < s.entries().size() && !(key.is_str() && key.as_str() == s.entries()[i].first)) ++i;
-            ok = ok && i < s.entries().size() && !seen[i];
+            while (ok && i < s.entries().size() && !(entry.first.is_str() && entry.first.as_str() == s.entries()[i].first)) ++i;
+            ok = ok && i < s.entries().size();
             if (!ok) break;
-            seen[i] = true;
-            out.push_back({{key.as_str(), &s.entries()[i].second}, item});
+            out.push_back(&s.entries()[i].second);
         }
         if (!ok) {
             std::string want;
             for (const auto& e : s.entries()) want += (want.empty() ? "'" : ", '") + e.first + "'";
-            throw value_mismatch("ValueError", path + ": keys " + v.repr(120) + " do not match [" + want + "]");
+            throw value_mismatch("ValueError", path_ + ": keys " + v.repr(120) + " do not match [" + want + "]");
         }
         return out;
     }
 
-    static void same_length(std::optional<std::size_t>& length, std::size_t n, const std::string& path) {
-        if (!length) length = n;
-        else if (*length != n) {
-            throw value_mismatch("ValueError", path + ": a batch of " + std::to_string(n) + " where its siblings have " + std::to_string(*length));
-        }
-    }
-
     array_fn array_;
-    bool check_dtype_;
+    options options_;
+    std::size_t remaining_;
+    std::string path_ = "value";
 };
 
 /// The arrays of values being encoded: each ndarray becomes an array reference, and is kept, in
 /// order, for its frame (3.8.1).
 inline value_walk::array_fn referencing(std::vector<ndarray>& arrays) {
-    return [&arrays](const value& v, const std::string& path) -> std::pair<value, ndarray> {
-        if (!v.is_ndarray()) throw value_mismatch("TypeError", path + ": expected a numpy array, got " + std::string(value::kind_name(v.type())));
-        const ndarray& a = v.as_ndarray();
+    return [&arrays](value& slot, const std::string& path) -> ndarray {
+        if (!slot.is_ndarray()) throw value_mismatch("TypeError", path + ": expected a numpy array, got " + std::string(value::kind_name(slot.type())));
+        ndarray a = slot.as_ndarray();
         value shape = value::list();
         for (std::size_t d : a.shape()) shape.push_back(d);
         arrays.push_back(a);
-        return {value::map({{"dtype", a.dtype().str()}, {"shape", std::move(shape)}}), a};
+        slot = value::map({{"dtype", a.dtype().str()}, {"shape", std::move(shape)}});
+        return a;
     };
 }
 
@@ -380,15 +516,18 @@ inline obs_leaves check_observation(const space& s, const std::vector<leaf_info>
     for (std::size_t n = 0; n < leaves.size(); ++n) {
         const leaf_info& leaf = leaves[n];
         if (leaf.values) {  // the env's own value, checked as 3.8.1 says; its arrays go as they are
+            value wire = *items[n];
             try {
-                out.values[n] = value_walk(referencing(out.value_arrays[n]), true).one(leaf.space, *items[n], "value");
+                value_walk(referencing(out.value_arrays[n]), {true, false}).walk(leaf.space, wire);
             } catch (const value_mismatch& m) {
                 throw env_error(m.type(), m.what());
             }
+            out.values[n] = std::move(wire);
             continue;
         }
         if (leaf.text) {
             if (!items[n]->is_str()) throw env_error("TypeError", "a Text observation must be a str, got " + items[n]->repr(40));
+            if (!msgpack::valid_utf8(items[n]->as_str())) throw env_error("ValueError", "a Text observation is not valid UTF-8");
             out.texts[n] = items[n]->as_str();
             continue;
         }
@@ -546,47 +685,55 @@ inline ndarray array_from_frame(const value* dtype_text, ndarray::shape_type sha
 }
 
 /// Turn the action leaves of a step body and its array frames into one action value per env,
-/// converted to the action space's dtypes (3.6: any accepted dtype and byte order arrives).
-/// Accepts both leaf forms (3.8). Throws rlay::error (bad_message) when they do not fit.
-inline std::vector<value> decode_actions(const value* descriptors, const message& msg, std::size_t first_frame,
-                                         const space& act_space, const std::vector<leaf_info>& leaves, std::size_t k) {
-    if (!descriptors || !descriptors->is_list()) throw error(errc::bad_message, "leaf descriptors must be a list");
-    if (descriptors->size() != leaves.size()) {
-        throw error(errc::bad_message, "expected " + std::to_string(leaves.size()) + " leaves, got " + std::to_string(descriptors->size()));
+/// converted to the action space's dtypes (3.6: any accepted dtype and byte order arrives),
+/// arrays inside value leaves too (3.8.1). Accepts both leaf forms (3.8). Throws rlay::error
+/// (bad_message) when they do not fit. The values of value leaves and Text leaves become the
+/// actions in place (no copy of a large action is made); `max_values` bounds what the walk of
+/// value leaves visits (rlay::config::max_decoded_values).
+inline std::vector<value> decode_actions(value&& descriptors, const message& msg, std::size_t first_frame, const space& act_space,
+                                         const std::vector<leaf_info>& leaves, std::size_t k,
+                                         std::size_t max_values = msgpack::default_max_values) {
+    if (!descriptors.is_list()) throw error(errc::bad_message, "leaf descriptors must be a list");
+    if (descriptors.size() != leaves.size()) {
+        throw error(errc::bad_message, "expected " + std::to_string(leaves.size()) + " leaves, got " + std::to_string(descriptors.size()));
     }
     std::size_t next_frame = first_frame;
     auto leaf_error = [](std::size_t n, const std::string& what) { return error(errc::bad_message, "leaf " + std::to_string(n) + ": " + what); };
     std::vector<std::vector<value>> per_leaf(leaves.size());  // leaf -> k row values
+    // Value leaves: each array reference becomes the array of its frame, in place (3.8.1).
+    value_walk walk(
+        [&](value& ref, const std::string& path) -> ndarray {
+            if (!ref.is_map()) {
+                throw value_mismatch("TypeError", path + ": expected an array reference {dtype, shape}, got " + std::string(value::kind_name(ref.type())));
+            }
+            if (value_walk::repeats_a_key(ref)) throw value_mismatch("ValueError", path + ": an array reference that has a key more than once");
+            if (next_frame >= msg.size()) throw value_mismatch("ValueError", path + ": an array reference whose frame is missing");
+            ndarray a = array_from_frame(ref.find("dtype"), wire_shape(ref.find("shape")), msg[next_frame++]);
+            ref = value(a);
+            return a;
+        },
+        {false, true, max_values});  // actions: any dtype arrives (3.6), and is converted
     for (std::size_t n = 0; n < leaves.size(); ++n) {
-        const value& desc = (*descriptors)[n];
+        value& desc = descriptors[n];
         const leaf_info& leaf = leaves[n];
         if (!desc.is_map()) throw error(errc::bad_message, "a leaf descriptor must be a map");
-        if (const value* texts = desc.find("text")) {
+        if (value* texts = desc.find("text")) {
             if (!texts->is_list()) throw error(errc::bad_message, "a text leaf must be a list of strings");
             for (const value& t : texts->as_list()) if (!t.is_str()) throw error(errc::bad_message, "a text leaf must be a list of strings");
             if (!leaf.text) throw leaf_error(n, "got text for " + leaf.space.repr());
             if (texts->size() != k) throw leaf_error(n, "expected " + std::to_string(k) + " strings, got " + std::to_string(texts->size()));
-            per_leaf[n] = texts->as_list();
+            per_leaf[n] = std::move(texts->items());
             continue;
         }
-        if (const value* values = desc.find("values")) {  // a value leaf (3.8.1)
+        if (value* values = desc.find("values")) {  // a value leaf (3.8.1)
             if (!values->is_list()) throw leaf_error(n, "a value leaf's values must be a list");
             if (!leaf.values) throw leaf_error(n, "got values for " + leaf.space.repr());
             if (values->size() != k) throw leaf_error(n, "expected " + std::to_string(k) + " values, got " + std::to_string(values->size()));
-            value_walk walk(
-                [&](const value& ref, const std::string& path) -> std::pair<value, ndarray> {
-                    if (!ref.is_map()) {
-                        throw value_mismatch("TypeError", path + ": expected an array reference {dtype, shape}, got " +
-                                                              std::string(value::kind_name(ref.type())));
-                    }
-                    if (next_frame >= msg.size()) throw value_mismatch("ValueError", path + ": an array reference whose frame is missing");
-                    ndarray a = array_from_frame(ref.find("dtype"), wire_shape(ref.find("shape")), msg[next_frame++]);
-                    return {value(a), a};
-                },
-                false);  // actions: any dtype (3.6)
-            for (const value& item : values->as_list()) {
+            per_leaf[n].reserve(k);
+            for (value& item : values->items()) {
                 try {
-                    per_leaf[n].push_back(walk.one(leaf.space, item, "value"));
+                    walk.walk(leaf.space, item);
+                    per_leaf[n].push_back(std::move(item));
                 } catch (const value_mismatch& m) {
                     throw leaf_error(n, m.what());
                 } catch (const error& e) {
@@ -647,8 +794,8 @@ inline std::vector<value> decode_actions(const value* descriptors, const message
     std::vector<value> actions(k);
     for (std::size_t e = 0; e < k; ++e) {
         std::size_t leaf_index = 0;
-        struct builder {
-            static value build(const space& s, const std::vector<std::vector<value>>& per_leaf, std::size_t e, std::size_t& at) {
+        struct builder {  // moves each leaf's value into its place: nothing is copied
+            static value build(const space& s, std::vector<std::vector<value>>& per_leaf, std::size_t e, std::size_t& at) {
                 if (s.type() == space::kind::dict) {
                     value m = value::map();
                     for (const auto& [key, sub] : s.entries()) m[key] = build(sub, per_leaf, e, at);
@@ -659,12 +806,19 @@ inline std::vector<value> decode_actions(const value* descriptors, const message
                     for (const auto& entry : s.entries()) t.push_back(build(entry.second, per_leaf, e, at));
                     return t;
                 }
-                return per_leaf[at++][e];
+                return std::move(per_leaf[at++][e]);
             }
         };
         actions[e] = builder::build(act_space, per_leaf, e, leaf_index);
     }
     return actions;
+}
+
+/// decode_actions of a copy of `descriptors` (nullptr: none).
+inline std::vector<value> decode_actions(const value* descriptors, const message& msg, std::size_t first_frame, const space& act_space,
+                                         const std::vector<leaf_info>& leaves, std::size_t k,
+                                         std::size_t max_values = msgpack::default_max_values) {
+    return decode_actions(descriptors ? value(*descriptors) : value(), msg, first_frame, act_space, leaves, k, max_values);
 }
 
 }  // namespace detail

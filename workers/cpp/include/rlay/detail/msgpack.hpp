@@ -28,8 +28,8 @@ constexpr int max_tuple_depth = 16;      // 3.7 item 4: tuples (ext 3) and graph
 constexpr int max_container_depth = 1024;  // arrays and maps within one decode call (3.7 item 4)
 constexpr std::size_t max_big_integer_bytes = 1024;
 /// Array items and map keys and values one decode may make, ext payloads and tuples included.
-/// A decoded value takes ~170 bytes for each byte of input (a nil), so without a bound a 100 MB
-/// body of nils takes ~24 GB. 2^21 fits a seeds list of the 1,000,000 envs 5.2 allows; lower
+/// A decoded value takes ~115 bytes for each byte of input (a nil), so without a bound a 100 MB
+/// body of nils takes ~11 GB. 2^21 fits a seeds list of the 1,000,000 envs 5.2 allows; lower
 /// it with rlay::config::max_decoded_values.
 constexpr std::size_t default_max_values = std::size_t(1) << 21;
 constexpr const char* msgpack_numpy_refusal =
@@ -37,6 +37,53 @@ constexpr const char* msgpack_numpy_refusal =
     "rlay carries arrays as raw frames or as ext type 1";
 
 inline error malformed(const std::string& why) { return error(errc::bad_message, "malformed msgpack: " + why); }
+
+/// Whether `s` is valid UTF-8 as Python decodes it (no overlongs, no surrogates, <= U+10FFFF):
+/// the reader refuses a str that is not (3.7 item 1), and the writer never writes one.
+inline bool valid_utf8(std::string_view s) {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    std::size_t n = s.size(), i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) { ++i; continue; }
+        std::size_t len;
+        std::uint32_t cp, min;
+        if ((c & 0xe0) == 0xc0) { len = 2; cp = c & 0x1f; min = 0x80; }
+        else if ((c & 0xf0) == 0xe0) { len = 3; cp = c & 0x0f; min = 0x800; }
+        else if ((c & 0xf8) == 0xf0) { len = 4; cp = c & 0x07; min = 0x10000; }
+        else return false;
+        if (i + len > n) return false;
+        for (std::size_t j = 1; j < len; ++j) {
+            if ((p[i + j] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (p[i + j] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+        i += len;
+    }
+    return true;
+}
+
+/// `s` with each byte that is not part of valid UTF-8 replaced by U+FFFD (as Python's
+/// errors="replace" does, near enough): for free text such as an error message, which may quote
+/// what env code or a peer sent.
+inline std::string valid_utf8_text(std::string_view s) {
+    if (valid_utf8(s)) return std::string(s);
+    std::string out;
+    std::size_t i = 0;
+    while (i < s.size()) {
+        std::size_t len = 1;
+        auto c = static_cast<unsigned char>(s[i]);
+        if (c >= 0x80) len = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (len && i + len <= s.size() && valid_utf8(s.substr(i, len))) {
+            out += s.substr(i, len);
+            i += len;
+        } else {
+            out += "\xef\xbf\xbd";
+            ++i;
+        }
+    }
+    return out;
+}
 
 // -- writer ------------------------------------------------------------------------------
 
@@ -67,7 +114,9 @@ public:
         byte(0xcb);
         be(bits, 8);
     }
+    /// A str; rlay::error (bad_message) if it is not valid UTF-8, which every receiver refuses (3.3).
     void str(std::string_view s) {
+        if (!valid_utf8(s)) throw error(errc::bad_message, "a str that is not valid UTF-8 cannot cross the wire (send bytes as bin)");
         if (s.size() < 32) byte(0xa0 | s.size());
         else if (s.size() < 0x100) { byte(0xd9); be(s.size(), 1); }
         else if (s.size() < 0x10000) { byte(0xda); be(s.size(), 2); }
@@ -149,6 +198,9 @@ public:
                 }
                 break;
             case k::tuple: case k::graph: {
+                if (v.type() == k::graph && v.items().size() != 3) {  // (env code can change a graph's items)
+                    throw error(errc::bad_message, "a graph has 3 items (nodes, edges, edge_links), not " + std::to_string(v.items().size()));
+                }
                 if (tuple_depth >= max_tuple_depth) {
                     throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) +
                                                        " deep (graphs count as tuples)");
@@ -197,30 +249,6 @@ inline std::string encode_plain(const value& v) {
 }
 
 // -- reader ------------------------------------------------------------------------------
-
-/// Whether `s` is valid UTF-8 as Python decodes it (no overlongs, no surrogates, <= U+10FFFF).
-inline bool valid_utf8(std::string_view s) {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-    std::size_t n = s.size(), i = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        if (c < 0x80) { ++i; continue; }
-        std::size_t len;
-        std::uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0) { len = 2; cp = c & 0x1f; min = 0x80; }
-        else if ((c & 0xf0) == 0xe0) { len = 3; cp = c & 0x0f; min = 0x800; }
-        else if ((c & 0xf8) == 0xf0) { len = 4; cp = c & 0x07; min = 0x10000; }
-        else return false;
-        if (i + len > n) return false;
-        for (std::size_t j = 1; j < len; ++j) {
-            if ((p[i + j] & 0xc0) != 0x80) return false;
-            cp = (cp << 6) | (p[i + j] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += len;
-    }
-    return true;
-}
 
 /// Python's hashability, which decides what the reference accepts as a map key.
 inline bool hashable(const value& v) {

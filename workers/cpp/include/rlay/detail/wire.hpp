@@ -128,6 +128,26 @@ inline zmq::message_t frame_of(const ndarray& a) {
     return zmq::message_t(const_cast<unsigned char*>(a.bytes()), a.nbytes(), release_owner, hint);
 }
 
+/// The columns of a reply body (5.9, 5.10): (body key, one value per env), in body order.
+using reply_columns = std::vector<std::pair<std::string, value>>;
+
+inline void add_columns(reply_columns&) {}
+template <class... Rest>
+void add_columns(reply_columns& out, const char* key, value&& column, Rest&&... rest) {
+    out.emplace_back(key, std::move(column));
+    add_columns(out, std::forward<Rest>(rest)...);
+}
+
+/// `columns("info", std::move(infos), ...)`: the columns moved in, where a braced list of pairs
+/// would copy every value (an info may echo a large action).
+template <class... Args>
+reply_columns columns(Args&&... args) {
+    reply_columns out;
+    out.reserve(sizeof...(Args) / 2);
+    add_columns(out, std::forward<Args>(args)...);
+    return out;
+}
+
 inline message single(std::string frame) {
     message m;
     m.push_back(frame_of(frame));
@@ -138,7 +158,7 @@ inline message single(std::string frame) {
 inline message error_message(std::string_view raw_req, const char* code_name, const std::string& text,
                              const value* errors = nullptr, bool supported = false) {
     header_writer h(type::error, 3 + (errors ? 1 : 0) + (supported ? 1 : 0));
-    h.raw_field("req", raw_req).field("code", code_name).field("message", text);
+    h.raw_field("req", raw_req).field("code", code_name).field("message", msgpack::valid_utf8_text(text));
     if (errors) h.field("errors", *errors);
     if (supported) h.field("supported", value::list({protocol_version}));
     return single(h.done());
@@ -157,7 +177,9 @@ struct env_report {
     std::string message;
 
     value to_value() const {
-        return value::map({{"env", env}, {"type", type}, {"message", message}, {"traceback", ""}});
+        // (free text: it may quote a value that is not valid UTF-8, which no header may carry)
+        return value::map({{"env", env}, {"type", msgpack::valid_utf8_text(type)}, {"message", msgpack::valid_utf8_text(message)},
+                           {"traceback", ""}});
     }
 };
 
