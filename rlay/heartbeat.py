@@ -9,10 +9,12 @@ off stops pinging, whatever its main thread was doing.
 Network cuts (protocol 8.5): a cut shorter than the expiry (``interval * liveness``) costs nothing.
 TCP retransmits what was sent into a cut with a doubling timeout, so a connection can stay silent
 for about as long again after the link returns; the ping path does not wait for that. Once the
-broker has been silent for STALE_INTERVALS intervals, each ping goes out on a new connection (a new
-socket, same routing id: the broker's ROUTER hands the id over), which carries it as soon as the
-link is back. The broker counts a peer whose connection is still open lost only after the expiry
-plus CUT_GRACE_INTERVALS intervals, and the peer counts the broker lost one interval after that.
+broker has been silent for STALE_INTERVALS intervals, pings go out on a new connection (a new
+socket, same routing id: the broker's ROUTER hands the id over), which carries them as soon as the
+link is back; a new connection is given twice the time the last one took to answer (at least an
+interval), doubling while none answers, so that a slow handshake is not cut short over and over.
+The broker counts a peer whose connection is still open lost only after the expiry plus
+CUT_GRACE_INTERVALS intervals, and the peer counts the broker lost one interval after that.
 """
 
 from __future__ import annotations
@@ -149,12 +151,16 @@ class Heartbeat:
         return sock
 
     def _run(self) -> None:
-        sock = self._connect()
+        sock, born = self._connect(), time.monotonic()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         ping = header(P.HEARTBEAT)
         next_ping = time.monotonic()
+        # A new ping connection gets `patience` s to bring an answer before it is replaced: twice what
+        # the last new one took (a connection and, with CURVE, a handshake: more than an interval on
+        # a distant or loaded link), doubling while none answers (a broker that is away).
+        patience, answered = self.interval, False
         try:
             while not self._stopping:
                 now = time.monotonic()
@@ -163,10 +169,12 @@ class Heartbeat:
                     # Pings ride on the owner's traffic only while the broker answers: when it falls
                     # silent, the ping path proves this peer alive on its own.
                     if now - self.last_sent >= self.interval or silence >= self.interval:
-                        if silence >= STALE_INTERVALS * self.interval:  # stale: ping on a new connection
+                        if silence >= STALE_INTERVALS * self.interval and now - born >= patience:
+                            # Stale: this ping goes out on a new connection (same routing id).
+                            patience = patience if answered else min(2 * patience, self.interval * self.liveness)
                             poller.unregister(sock)
                             sock.close()
-                            sock = self._connect()
+                            sock, born, answered = self._connect(), now, False
                             poller.register(sock, zmq.POLLIN)
                             self.reconnects += 1
                         try:
@@ -180,6 +188,8 @@ class Heartbeat:
                 for item, _ in poller.poll(max(0.0, next_ping - time.monotonic()) * 1000):
                     if item is sock:
                         self._answer(sock.recv_multipart())
+                        if not answered:
+                            answered, patience = True, max(self.interval, 2 * (time.monotonic() - born))
                     else:  # stop(), or a new interval: due at most one interval from now
                         os.read(self._wake_r, 64)
                         next_ping = min(next_ping, time.monotonic() + self.interval)

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -32,13 +33,21 @@ def hosts():
         pytest.skip(str(exc))
 
 
-def next_line(proc: subprocess.Popen) -> str:
-    """The process's next line of output; if it ends instead, fail with its stderr."""
-    line = proc.stdout.readline()
-    if not line:
+def next_line(proc: subprocess.Popen, timeout: float = 90) -> str:
+    """The process's next line of output; if it ends instead, or prints nothing for ``timeout`` s,
+    fail with its stderr."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not lines or not lines[0]:
+        if reader.is_alive():
+            proc.kill()
         proc.wait(10)
-        raise AssertionError(f"the trainer exited with {proc.returncode} before printing:\n{proc.stderr.read()}")
-    return line.strip()
+        raise AssertionError(
+            f"the trainer exited with {proc.returncode} or printed nothing for {timeout:g} s:\n{proc.stderr.read()}"
+        )
+    return lines[0].strip()
 
 
 TRAINER = """
@@ -57,14 +66,15 @@ for _ in range(100):
         assert np.array_equal(got, expected)
 print("equal", flush=True)
 sys.stdin.readline()  # the test cuts the worker host's link, then says go
-start, replaced_at, steps = time.monotonic(), None, 0
+start, replaced_at, steps, ended = time.monotonic(), None, 0, np.zeros(4, bool)
 while steps < 200:
-    _, _, _, truncated, infos = envs.step(sync.action_space.sample())
+    _, _, terminated, truncated, infos = envs.step(sync.action_space.sample())
     steps += 1
     if "worker_lost" in infos:
         replaced_at = time.monotonic() - start
         lost = np.flatnonzero(infos["_worker_lost"]).tolist()
-        assert truncated[lost].all()
+        assert (truncated | ended)[lost].all()  # (an episode that had just ended is not truncated again)
+    ended = terminated | truncated
 print(f"replaced envs {lost} after {replaced_at:.1f} s; {steps} steps; hosts now",
       ",".join(sorted({g.host for g in envs._lease.groups})), flush=True)
 envs.close()
@@ -182,7 +192,8 @@ while more is None or more > 0:
         more -= 1
 print(json.dumps({"steps": steps, "longest_step_s": longest, "mismatches": mismatches,
                   "lost_events": lost_events, "loss_truncations": loss_truncations,
-                  "back_to_back_ends": back_to_back_ends, "re_leases": envs._lease.generation}), flush=True)
+                  "back_to_back_ends": back_to_back_ends, "re_leases": envs.re_leases,
+                  "loss_truncations_counted": envs.loss_truncations}), flush=True)
 sys.stdin.readline()  # the test reads the broker's status while this trainer still holds its lease
 envs.close()
 """
@@ -282,6 +293,7 @@ def test_a_broker_outage_costs_one_recovery(hosts, tmp_path):
     assert failures["workers_lost"] == 2 and failures["re_registrations"] == 2, failures
     (trainer,) = status["trainers"]
     assert trainer["name"] == "t1" and trainer["re_leases"] == 1 and trainer["timed_out"] == 1, trainer
+    assert trainer["loss_truncations"] == result["loss_truncations_counted"] == sum(result["loss_truncations"])
     assert sorted(w["name"] for w in status["workers"]) == ["w3", "w4"], status["workers"]
 
 

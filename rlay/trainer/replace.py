@@ -56,8 +56,17 @@ class Replacer:
         self.done = np.zeros(len(self.lease.slots), dtype=np.bool_)
         # Over the trainer's life:
         self.envs_replaced = 0
-        self.loss_truncations = 0  # truncations handed to the user because of a loss
         self.re_leases = 0  # times every row was leased anew from a broker that forgot the trainer
+
+    @property
+    def loss_truncations(self) -> int:
+        """Truncations handed to the user because of a loss, over the trainer's life (kept by the
+        transport, which reports it to the broker on the next call: protocol 5.8)."""
+        return self.transport.loss_truncations
+
+    @loss_truncations.setter
+    def loss_truncations(self, count: int) -> None:
+        self.transport.loss_truncations = count
 
     # -- the rows' debt -----------------------------------------------------------------
 

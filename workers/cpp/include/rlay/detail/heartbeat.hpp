@@ -4,9 +4,10 @@
 // followed by "|hb", so a long env step, a game's loading screen or a big frame being sent
 // on the main socket is never silence. The main thread reads the outcome (rules 1 and 2 of
 // 8.5) between messages; the only shared state is atomics. After 2 intervals without an
-// answer the ping connection is stale (8.5, "Network cuts"): each ping goes out on a new
-// socket, so that it gets through as soon as a cut link is back, not when TCP's doubling
-// retransmission timeout next fires.
+// answer the ping connection is stale (8.5, "Network cuts"): pings go out on a new socket, so
+// that they get through as soon as a cut link is back, not when TCP's doubling retransmission
+// timeout next fires. A new socket gets twice the time the last one took to answer (at least an
+// interval), doubling while none answers: a slow handshake is not cut short over and over.
 #pragma once
 
 #include <rlay/config.hpp>
@@ -124,11 +125,16 @@ private:
         std::optional<zmq::socket_t> sock;
         bool failing = false;
         std::int64_t next = ticks(clock::now());
+        std::int64_t born = next;               // when the current socket was made
+        std::int64_t patience = interval_ns_;   // how long a new socket may take to bring an answer
+        bool answered = false;                  // whether the current socket brought one
         while (!stop_) {
             try {
                 if (!sock) {
                     hwm = liveness_;
                     sock.emplace(open(hwm));
+                    born = ticks(clock::now());
+                    answered = false;
                 }
                 std::int64_t now = ticks(clock::now());
                 if (changed_.exchange(false)) {
@@ -137,12 +143,17 @@ private:
                         sock.reset();
                         hwm = liveness_;
                         sock.emplace(open(hwm));
+                        born = now;
+                        answered = false;
                     }
                 }
                 if (now >= next) {
-                    if (now - last_answer_.load() >= stale_intervals * interval_ns_.load()) {
-                        sock.reset();  // stale: this ping goes out on a new connection (same routing id)
+                    if (now - last_answer_.load() >= stale_intervals * interval_ns_.load() && now - born >= patience) {
+                        if (!answered) patience = std::min(2 * patience, interval_ns_.load() * liveness_.load());
+                        sock.reset();  // stale: pings go out on a new connection (same routing id)
                         sock.emplace(open(hwm));
+                        born = now;
+                        answered = false;
                     }
                     try {
                         sock->send(zmq::buffer(ping_), zmq::send_flags::dontwait);  // EAGAIN: dropped
@@ -160,6 +171,10 @@ private:
                     if (h.type() == type::heartbeat) {
                         std::int64_t at = ticks(clock::now());
                         last_answer_ = at;
+                        if (!answered) {
+                            answered = true;
+                            patience = std::max(interval_ns_.load(), 2 * (at - born));
+                        }
                         const value* known = h.find("known");
                         last_unknown_ = (known && known->is_bool() && known->as_bool()) ? none : at;
                     }
