@@ -314,3 +314,118 @@ def test_a_cut_shorter_than_the_expiry_costs_a_cpp_worker_nothing(hosts, tmp_pat
     assert result["longest_step_s"] > 1.0 and result["re_leases"] == 0, result
     failures = status["failures"]
     assert failures["workers_lost"] == 0 and failures["re_registrations"] == 0, failures
+
+
+EPISODE_TRAINER = """
+import json, sys
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from rlay import RlayVectorEnv
+from rlay.security import Curve
+N, mode = 4, AutoresetMode(sys.argv[3])
+envs = RlayVectorEnv.remote("tests.envs:EpisodeEnv", N, broker=sys.argv[1], timeout=60, autoreset_mode=mode,
+                            on_worker_failure="replace", curve=Curve.from_dir(sys.argv[2], "client"))
+episodes = []  # (row, length, return, lost): every episode reported ended, in order
+length, ret = np.zeros(N, int), np.zeros(N)
+due, to_reset = np.zeros(N, bool), np.zeros(N, bool)  # NextStep's autoreset step; Disabled's masked reset
+lost_markers, ends_on_autoreset_steps = [0] * N, 0
+
+def marked(infos):
+    return infos.get("_worker_lost", np.zeros(N, bool)) & infos.get("worker_lost", np.zeros(N, bool))
+
+def step():
+    global due, ends_on_autoreset_steps, to_reset
+    if to_reset.any():  # Disabled: the user resets ended episodes before stepping on
+        reset(to_reset)
+    _, reward, term, trunc, infos = envs.step(np.zeros(N, np.int64))  # action 0: episodes run to the horizon
+    done = term | trunc
+    for row in range(N):
+        lost_markers[row] += int(marked(infos)[row])
+        if due[row]:  # NextStep: the autoreset step belongs to no episode
+            ends_on_autoreset_steps += int(done[row])
+            continue
+        length[row] += 1
+        ret[row] += reward[row]
+        if done[row]:
+            episodes.append((row, int(length[row]), float(ret[row]), bool(marked(infos)[row])))
+            length[row], ret[row] = 0, 0.0
+    due = done if mode == AutoresetMode.NEXT_STEP else np.zeros(N, bool)
+    to_reset = done if mode == AutoresetMode.DISABLED else np.zeros(N, bool)
+
+def reset(mask):
+    _, infos = envs.reset(options={"reset_mask": mask})
+    for row in np.flatnonzero(mask):
+        lost_markers[row] += int(marked(infos)[row])
+
+envs.reset(seed=1)
+while not episodes:  # to the horizon: every env's episode has just ended
+    step()
+print("ended", flush=True)
+sys.stdin.readline()  # the test has cut the broker's link: the next call meets the outage
+for _ in range(12):
+    step()
+print(json.dumps({"episodes": episodes, "lost_markers": lost_markers, "loss_truncations": envs.loss_truncations,
+                  "re_leases": envs.re_leases, "ends_on_autoreset_steps": ends_on_autoreset_steps}), flush=True)
+envs.close()
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep", "Disabled"])
+def test_an_outage_that_meets_episodes_just_ended_counts_them_exactly(hosts, tmp_path, mode):
+    """Every env's episode has just ended (step 3 of EpisodeEnv's 3) when a 4 s broker outage
+    begins, and the trainer's next call meets it. The envs are leased anew, once; no episode is
+    reported ended twice and none has length 0: under NextStep and Disabled the loss costs no
+    truncation (the autoreset step, or the masked reset, comes from the new env, marked
+    worker_lost); under SameStep the episode the done step began is truncated, once per env."""
+    keys = str(tmp_path / "keys")
+    generate_keys(keys)
+    broker_host, worker_host, trainer_host = hosts["broker"], hosts["workers"], hosts["trainer"]
+    front, back = f"tcp://{broker_host.address}:5555", f"tcp://{broker_host.address}:5556"
+    procs = [Proc("broker", "--frontend", front, "--backend", back, "--curve", keys, command=rlay_on(broker_host.ns))]
+    trainer = None
+    try:
+        procs.append(
+            Proc(
+                "worker", "tests.envs:EpisodeEnv", "--broker", back, "--curve", keys, "-p", "2", "-k", "2",
+                command=rlay_on(worker_host.ns),
+            )
+        )  # fmt: skip
+        trainer = subprocess.Popen(
+            on_host(trainer_host.ns, sys.executable, "-c", EPISODE_TRAINER, front, keys, mode),
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert next_line(trainer) == "ended"
+        sh("ip", "link", "set", broker_host.veth, "down")
+        try:
+            trainer.stdin.write("go\n")
+            trainer.stdin.flush()
+            time.sleep(4.0)  # the fault itself: how long the link stays down (nothing is awaited)
+        finally:
+            sh("ip", "link", "set", broker_host.veth, "up")
+        result = json.loads(next_line(trainer))
+        assert trainer.wait(30) == 0, trainer.stderr.read()
+    finally:
+        if trainer is not None and trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(10)
+        for proc in reversed(procs):
+            proc.stop()
+    episodes = result["episodes"]
+    assert result["re_leases"] == 1 and result["lost_markers"] == [1] * 4, result
+    assert result["ends_on_autoreset_steps"] == 0, result
+    assert all(length >= 1 for _, length, _, _ in episodes), episodes  # no zero-length episode
+    whole = [e for e in episodes if not e[3]]
+    assert all(length == 3 and ret == 3.0 for _, length, ret, _ in whole), episodes
+    lost = [e for e in episodes if e[3]]
+    if mode == "SameStep":  # the episode the done step began, truncated after 1 step with reward 0
+        assert sorted(row for row, *_ in lost) == [0, 1, 2, 3] and {(e[1], e[2]) for e in lost} == {(1, 0.0)}
+        assert result["loss_truncations"] == 4, result
+    else:  # the episodes that had just ended were reported once, at their end: the loss costs none
+        assert lost == [] and result["loss_truncations"] == 0, result
+    assert [sum(1 for row, *_ in episodes if row == r) for r in range(4)] == [len(episodes) // 4] * 4, episodes
