@@ -3,6 +3,7 @@ pass `rlay conformance`, and a game project links it through find_package(rlay).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
@@ -32,10 +33,14 @@ def run(args: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def cpp_build() -> os.PathLike:
-    """Configure and build workers/cpp into build/cpp (incremental after the first time)."""
+    """Configure and build workers/cpp into build/cpp (incremental after the first time). Another test
+    session building at the same time waits for it (a lock file beside the build directory)."""
     assert shutil.which("cmake"), f"cmake is not installed: the C++ SDK's tests need {NEEDS}"
-    run(["cmake", "-S", ROOT / "workers" / "cpp", "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release"], BUILD_TIMEOUT)
-    run(["cmake", "--build", BUILD, "-j", str(os.cpu_count() or 2)], BUILD_TIMEOUT)
+    BUILD.parent.mkdir(parents=True, exist_ok=True)
+    with open(BUILD.parent / "cpp.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        run(["cmake", "-S", ROOT / "workers" / "cpp", "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release"], BUILD_TIMEOUT)
+        run(["cmake", "--build", BUILD, "-j", str(os.cpu_count() or 2)], BUILD_TIMEOUT)
     return BUILD
 
 
