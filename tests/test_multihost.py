@@ -6,12 +6,14 @@ pairs; they need root, and the test is skipped with the reason when that is not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -48,6 +50,42 @@ def next_line(proc: subprocess.Popen, timeout: float = 90) -> str:
             f"the trainer exited with {proc.returncode} or printed nothing for {timeout:g} s:\n{proc.stderr.read()}"
         )
     return lines[0].strip()
+
+
+def start_trainer(ns: str, script: str, *args: str) -> subprocess.Popen:
+    """Run trainer ``script`` (Python source) on host ``ns``, its stdin and stdout for the test to talk to."""
+    return subprocess.Popen(
+        on_host(ns, sys.executable, "-c", script, *args),
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def tell(proc: subprocess.Popen, line: str) -> None:
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
+@contextlib.contextmanager
+def link_down(veth: str) -> Iterator[None]:
+    """The host behind ``veth`` is cut off from the bridge until the block ends."""
+    sh("ip", "link", "set", veth, "down")
+    try:
+        yield
+    finally:
+        sh("ip", "link", "set", veth, "up")
+
+
+def stop_all(trainer: subprocess.Popen | None, procs: list[Proc]) -> None:
+    if trainer is not None and trainer.poll() is None:
+        trainer.kill()
+        trainer.wait(10)
+    for proc in reversed(procs):
+        proc.stop()
 
 
 TRAINER = """
@@ -106,22 +144,13 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
         wait_for(lambda: registered() == 2, 60, "both workers on the worker host to register across the bridge")
         procs.append(worker_host(s_ns, "-k", "4"))
         wait_for(lambda: registered() == 3, 60, "the spare host's worker to register")
-        trainer = subprocess.Popen(
-            on_host(t_ns, sys.executable, "-c", TRAINER, front, keys),
-            cwd=ROOT,
-            env=subprocess_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        trainer = start_trainer(t_ns, TRAINER, front, keys)
         # The lease takes slots by (worker rank, registration): the worker host's first worker and
         # half of the spare host's.
         assert next_line(trainer) == f"hosts {','.join(sorted((w_ns, s_ns)))}"
         assert next_line(trainer) == "equal"
         sh("ip", "link", "set", w_veth, "down")  # the worker host drops off the network
-        trainer.stdin.write("go\n")
-        trainer.stdin.flush()
+        tell(trainer, "go")
         line = next_line(trainer)
         replaced = re.fullmatch(r"replaced envs \[0, 1\] after ([0-9.]+) s; 200 steps; hosts now (\S+)", line)
         assert replaced, line
@@ -131,11 +160,7 @@ def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp
         report = json.loads(subprocess.run(status, capture_output=True, text=True, timeout=20).stdout)
         assert report["failures"]["workers_lost"] == 2 and report["failures"]["slots_replaced"] == 2, report
     finally:
-        if trainer is not None and trainer.poll() is None:
-            trainer.kill()
-            trainer.wait(10)
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(trainer, procs)
 
 
 # -- network partitions (issue 18) ---------------------------------------------------------------
@@ -229,37 +254,20 @@ def partition_run(
         run_on_worker_host = on_host_cmd or rlay_on
         procs += [Proc(*args, command=run_on_worker_host(worker_host.ns)) for args in workers(back, keys)]
         wait_for(lambda: len(report()["workers"]) == 2, 60, "both workers to register across the bridge")
-        trainer = subprocess.Popen(
-            on_host(trainer_host.ns, sys.executable, "-c", PARTITION_TRAINER, front, keys, env_id),
-            cwd=ROOT,
-            env=subprocess_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        trainer = start_trainer(trainer_host.ns, PARTITION_TRAINER, front, keys, env_id)
         assert next_line(trainer) == "ready"
         before = report()
         wait_for(lambda: report()["metrics"]["env_steps"] > before["metrics"]["env_steps"] + 600, 30, "stepping")
-        sh("ip", "link", "set", hosts[cut].veth, "down")
-        try:
+        with link_down(hosts[cut].veth):
             time.sleep(seconds)  # the fault itself: how long the link stays down (nothing is awaited)
-        finally:
-            sh("ip", "link", "set", hosts[cut].veth, "up")
-        trainer.stdin.write("300\n")
-        trainer.stdin.flush()
+        tell(trainer, "300")
         result = json.loads(next_line(trainer))
         status_then = report()
-        trainer.stdin.write("done\n")
-        trainer.stdin.flush()
+        tell(trainer, "done")
         assert trainer.wait(30) == 0, trainer.stderr.read()
         return result, status_then
     finally:
-        if trainer is not None and trainer.poll() is None:
-            trainer.kill()
-            trainer.wait(10)
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(trainer, procs)
 
 
 @pytest.mark.timeout(180)
@@ -391,31 +399,15 @@ def test_an_outage_that_meets_episodes_just_ended_counts_them_exactly(hosts, tmp
                 command=rlay_on(worker_host.ns),
             )
         )  # fmt: skip
-        trainer = subprocess.Popen(
-            on_host(trainer_host.ns, sys.executable, "-c", EPISODE_TRAINER, front, keys, mode),
-            cwd=ROOT,
-            env=subprocess_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        trainer = start_trainer(trainer_host.ns, EPISODE_TRAINER, front, keys, mode)
         assert next_line(trainer) == "ended"
-        sh("ip", "link", "set", broker_host.veth, "down")
-        try:
-            trainer.stdin.write("go\n")
-            trainer.stdin.flush()
+        with link_down(broker_host.veth):
+            tell(trainer, "go")
             time.sleep(4.0)  # the fault itself: how long the link stays down (nothing is awaited)
-        finally:
-            sh("ip", "link", "set", broker_host.veth, "up")
         result = json.loads(next_line(trainer))
         assert trainer.wait(30) == 0, trainer.stderr.read()
     finally:
-        if trainer is not None and trainer.poll() is None:
-            trainer.kill()
-            trainer.wait(10)
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(trainer, procs)
     episodes = result["episodes"]
     assert result["re_leases"] == 1 and result["lost_markers"] == [1] * 4, result
     assert result["ends_on_autoreset_steps"] == 0, result
