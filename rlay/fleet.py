@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from rlay import protocol as P
 from rlay.cluster import Restarts, Supervision
 
-__all__ = ["Program", "Fleet", "Launcher", "Handle", "LocalLauncher", "REPORT_INTERVAL", "dial_address"]
+__all__ = ["Program", "Fleet", "Launcher", "Handle", "LocalLauncher", "REPORT_INTERVAL", "dial_address", "start_logged"]
 
 log = logging.getLogger("rlay.fleet")
 
@@ -105,6 +105,24 @@ def dial_address(bind: str, host: str) -> str:
     return bind
 
 
+def start_logged(argv: list[str], env: dict[str, str], cwd: str | None, log_path: Path | str, banner: str, **popen):
+    """Start an instance's process in a session of its own, its output appended to ``log_path`` after a
+    line with the time and ``banner``. OSError if it cannot start (the caller says where)."""
+    with open(log_path, "ab") as out:
+        out.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} {banner}\n".encode())
+        out.flush()
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen,
+        )
+
+
 class LocalProcess:
     """An instance on this host: a process in a new session (its own process group), its output to a
     log file."""
@@ -112,18 +130,7 @@ class LocalProcess:
     where = "local"
 
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None, log_path: Path):
-        with open(log_path, "ab") as out:
-            out.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} rlay up starts: {' '.join(argv)}\n".encode())
-            out.flush()
-            self.popen = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env={**os.environ, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.popen = start_logged(argv, env, cwd, log_path, f"rlay up starts: {' '.join(argv)}")
         self.pid = self.popen.pid
         self.log = str(log_path)
 

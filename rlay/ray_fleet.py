@@ -35,7 +35,7 @@ import ray
 import ray.cloudpickle
 from ray.exceptions import RayError
 
-from rlay.fleet import STOP_TIMEOUT, Program, dial_address
+from rlay.fleet import STOP_TIMEOUT, Program, dial_address, start_logged
 
 __all__ = ["RayLauncher", "RayInstance", "InstanceActor", "actor_options"]
 
@@ -77,20 +77,8 @@ class InstanceActor:
         if cwd is not None and not os.path.isdir(cwd):  # (the deployment file's directory, seldom on a node)
             note, cwd = f"\n(its directory {cwd} is not on this node: it runs in {os.getcwd()})", None
         try:
-            with open(self.log_path, "ab") as out:
-                when = time.strftime("%Y-%m-%d %H:%M:%S")
-                out.write(f"---- {when} rlay up starts on {where}: {' '.join(argv)}{note}\n".encode())
-                out.flush()
-                self.popen = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env={**os.environ, **env},
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_dies_with_parent(),
-                )
+            banner = f"rlay up starts on {where}: {' '.join(argv)}{note}"
+            self.popen = start_logged(argv, env, cwd, self.log_path, banner, preexec_fn=_dies_with_parent())
         except OSError as exc:  # not found, not executable, no log file: as if it exited at once
             self.error = f"rlay up cannot start {argv[0]!r} on {where}: {exc}"
             try:

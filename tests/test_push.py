@@ -10,7 +10,7 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from rlay import RemoteEnvError, RlayTimeoutError, RlayVectorEnv, WorkerLostError
-from tests.conftest import GAME, Proc, broker_status, free_port, wait_for
+from tests.conftest import GAME, Proc, broker_status, deployment, wait_for
 from tests.test_equivalence import MODES, compare_runs
 
 TICK_HZ = "2000"
@@ -18,14 +18,9 @@ TICK_HZ = "2000"
 
 @pytest.fixture(scope="module")
 def broker():
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    proc = Proc("broker", "--frontend", front, "--backend", back)
-    try:
-        wait_for(lambda: broker_status(front), 30, "the broker to answer")
-        yield front, back
-    finally:
-        code, _, err = proc.stop()
-        assert code == 0, err
+    """A broker alone (the tests start their own workers); (front, back)."""
+    with deployment([], workers=0) as addresses:
+        yield addresses
 
 
 class Games:

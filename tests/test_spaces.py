@@ -31,7 +31,7 @@ from rlay.spaces import (
 )
 from rlay.values import EXT_GRAPH, WireError, array_from_buffer, packb, unpackb
 from rlay.wire import decode_body, decode_leaves, encode_leaves
-from tests.conftest import GAME, Proc, assert_same, broker_status, deployment, free_port, wait_for
+from tests.conftest import GAME, Proc, assert_same, broker_status, deployment, wait_for
 from tests.envs import SAMPLED_KINDS, BadGraphEnv, SampledSpacesEnv, SubclassSpaceEnv, VarSpacesEnv, sampled_spaces
 from tests.test_equivalence import ENVS as EQUIVALENCE_ENVS
 from tests.test_equivalence import MODES, NUM_ENVS, compare_runs
@@ -542,14 +542,9 @@ def test_a_large_box_beside_text_and_a_graph(known_kinds, leaf_paths, mode, shar
 
 @pytest.fixture(scope="module")
 def push_broker():
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    proc = Proc("broker", "--frontend", front, "--backend", back)
-    try:
-        wait_for(lambda: broker_status(front), 30, "the broker to answer")
-        yield front, back
-    finally:
-        code, _, err = proc.stop()
-        assert code == 0, err
+    """A broker alone (the tests start their own workers); (front, back)."""
+    with deployment([], workers=0) as addresses:
+        yield addresses
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
