@@ -269,9 +269,11 @@ class Broker:
     def _expire(self, now: float) -> None:
         lost, probe = self.liveness.silent(now)
         for ident, probed, silence in probe:  # past the expiry: gone (connection closed) or cut off?
-            sock = self.back if ident in self.table.workers else self.front
-            try:
-                send_frames(sock, [probed, header(P.HEARTBEAT, known=True)], zmq.NOBLOCK)
+            sock, peers = (
+                (self.back, self.table.workers) if ident in self.table.workers else (self.front, self.table.trainers)
+            )
+            try:  # (an unasked answer to a ping: `known` as a ping would get it)
+                send_frames(sock, [probed, header(P.HEARTBEAT, known=ident in peers)], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: ZeroMQ saw its connection close
                     lost.append((ident, silence, "its connection is gone"))
@@ -420,9 +422,6 @@ class Broker:
                     continue
                 trainer = self.table.trainers[pending.ident]
                 log.info("leased %d slots of %r to trainer %s", len(granted), env_id, trainer.name)
-                if trainer.re_leases:  # (each grant makes a new record: counted once per lease)
-                    self.failures.counts["re_leases"] += 1
-                    self.metrics.trainer_back(trainer.name)
                 first = granted[0].worker
                 failed = self._send(
                     self.front,
@@ -442,10 +441,14 @@ class Broker:
                     ],
                 )
                 if failed is not None:
-                    self.table.release(pending.ident)
+                    self.table.release(pending.ident, undo=True)
                     self.liveness.forget(pending.ident)
                     undone = True
-                elif not self.inline:
+                    continue
+                if trainer.re_leases:  # (each grant makes a new record: counted once per lease)
+                    self.failures.counts["re_leases"] += 1
+                    self.metrics.trainer_back(trainer.name)
+                if not self.inline:
                     self.liveness.watch(pending.ident)
             if not undone:
                 return

@@ -58,11 +58,9 @@ class CallBook:
         trainer = self.table.trainers.get(ident)
         if trainer is None:
             raise Refusal(P.E_NO_LEASE, NO_LEASE)
-        reported = head.get("loss_truncations")  # the trainer's count, sent when it changed (for status)
-        if reported is not None:
-            if type(reported) is not int or reported < 0:
-                raise Refusal(P.E_BAD_MESSAGE, f"'loss_truncations' must be an int >= 0, got {reported!r}")
-            trainer.loss_truncations = reported
+        reported = head.get("loss_truncations", trainer.loss_truncations)  # the trainer's count (for status)
+        if type(reported) is not int or reported < 0:
+            raise Refusal(P.E_BAD_MESSAGE, f"'loss_truncations' must be an int >= 0, got {reported!r}")
         batch = Batch(next(self._ids), ident, req, kind, timeout, now + timeout, gather, partial, opened=now)
         offset, workers, lost = 0, set(), {}
         for part_spec in spec:
@@ -80,6 +78,7 @@ class CallBook:
         if offset != len(frames):
             raise Refusal(P.E_BAD_MESSAGE, f"parts announce {offset} frames but {len(frames)} came")
         batch.pending = len(batch.parts)
+        trainer.loss_truncations = reported  # (once the call is accepted)
         return batch, lost
 
     def _part(

@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from broker.limits import Limits
-from broker.records import PendingLease, Refusal, Slot, SlotState, Trainer, WorkerRecord
+from broker.records import PastTrainer, PendingLease, Refusal, Slot, SlotState, Trainer, WorkerRecord
 from rlay import protocol as P
 
 __all__ = ["SlotTable", "check_registration"]
@@ -61,7 +61,7 @@ class SlotTable:
         self._trainer_seq = itertools.count(1)
         # Routing ids that held a lease, or registered, before: a lease or registration from one of
         # them is a recovery (protocol 8.5), counted as such. Bounded: the oldest are forgotten.
-        self.past_trainers: collections.OrderedDict[bytes, Trainer] = collections.OrderedDict()
+        self.past_trainers: collections.OrderedDict[bytes, PastTrainer] = collections.OrderedDict()
         self.past_workers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     # -- workers -----------------------------------------------------------------------
@@ -149,15 +149,8 @@ class SlotTable:
         past = self.past_trainers.pop(ident, None)
         if past is None:
             return Trainer(ident, f"t{next(self._trainer_seq)}", env_id, slots)
-        return Trainer(
-            ident,
-            past.name,
-            env_id,
-            slots,
-            re_leases=past.re_leases + 1,
-            timed_out=past.timed_out,
-            loss_truncations=past.loss_truncations,
-        )
+        kept = {"timed_out": past.timed_out, "loss_truncations": past.loss_truncations}
+        return Trainer(ident, past.name, env_id, slots, re_leases=past.re_leases + 1, **kept)
 
     def _remember(self, past: collections.OrderedDict, ident: bytes, record: Any) -> None:
         past.pop(ident, None)
@@ -172,14 +165,18 @@ class SlotTable:
             self.slots.pop(old_id, None)  # it was LOST: gone once its lease lets go of it
         trainer.replaced += len(granted)
 
-    def release(self, ident: bytes) -> Trainer | None:
+    def release(self, ident: bytes, undo: bool = False) -> Trainer | None:
         """End the lease of ``ident`` and drop its pending request: LEASED slots become FREE, BUSY ones
-        lose their lease (FREE when their reply comes), LOST ones are deleted."""
+        lose their lease (FREE when their reply comes), LOST ones are deleted. ``undo``: the lease was
+        just granted and never delivered, so it does not count as one."""
         self.pending.pop(ident, None)
         trainer = self.trainers.pop(ident, None)
         if trainer is None:
             return None
-        self._remember(self.past_trainers, ident, trainer)
+        if not undo:
+            self._remember(self.past_trainers, ident, trainer.past())
+        elif trainer.re_leases:  # a grant that could not be delivered: as if it never happened
+            self._remember(self.past_trainers, ident, trainer.past(re_leases=trainer.re_leases - 1))
         for slot_id in trainer.slots:
             slot = self.slots.get(slot_id)
             if slot is None:

@@ -7,8 +7,8 @@ that it is watched from the moment it is known.
 
 Silence has two causes that the broker tells apart: a peer that is gone (killed: its connection
 closed) and a peer cut off by the network (its connection still open, and TCP holding what it sent).
-Once a peer has been silent for the expiry it is **probed**: the broker sends it an unasked
-heartbeat answer, which fails at once if ZeroMQ has seen its connection close. A peer that fails the
+Once a peer has been silent for the expiry it is **probed**: the broker sends an unasked heartbeat
+answer to the socket it pings from, which fails at once if ZeroMQ has seen that connection close. A peer that fails the
 probe is lost then; one whose connection is still open is lost only after CUT_GRACE_INTERVALS more
 intervals of silence, long enough for a cut shorter than the expiry to heal and its pings to come.
 """
@@ -30,7 +30,7 @@ class Liveness:
         self.expiry = interval * liveness
         self.window = interval * (liveness + P.CUT_GRACE_INTERVALS)  # for a peer whose connection is open
         self.last_seen: dict[bytes, float] = {}  # watched peers: main ident -> last sign of life
-        self.ping_from: dict[bytes, bytes] = {}  # watched peers: main ident -> the ident it last pinged from
+        self.ping_from: dict[bytes, bytes] = {}  # watched peers that ping: main ident -> the ident it pinged from
         self.pinging: dict[bytes, tuple[float, bytes]] = {}  # peers that pinged before they were known
         self._next_check = 0.0
 
@@ -52,9 +52,10 @@ class Liveness:
     def watch(self, ident: bytes) -> None:
         """Peer ``ident`` just became known: watch it from now, not from its next ping, so that one dying
         in between is not missed and one that never pings is expired."""
-        _, pinged_from = self.pinging.pop(ident, (None, ident))
+        pinged = self.pinging.pop(ident, None)
         self.last_seen[ident] = time.monotonic()
-        self.ping_from[ident] = pinged_from
+        if pinged is not None:  # (watched again, at a grant: where it pinged from is kept)
+            self.ping_from[ident] = pinged[1]
 
     def forget(self, ident: bytes) -> None:
         self.last_seen.pop(ident, None)
@@ -73,7 +74,7 @@ class Liveness:
         for ident, seen in self.last_seen.items():
             if now - seen > self.window:
                 lost.append((ident, now - seen))
-            elif now - seen > self.expiry:
+            elif now - seen > self.expiry and ident in self.ping_from:  # (one that never pinged: the window)
                 probe.append((ident, self.ping_from[ident], now - seen))
         for ident, _ in lost:
             self.forget(ident)

@@ -86,6 +86,21 @@ class Trainer:
     timed_out: int = 0  # times the broker released it because it fell silent
     loss_truncations: int = 0  # as the trainer reports it (`loss_truncations` in a call's header, 5.8)
 
+    def past(self, **changes: int) -> PastTrainer:
+        """What to remember of this trainer once its lease ends."""
+        kept = {"re_leases": self.re_leases, "timed_out": self.timed_out, "loss_truncations": self.loss_truncations}
+        return PastTrainer(self.name, **{**kept, **changes})
+
+
+@dataclass(frozen=True)
+class PastTrainer:
+    """What the broker keeps of a routing id whose lease ended, for when it leases again (protocol 8.5)."""
+
+    name: str
+    re_leases: int
+    timed_out: int
+    loss_truncations: int
+
 
 @dataclass(eq=False)
 class Part:

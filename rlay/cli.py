@@ -566,6 +566,9 @@ def status(broker_addr: str, timeout: float, as_json: bool, watch_s: float | Non
             click.echo(render(report))
             return
         previous, seconds, taken = None, None, time.monotonic()
+        # Ctrl-C ends the view even where SIGINT came in ignored (a shell starts background jobs so),
+        # as `rlay broker` and `rlay up`, which install handlers of their own, stop on it anyway.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         while True:  # (until Ctrl-C)
             click.clear()
             click.echo(f"rlay status --watch {watch_s:g}: {time.strftime('%H:%M:%S')} (Ctrl-C to end)")

@@ -62,10 +62,10 @@ class BrokerClient:
         sock.connect(self.address)
         return sock
 
-    def _reconnect(self) -> None:
-        """Replace the main connection, keeping the routing id (protocol 8.5): once the broker is lost or
-        has forgotten this trainer, what the old one holds is moot, and after a network cut TCP may hold
-        it back for seconds more. The broker hands the id over to the new connection."""
+    def reconnect(self) -> None:
+        """Replace the main connection, keeping the routing id (protocol 8.5), to lease again: once the
+        broker is lost or has forgotten this trainer, what the old one holds is moot, and after a network
+        cut TCP may hold it back for seconds more. The broker hands the id over to the new connection."""
         self.sock.close(linger=0)
         self.sock = self._connect()
 
@@ -164,13 +164,11 @@ class BrokerClient:
         if hb is None:
             return
         if hb.lost:
-            self._reconnect()
             raise BrokerLostError(
                 f"the broker at {self.address} has not answered heartbeats for "
                 f"{hb.silence:.1f} s, while waiting for {what}{self._never_answered()}"
             )
         if self.leased_at is not None and hb.forgotten_since(self.leased_at):
-            self._reconnect()
             raise BrokerLostError(
                 f"the broker at {self.address} no longer knows this trainer (it restarted, or "
                 f"counted this trainer lost): its lease is gone; while waiting for {what}"
@@ -265,6 +263,9 @@ class InlineBrokerClient(BrokerClient):
     @property
     def where(self) -> str:
         return "the private broker"
+
+    def reconnect(self) -> None:
+        """(No connection to replace: the broker is in this process.)"""
 
     def _next_message(self, timeout_ms: float) -> list[Any] | None:
         """What the broker answered, turning its poll loop for up to ``timeout_ms`` if nothing is queued."""

@@ -11,8 +11,8 @@ TCP retransmits what was sent into a cut with a doubling timeout, so a connectio
 for about as long again after the link returns; the ping path does not wait for that. Once the
 broker has been silent for STALE_INTERVALS intervals, pings go out on a new connection (a new
 socket, same routing id: the broker's ROUTER hands the id over), which carries them as soon as the
-link is back; a new connection is given twice the time the last one took to answer (at least an
-interval), doubling while none answers, so that a slow handshake is not cut short over and over.
+link is back; a new connection is given an interval to answer, doubling while none answers, so that
+a slow handshake is not cut short over and over.
 The broker counts a peer whose connection is still open lost only after the expiry plus
 CUT_GRACE_INTERVALS intervals, and the peer counts the broker lost one interval after that.
 """
@@ -84,6 +84,7 @@ class Heartbeat:
         self.answered = False  # whether any answer ever came (none at all: wrong address, or refused by CURVE)
         self.pings = 0  # pings sent (the rest rode on traffic)
         self.reconnects = 0  # new ping connections opened because the old one went silent
+        self.longest_silence = 0.0  # s: the longest silence an answer ended (after a network cut, say)
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="rlay-heartbeat", daemon=True)
@@ -115,8 +116,13 @@ class Heartbeat:
 
     def received(self) -> None:
         """A message came from the broker on the owner's main socket: the broker is there."""
-        self.last_answer = time.monotonic()
+        self._answered_now()
         self.answered = True
+
+    def _answered_now(self) -> None:
+        now = time.monotonic()
+        self.longest_silence = max(self.longest_silence, now - self.last_answer)
+        self.last_answer = now
 
     def adopt(self, answer: dict) -> None:
         """Take the broker's heartbeat settings from its `registered` or `leased` ``answer`` (protocol 5.3,
@@ -151,29 +157,38 @@ class Heartbeat:
         return sock
 
     def _run(self) -> None:
-        sock, born = self._connect(), time.monotonic()
+        """Ping until stop(). Nothing ends the thread early: a socket that fails (no file descriptor
+        left, say) is logged and made again 100 ms later. A thread that died would leave its peer
+        lost, and registering or leasing again, every window for the rest of its life."""
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        sock: zmq.Socket | None = None
         ping = header(P.HEARTBEAT)
-        next_ping = time.monotonic()
-        # A new ping connection gets `patience` s to bring an answer before it is replaced: twice what
-        # the last new one took (a connection and, with CURVE, a handshake: more than an interval on
-        # a distant or loaded link), doubling while none answers (a broker that is away).
-        patience, answered = self.interval, False
-        try:
-            while not self._stopping:
+        next_ping = born = time.monotonic()
+        # A new ping connection gets `patience` s to bring an answer before it is replaced in turn:
+        # an interval, doubling while none answers (up to the expiry), so that a handshake slower
+        # than the interval (a distant or loaded link, CURVE) is not cut short over and over.
+        patience, answered, failing = self.interval, False, False
+        while not self._stopping:
+            try:
                 now = time.monotonic()
+                if sock is None:
+                    sock, born, answered = self._connect(), now, False
+                    poller.register(sock, zmq.POLLIN)
                 if now >= next_ping:
                     silence = now - self.last_answer
                     # Pings ride on the owner's traffic only while the broker answers: when it falls
                     # silent, the ping path proves this peer alive on its own.
                     if now - self.last_sent >= self.interval or silence >= self.interval:
-                        if silence >= STALE_INTERVALS * self.interval and now - born >= patience:
-                            # Stale: this ping goes out on a new connection (same routing id).
-                            patience = patience if answered else min(2 * patience, self.interval * self.liveness)
+                        # (half an interval early: the ping is due an interval after the last one, the
+                        # silence counts from its answer, a round trip later)
+                        stale = silence >= (STALE_INTERVALS - 0.5) * self.interval
+                        if stale and now - born >= patience - 0.01 * self.interval:
+                            if not answered:
+                                patience = min(2 * patience, self.interval * self.liveness)
                             poller.unregister(sock)
                             sock.close()
+                            sock = None  # pings go out on a new connection (same routing id)
                             sock, born, answered = self._connect(), now, False
                             poller.register(sock, zmq.POLLIN)
                             self.reconnects += 1
@@ -188,12 +203,29 @@ class Heartbeat:
                 for item, _ in poller.poll(max(0.0, next_ping - time.monotonic()) * 1000):
                     if item is sock:
                         self._answer(sock.recv_multipart())
-                        if not answered:
-                            answered, patience = True, max(self.interval, 2 * (time.monotonic() - born))
+                        answered, patience = True, self.interval
                     else:  # stop(), or a new interval: due at most one interval from now
                         os.read(self._wake_r, 64)
                         next_ping = min(next_ping, time.monotonic() + self.interval)
-        finally:
+                failing = False
+            except (zmq.ZMQError, OSError) as exc:
+                if not failing:
+                    log.error("the heartbeat socket failed (making it again): %s", exc)
+                failing = True
+                if sock is not None:
+                    try:
+                        poller.unregister(sock)
+                    except KeyError:
+                        pass
+                    sock.close()
+                    sock = None
+                if self._stopping:
+                    break
+                try:
+                    poller.poll(100)  # (a retry 100 ms later, unless stop() wakes it first)
+                except zmq.ZMQError:
+                    time.sleep(0.1)
+        if sock is not None:
             sock.close()
 
     def _answer(self, frames: list[bytes]) -> None:
@@ -203,7 +235,7 @@ class Heartbeat:
             log.warning("unreadable answer to a heartbeat")
             return
         if answer[P.TYPE] == P.HEARTBEAT:
-            self.last_answer = time.monotonic()
+            self._answered_now()
             self.last_unknown = None if answer.get("known") else self.last_answer
             self.answered = True
 

@@ -60,12 +60,14 @@ def test_malformed_trainer_messages_get_error_replies(cartpoles, dealers, tmp_pa
         (sock, [header(P.LEASE, req=5, env_id="CartPole-v1", num_envs=-3)], P.E_BAD_MESSAGE),
         (sock, [header(P.REPLACE, req=6, slots=[0])], P.E_NO_LEASE),
         (leased, [header(P.STEP, req=7, parts=[[[0], 1]], timeout=1, partial="yes"), b""], P.E_BAD_MESSAGE),
+        (leased, [header(P.STEP, req=8, parts=[[[0], 1]], timeout=1, loss_truncations=-1), b""], P.E_BAD_MESSAGE),
+        (leased, [header(P.STEP, req=9, parts=[[[0], 1]], timeout=1, loss_truncations="2"), b""], P.E_BAD_MESSAGE),
     ]
     for peer, frames, code in cases:
         reply = ask(peer, frames)
         assert reply[P.TYPE] == P.ERROR and reply["code"] == code, (frames, reply)
         assert reply["message"]
-    assert ask(leased, [header(P.RELEASE, req=8)])[P.TYPE] == P.RELEASED
+    assert ask(leased, [header(P.RELEASE, req=10)])[P.TYPE] == P.RELEASED
     assert not marker.exists()
     assert_serves(front)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,17 @@ import zmq
 
 from rlay import BrokerLostError, RlayVectorEnv, WorkerLostError
 from rlay import protocol as P
-from tests.conftest import ROOT, Proc, broker_status, deployment, free_port, start_deployment, subprocess_env, wait_for
+from tests.conftest import (
+    ROOT,
+    Proc,
+    broker_status,
+    deployment,
+    free_port,
+    run_cli,
+    start_deployment,
+    subprocess_env,
+    wait_for,
+)
 from workers.worker import Worker
 
 EXPIRY = P.HEARTBEAT_INTERVAL * P.HEARTBEAT_LIVENESS  # 2 s by default
@@ -23,7 +34,7 @@ BOUND = 3.0  # the bound for noticing a lost peer whose connection closed (kille
 # A peer whose connection stays open (stopped, or cut off) may be only a network cut away: it is lost
 # after the window (expiry + CUT_GRACE_INTERVALS intervals; a cut shorter than the expiry must cost
 # nothing, issue 18), found at the broker's next look (once per interval).
-SILENT_BOUND = P.HEARTBEAT_INTERVAL * (P.HEARTBEAT_LIVENESS + P.CUT_GRACE_INTERVALS + 1)  # 4 s
+SILENT_BOUND = P.HEARTBEAT_INTERVAL * (P.HEARTBEAT_LIVENESS + P.CUT_GRACE_INTERVALS + 1) + 0.5  # 4.5 s (+ a poll)
 
 
 @pytest.fixture
@@ -76,9 +87,11 @@ def test_stopped_worker_fails_the_step_in_flight_naming_it(addresses):
             os.kill(victim, signal.SIGCONT)
         text = str(caught.value)
         assert f"pid {victim}" in text and "no heartbeat" in text and "envs 1 (slots [" in text and "on host" in text
-        assert waited < SILENT_BOUND + 0.5, f"noticed after {waited:.1f} s (the call's own timeout is 30 s)"
-        # The continued worker learns that the broker dropped it, and registers again.
+        assert waited < SILENT_BOUND, f"noticed after {waited:.1f} s (the call's own timeout is 30 s)"
+        # The continued worker learns that the broker dropped it, and registers again: once.
         wait_for(lambda: victim in worker_pids(front).values(), 15, "the continued worker to register again")
+        failures = broker_status(front)["failures"]
+        assert failures["re_registrations"] == 1 and failures["workers_lost"] == 1, failures
     finally:
         envs.close()
         stop(worker, broker)
@@ -387,3 +400,68 @@ def test_a_ping_connection_slower_to_set_up_than_an_interval_is_not_cut_short(tm
             sock.close(linger=0)
         ctx.term()
         client_ctx.term()
+
+
+STOPPED_TRAINER = """
+import json, sys
+import numpy as np
+from rlay import RlayVectorEnv
+envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=sys.argv[1], timeout=30, on_worker_failure="replace")
+envs.reset(seed=0)
+print("leased", flush=True)
+sys.stdin.readline()  # the test stopped this process past the window (SIGSTOP) and continued it
+for _ in range(50):
+    envs.step(np.zeros(2, np.int64))
+print(json.dumps({"re_leases": envs.re_leases, "loss_truncations": envs.loss_truncations}), flush=True)
+sys.stdin.readline()  # the test reads the broker's status while this trainer still holds its lease
+envs.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_trainer_stopped_past_the_window_leases_again_once_and_status_counts_it(addresses):
+    """SIGSTOP a remote trainer for 5 s (past the 3.5 s window: the broker releases it), then SIGCONT:
+    it learns it was forgotten, leases again once on the same routing id, keeps its name, and
+    `rlay status` (--json and text) counts the time-out, the re-lease and its loss truncations."""
+    front, _ = addresses
+    broker, worker = start(addresses, "CartPole-v1")
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_TRAINER, front],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert trainer.stdout.readline().strip() == "leased"
+        os.kill(trainer.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: broker_status(front)["trainers"] == [], 10, "the broker to release the stopped trainer")
+        finally:
+            os.kill(trainer.pid, signal.SIGCONT)
+        trainer.stdin.write("go\n")
+        trainer.stdin.flush()
+        counts = json.loads(trainer.stdout.readline())
+        assert counts["re_leases"] == 1 and counts["loss_truncations"] == 2, counts  # (both envs were running)
+        report = broker_status(front)
+        failures = report["failures"]
+        assert failures["trainers_timed_out"] == 1 and failures["re_leases"] == 1, failures
+        assert failures["re_registrations"] == 0 and failures["workers_lost"] == 0, failures
+        (entry,) = report["trainers"]
+        assert (entry["name"], entry["re_leases"], entry["timed_out"], entry["loss_truncations"]) == ("t1", 1, 1, 2)
+        text = run_cli("status", "--broker", front)
+        assert text.returncode == 0, text.stderr
+        assert "recoveries: 1 trainer(s) timed out, 1 re-lease(s), 0 re-registration(s)" in text.stdout, text.stdout
+        header_line = next(line for line in text.stdout.splitlines() if line.startswith("TRAINER"))
+        row = next(line for line in text.stdout.splitlines() if line.startswith("t1 "))
+        assert header_line.split()[-5:] == ["TIMED", "OUT", "RE-LEASES", "LOSS", "TRUNCS"], header_line
+        assert row.split()[-3:] == ["1", "1", "2"], row
+        trainer.stdin.write("done\n")
+        trainer.stdin.flush()
+        assert trainer.wait(30) == 0
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(10)
+        stop(worker, broker)

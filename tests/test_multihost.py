@@ -218,7 +218,9 @@ while more is None or more > 0:
 print(json.dumps({"steps": steps, "longest_step_s": longest, "mismatches": mismatches,
                   "lost_events": lost_events, "loss_truncations": loss_truncations,
                   "back_to_back_ends": back_to_back_ends, "re_leases": envs.re_leases,
-                  "loss_truncations_counted": envs.loss_truncations}), flush=True)
+                  "loss_truncations_counted": envs.loss_truncations,
+                  "ping_reconnects": envs._client.heartbeat.reconnects,
+                  "longest_silence_s": envs._client.heartbeat.longest_silence}), flush=True)
 sys.stdin.readline()  # the test reads the broker's status while this trainer still holds its lease
 envs.close()
 """
@@ -268,6 +270,20 @@ def partition_run(
         return result, status_then
     finally:
         stop_all(trainer, procs)
+
+
+@pytest.mark.timeout(180)
+def test_after_a_cut_the_ping_path_reconnects_instead_of_waiting_for_tcp(hosts, tmp_path):
+    """A 1.9 s cut of the trainer's link. TCP retransmits what was sent into it 0.2, 0.6, 1.4, 3.0 s
+    after the first try, so the old connections stay silent until 3.0 s or later, near the 3.5 s
+    window. The ping path does not wait: new connections 2, 3 and 5 intervals into the silence
+    (1.0, 1.5, 2.5 s) mean the broker answers 2.5 s after its last answer before the cut, plus a
+    connection's set-up (protocol 8.5, "Network cuts"). Nothing is lost either way."""
+    result, status = partition_run(hosts, tmp_path, "trainer", 1.9)
+    assert result["mismatches"] == 0 and result["lost_events"] == [0] * 6 and result["re_leases"] == 0, result
+    assert result["ping_reconnects"] >= 2, result
+    assert 1.9 <= result["longest_silence_s"] < 2.8, result  # (without new connections: 3.0 s or more)
+    assert status["failures"]["trainers_timed_out"] == 0, status["failures"]
 
 
 @pytest.mark.timeout(180)

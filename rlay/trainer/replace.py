@@ -235,6 +235,7 @@ class Replacer:
         client, num_envs = self.transport.client, len(self.lease.slots)
         remaining = max(0.0, deadline - time.monotonic())
         what = f"a new lease of {num_envs} slots of {self.lease.env_id!r} (the old lease is gone: {cause})"
+        client.reconnect()  # (a new main connection: protocol 8.5)
         client.send(P.RELEASE)  # in case the broker still holds the old lease (answer dropped)
         req = client.send(P.LEASE, env_id=self.lease.env_id, num_envs=num_envs, timeout=remaining)
         # The broker may still be away: wait for it rather than fail on its silence.

@@ -56,7 +56,6 @@ class Transport:
         self.stash: collections.deque = collections.deque()  # first-ready answers that came during another wait
         self.in_flight: dict[int, int] = {}  # first-ready stepping: row -> the request id that carries it
         self.loss_truncations = 0  # truncations handed to the user because of a loss (rlay/trainer/replace.py)
-        self.reported_loss_truncations = 0  # as the broker last heard it (a call's header, protocol 5.8)
 
     def send(self, kind: str, rows: np.ndarray, make_body: MakeBody, gather: bool = True, shared: bool = True) -> Call:
         """Send one batched call: one part per worker that hosts some of ``rows``.
@@ -86,11 +85,9 @@ class Transport:
         flags = {"partial": True} if self.settings.replace else {}  # a failed part does not fail the call
         if not gather:
             flags["gather"] = False
-        losses = self.loss_truncations
-        if losses != self.reported_loss_truncations:  # for the broker's status: sent when it changed
-            flags["loss_truncations"] = losses
+        if self.loss_truncations:  # for the broker's status (on every call: a refused one does not count)
+            flags["loss_truncations"] = self.loss_truncations
         call.req = self.client.send(kind, frames, parts=parts, timeout=self.settings.timeout, **flags)
-        self.reported_loss_truncations = losses
         return call
 
     def await_answer(self, req: int, wait_s: float, what: str) -> tuple[dict, list[Any]]:

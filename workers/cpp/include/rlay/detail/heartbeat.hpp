@@ -6,8 +6,8 @@
 // 8.5) between messages; the only shared state is atomics. After 2 intervals without an
 // answer the ping connection is stale (8.5, "Network cuts"): pings go out on a new socket, so
 // that they get through as soon as a cut link is back, not when TCP's doubling retransmission
-// timeout next fires. A new socket gets twice the time the last one took to answer (at least an
-// interval), doubling while none answers: a slow handshake is not cut short over and over.
+// timeout next fires. A new socket gets an interval to answer, doubling while none answers (up
+// to the expiry): a handshake slower than the interval is not cut short over and over.
 #pragma once
 
 #include <rlay/config.hpp>
@@ -148,7 +148,11 @@ private:
                     }
                 }
                 if (now >= next) {
-                    if (now - last_answer_.load() >= stale_intervals * interval_ns_.load() && now - born >= patience) {
+                    // (half an interval early: the ping is due an interval after the last one, the
+                    // silence counts from its answer, a round trip later)
+                    std::int64_t interval = interval_ns_.load();
+                    bool stale = 2 * (now - last_answer_.load()) >= (2 * stale_intervals - 1) * interval;
+                    if (stale && now - born >= patience - interval / 100) {
                         if (!answered) patience = std::min(2 * patience, interval_ns_.load() * liveness_.load());
                         sock.reset();  // stale: pings go out on a new connection (same routing id)
                         sock.emplace(open(hwm));
@@ -171,10 +175,8 @@ private:
                     if (h.type() == type::heartbeat) {
                         std::int64_t at = ticks(clock::now());
                         last_answer_ = at;
-                        if (!answered) {
-                            answered = true;
-                            patience = std::max(interval_ns_.load(), 2 * (at - born));
-                        }
+                        answered = true;
+                        patience = interval_ns_.load();
                         const value* known = h.find("known");
                         last_unknown_ = (known && known->is_bool() && known->as_bool()) ? none : at;
                     }
