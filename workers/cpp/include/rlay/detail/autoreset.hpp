@@ -84,6 +84,9 @@ public:
     }
 
     const env_command& first() const noexcept { return first_; }
+    /// first(), moved out (its action or options are not copied: a large value leaf stays one copy);
+    /// is_reset stays readable.
+    env_command take_first() noexcept { return std::move(first_); }
 
     /// The result of the last command: a reset's (obs, info) or a step's five values.
     std::optional<env_command> feed_reset(value obs, value info) {
@@ -128,7 +131,7 @@ private:
 
 /// Carry a plan out against an env right away (a command worker).
 inline env_outcome run_plan(plan p, env& e) {
-    std::optional<env_command> command = p.first();
+    std::optional<env_command> command = p.take_first();
     while (command) {
         if (command->is_reset) {
             reset_result r = e.reset(command->seed, command->options);
