@@ -22,6 +22,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rlay.progress import Progress
+
 __all__ = ["run", "SleepEnv", "FrameEnv", "NoopEnv"]
 
 
@@ -399,7 +401,10 @@ def run(
         "rounds": rounds,
         "workloads": [],
     }
-    for w in workloads(scale):
+    todo = workloads(scale)
+    # (on stderr: tqdm's bar on a terminal, else a line every few seconds; the table stays on stdout)
+    progress = Progress(len(todo) * rounds * len(IMPLEMENTATIONS), "runs", "rlay bench")
+    for w in todo:
         rates = {kind: [] for kind in IMPLEMENTATIONS}
         shared = False
         for _ in range(rounds):
@@ -412,6 +417,7 @@ def run(
                     rates[kind].append(steps_per_second(envs, w.seconds, warmup=20 if kind == "rlay" else 3))
                 finally:
                     envs.close()
+                progress.update(1, workload=w.name)
         entry = {
             "name": w.name,
             "num_envs": w.num_envs,
@@ -431,6 +437,8 @@ def run(
             entry["ideal"] = w.num_envs / w.sleep_floor
         report["workloads"].append(entry)
         log(format_row(entry))
+    progress.close()
+    progress.note("round trips and worker CPU")
     report["latency"] = {
         "bare_pyzmq": percentiles(bare_round_trips(latency_count)),
         "rlay": percentiles(rlay_round_trips(latency_count)),

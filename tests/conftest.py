@@ -131,9 +131,15 @@ class Proc:
         return self.popen.returncode, out, err
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`rlay ARGS`, its output captured; ``env``: variables to set for it."""
     return subprocess.run(
-        [*RLAY, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+        [*RLAY, *args],
+        cwd=ROOT,
+        env={**subprocess_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

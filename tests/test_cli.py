@@ -180,8 +180,12 @@ def test_broker_reads_its_addresses_from_a_config(tmp_path):
 
 
 def test_bench_smoke_prints_a_table_and_json():
-    result = run_cli("bench", "--quick", "--json", timeout=300)
+    # (progress lines go to stderr, here, not a terminal, a plain line at every run: RLAY_PROGRESS_EVERY=0)
+    result = run_cli("bench", "--quick", "--json", timeout=300, env={"RLAY_PROGRESS_EVERY": "0"})
     assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("rlay bench: ")]
+    assert len(progress) == 6 * 3 + 1 and progress[-1] == "rlay bench: round trips and worker CPU", progress
+    assert progress[-2].startswith("rlay bench: 18/18 runs (100%)") and progress[-2].endswith("0:00 left"), progress
     report = json.loads(result.stdout)
     names = [w["name"] for w in report["workloads"]]
     assert names == [
