@@ -268,18 +268,13 @@ class Broker:
 
     def _expire(self, now: float) -> None:
         lost, probe = self.liveness.silent(now)
-        for ident, probed, silence in probe:  # past the expiry: gone (connection closed) or cut off?
-            sock, peers = (
-                (self.back, self.table.workers) if ident in self.table.workers else (self.front, self.table.trainers)
-            )
-            try:  # (an unasked answer to a ping: `known` as a ping would get it)
-                send_frames(sock, [probed, header(P.HEARTBEAT, known=ident in peers)], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: ZeroMQ saw its connection close
-                    lost.append((ident, silence, "its connection is gone"))
-        for ident, silence, *gone in lost:
-            why = f"no heartbeat for {silence:.1f} s" + (f", and {gone[0]}" if gone else "")
-            self.liveness.forget(ident)
+        whys = [(ident, f"no heartbeat for {silence:.1f} s") for ident, silence in lost]
+        whys += [  # past the expiry: gone (its connection closed) or only cut off?
+            (ident, f"no heartbeat for {silence:.1f} s, and its connection is gone")
+            for ident, pinged_from, silence in probe
+            if self._connection_gone(ident, pinged_from)
+        ]
+        for ident, why in whys:  # (each handler stops watching the peer)
             if ident in self.table.workers:
                 self._worker_lost(self.table.workers[ident], why)
             elif ident in self.table.trainers or ident in self.table.pending:
@@ -300,6 +295,18 @@ class Broker:
             else:
                 del self.table.pending[waiting.ident]
                 self._error(self.front, waiting.ident, waiting.req, P.E_LEASE_TIMEOUT, self.table.shortfall(waiting))
+
+    def _connection_gone(self, ident: bytes, pinged_from: bytes) -> bool:
+        """Probe peer ``ident`` with an unasked answer at the socket it pings from (`known` as a ping would
+        get it): ROUTER_MANDATORY makes the send fail with EHOSTUNREACH if ZeroMQ saw that connection close."""
+        sock, peers = (
+            (self.back, self.table.workers) if ident in self.table.workers else (self.front, self.table.trainers)
+        )
+        try:
+            send_frames(sock, [pinged_from, header(P.HEARTBEAT, known=ident in peers)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno == zmq.EHOSTUNREACH
+        return False
 
     def _until(self, waiting: Batch | PendingLease) -> None:
         heapq.heappush(self._deadlines, (waiting.deadline, next(self._deadline_seq), waiting))
