@@ -198,7 +198,10 @@ class Broker:
             return
         self.closed = True
         for worker in list(self.table.workers.values()):
-            self._send(self.back, worker.ident, [header(P.DISCONNECT, reason="broker shutting down")])
+            try:  # (quietly: a worker stopped with us, by the same Ctrl-C, may be gone already)
+                send_frames(self.back, [worker.ident, header(P.DISCONNECT, reason="broker shutting down")], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.debug("no disconnect for %s: %s", worker.describe(), exc)
         self.front.close()
         self.back.close()
         if self.metrics_server is not None:

@@ -7,14 +7,10 @@ process alive. The broker answers every ping. A process that is killed, stopped 
 off stops pinging, whatever its main thread was doing.
 
 Network cuts (protocol 8.5): a cut shorter than the expiry (``interval * liveness``) costs nothing.
-TCP retransmits what was sent into a cut with a doubling timeout, so a connection can stay silent
-for about as long again after the link returns; the ping path does not wait for that. Once the
-broker has been silent for STALE_INTERVALS intervals, pings go out on a new connection (a new
-socket, same routing id: the broker's ROUTER hands the id over), which carries them as soon as the
-link is back; a new connection is given an interval to answer, doubling while none answers, so that
-a slow handshake is not cut short over and over.
-The broker counts a peer whose connection is still open lost only after the expiry plus
-CUT_GRACE_INTERVALS intervals, and the peer counts the broker lost one interval after that.
+The broker loses a peer whose connection is still open only after the expiry plus
+CUT_GRACE_INTERVALS intervals (the window), which leaves room for the ping interval and TCP's
+retransmission once the link is back, and a peer counts its broker lost one interval after that,
+so that the broker's verdict comes first and a peer recovers once.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ __all__ = ["Heartbeat", "new_identity", "announced_heartbeat", "HEARTBEAT_SUFFIX
 log = logging.getLogger("rlay.heartbeat")
 
 HEARTBEAT_SUFFIX = b"|hb"
-STALE_INTERVALS = 2  # intervals without an answer after which the ping connection counts as stale
 
 
 def announced_heartbeat(answer: dict) -> tuple[float | None, int | None]:
@@ -83,7 +78,6 @@ class Heartbeat:
         self.last_sent = 0.0  # when the owner last sent on its main socket
         self.answered = False  # whether any answer ever came (none at all: wrong address, or refused by CURVE)
         self.pings = 0  # pings sent (the rest rode on traffic)
-        self.reconnects = 0  # new ping connections opened because the old one went silent
         self.longest_silence = 0.0  # s: the longest silence an answer ended (after a network cut, say)
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
@@ -160,38 +154,22 @@ class Heartbeat:
         """Ping until stop(). Nothing ends the thread early: a socket that fails (no file descriptor
         left, say) is logged and made again 100 ms later. A thread that died would leave its peer
         lost, and registering or leasing again, every window for the rest of its life."""
+        sock: zmq.Socket | None = None
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
-        sock: zmq.Socket | None = None
         ping = header(P.HEARTBEAT)
-        next_ping = born = time.monotonic()
-        # A new ping connection gets `patience` s to bring an answer before it is replaced in turn:
-        # an interval, doubling while none answers (up to the expiry), so that a handshake slower
-        # than the interval (a distant or loaded link, CURVE) is not cut short over and over.
-        patience, answered, failing = self.interval, False, False
+        next_ping = time.monotonic()
+        failing = False
         while not self._stopping:
             try:
-                now = time.monotonic()
                 if sock is None:
-                    sock, born, answered = self._connect(), now, False
+                    sock = self._connect()
                     poller.register(sock, zmq.POLLIN)
+                now = time.monotonic()
                 if now >= next_ping:
-                    silence = now - self.last_answer
                     # Pings ride on the owner's traffic only while the broker answers: when it falls
                     # silent, the ping path proves this peer alive on its own.
-                    if now - self.last_sent >= self.interval or silence >= self.interval:
-                        # (half an interval early: the ping is due an interval after the last one, the
-                        # silence counts from its answer, a round trip later)
-                        stale = silence >= (STALE_INTERVALS - 0.5) * self.interval
-                        if stale and now - born >= patience - 0.01 * self.interval:
-                            if not answered:
-                                patience = min(2 * patience, self.interval * self.liveness)
-                            poller.unregister(sock)
-                            sock.close()
-                            sock = None  # pings go out on a new connection (same routing id)
-                            sock, born, answered = self._connect(), now, False
-                            poller.register(sock, zmq.POLLIN)
-                            self.reconnects += 1
+                    if now - self.last_sent >= self.interval or now - self.last_answer >= self.interval:
                         try:
                             sock.send(ping, zmq.NOBLOCK)
                             self.pings += 1
@@ -203,7 +181,6 @@ class Heartbeat:
                 for item, _ in poller.poll(max(0.0, next_ping - time.monotonic()) * 1000):
                     if item is sock:
                         self._answer(sock.recv_multipart())
-                        answered, patience = True, self.interval
                     else:  # stop(), or a new interval: due at most one interval from now
                         os.read(self._wake_r, 64)
                         next_ping = min(next_ping, time.monotonic() + self.interval)
@@ -213,10 +190,7 @@ class Heartbeat:
                     log.error("the heartbeat socket failed (making it again): %s", exc)
                 failing = True
                 if sock is not None:
-                    try:
-                        poller.unregister(sock)
-                    except KeyError:
-                        pass
+                    poller.unregister(sock)
                     sock.close()
                     sock = None
                 if self._stopping:

@@ -18,6 +18,7 @@ class Host(NamedTuple):
     ns: str  # the namespace (also its host name, see on_host)
     address: str  # its address on the bridge
     veth: str  # the host's end of its veth pair: `ip link set VETH down` cuts it off
+    bridge: str  # the bridge it is on: `ip link set VETH nomaster` cuts it off with its link up
 
 
 class CannotMakeHosts(Exception):
@@ -53,7 +54,7 @@ def bridged_hosts(*names: str) -> Iterator[dict[str, Host]]:
             sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-            hosts[name] = Host(ns, address, veth)
+            hosts[name] = Host(ns, address, veth, bridge)
         yield hosts
     finally:
         for ns in made:

@@ -342,66 +342,6 @@ def test_a_registered_worker_that_never_pings_is_expired(addresses):
         stop(broker)
 
 
-@pytest.mark.timeout(60)
-def test_a_ping_connection_slower_to_set_up_than_an_interval_is_not_cut_short(tmp_path):
-    """After a silence a peer pings on new connections (protocol 8.5, "Network cuts"). One whose
-    handshake takes longer than the interval (a distant link, a loaded broker: here the broker's
-    ZAP check answers after 0.3 s, the interval is 0.1 s) must not be replaced before it can
-    answer, over and over: each new connection gets twice as long while none answers, and the
-    peer hears from its broker within a few tries."""
-    import threading
-
-    from rlay.heartbeat import HEARTBEAT_SUFFIX, Heartbeat
-    from rlay.security import Curve, generate_keys
-    from rlay.wire import decode_header, header
-
-    keys = str(tmp_path / "keys")
-    generate_keys(keys)
-    ctx = zmq.Context()
-    zap = ctx.socket(zmq.REP)
-    zap.bind("inproc://zeromq.zap.01")  # libzmq asks this socket about every CURVE handshake
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    Curve.from_dir(keys, "broker").secure_server(router)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    stop = threading.Event()
-
-    def slow_admission() -> None:
-        while not stop.is_set():
-            if zap.poll(50):
-                request = zap.recv_multipart()
-                time.sleep(0.3)  # the simulated slow handshake (the stimulus; nothing is awaited)
-                zap.send_multipart([b"1.0", request[1], b"200", b"OK", b"", b""])
-
-    admission = threading.Thread(target=slow_admission, daemon=True)
-    admission.start()
-    client_ctx = zmq.Context()
-    heartbeat = Heartbeat(
-        f"tcp://127.0.0.1:{port}", b"rSLOWHANDSHK", 0.1, 4, client_ctx, Curve.from_dir(keys, "client")
-    )
-
-    def answer_pings() -> bool:
-        while router.poll(10):
-            ident, frame = router.recv_multipart()
-            assert ident == b"rSLOWHANDSHK" + HEARTBEAT_SUFFIX and decode_header(frame)[P.TYPE] == P.HEARTBEAT
-            router.send_multipart([ident, header(P.HEARTBEAT, known=True)])
-        return heartbeat.answered
-
-    try:
-        wait_for(answer_pings, 10, "an answer on a ping connection whose handshake takes 0.3 s")
-        assert heartbeat.reconnects <= 4, heartbeat.reconnects  # patience 0.1, 0.2, 0.4 s: the third lives
-        assert not heartbeat.lost
-    finally:
-        heartbeat.stop()
-        stop.set()
-        admission.join(5)
-        for sock in (router, zap):
-            sock.close(linger=0)
-        ctx.term()
-        client_ctx.term()
-
-
 STOPPED_TRAINER = """
 import json, sys
 import numpy as np

@@ -20,7 +20,7 @@ import pytest
 from rlay.conformance.env import ENV_ID as CONFORMANCE_ENV_ID
 from rlay.security import generate_keys
 from tests.conftest import ROOT, Proc, subprocess_env, wait_for
-from tests.netns import CannotMakeHosts, bridged_hosts, on_host, rlay_on, sh
+from tests.netns import CannotMakeHosts, Host, bridged_hosts, on_host, rlay_on, sh
 from tests.test_cpp import BUILD_TIMEOUT, cpp_build  # noqa: F401  (the fixture)
 
 
@@ -71,13 +71,20 @@ def tell(proc: subprocess.Popen, line: str) -> None:
 
 
 @contextlib.contextmanager
-def link_down(veth: str) -> Iterator[None]:
-    """The host behind ``veth`` is cut off from the bridge until the block ends."""
-    sh("ip", "link", "set", veth, "down")
+def cut_off(host: Host, how: str = "down") -> Iterator[None]:
+    """``host`` is cut off from the bridge until the block ends: its link ``down`` (its kernel sees the
+    carrier go), or a ``blackhole`` (its link stays up, off the bridge: what it sends is lost)."""
+    if how == "down":
+        sh("ip", "link", "set", host.veth, "down")
+    else:
+        sh("ip", "link", "set", host.veth, "nomaster")
     try:
         yield
     finally:
-        sh("ip", "link", "set", veth, "up")
+        if how == "down":
+            sh("ip", "link", "set", host.veth, "up")
+        else:
+            sh("ip", "link", "set", host.veth, "master", host.bridge)
 
 
 def stop_all(trainer: subprocess.Popen | None, procs: list[Proc]) -> None:
@@ -122,8 +129,8 @@ envs.close()
 def test_rollout_across_hosts_with_curve_then_a_worker_host_drops_off(hosts, tmp_path):
     keys = str(tmp_path / "keys")
     generate_keys(keys)
-    (b_ns, b_addr, _), (w_ns, _, w_veth) = hosts["broker"], hosts["workers"]
-    (s_ns, _, _), (t_ns, _, _) = hosts["spare"], hosts["trainer"]
+    b_ns, b_addr, w_ns, w_veth = hosts["broker"].ns, hosts["broker"].address, hosts["workers"].ns, hosts["workers"].veth
+    s_ns, t_ns = hosts["spare"].ns, hosts["trainer"].ns
     front, back = f"tcp://{b_addr}:5555", f"tcp://{b_addr}:5556"
     broker = Proc("broker", "--frontend", front, "--backend", back, "--curve", keys, command=rlay_on(b_ns))
     status = [*rlay_on(b_ns), "status", "--broker", front, "--curve", keys, "--json"]
@@ -219,7 +226,6 @@ print(json.dumps({"steps": steps, "longest_step_s": longest, "mismatches": misma
                   "lost_events": lost_events, "loss_truncations": loss_truncations,
                   "back_to_back_ends": back_to_back_ends, "re_leases": envs.re_leases,
                   "loss_truncations_counted": envs.loss_truncations,
-                  "ping_reconnects": envs._client.heartbeat.reconnects,
                   "longest_silence_s": envs._client.heartbeat.longest_silence}), flush=True)
 sys.stdin.readline()  # the test reads the broker's status while this trainer still holds its lease
 envs.close()
@@ -232,10 +238,17 @@ def python_workers(back: str, keys: str) -> list[list[str]]:
 
 
 def partition_run(
-    hosts, tmp_path, cut: str, seconds: float, workers=python_workers, env_id: str = "CartPole-v1", on_host_cmd=None
+    hosts,
+    tmp_path,
+    cut: str,
+    seconds: float,
+    workers=python_workers,
+    env_id: str = "CartPole-v1",
+    on_host_cmd=None,
+    how: str = "down",
 ) -> tuple[dict, dict]:
     """Broker, two workers (3 envs each) on the worker host and a trainer stepping 6 envs of
-    ``env_id`` with CURVE on; cut ``cut``'s link for ``seconds`` while the trainer steps, then let
+    ``env_id`` with CURVE on; cut ``cut`` off (``how``: see cut_off) for ``seconds`` while the trainer steps, then let
     it take 300 more steps. ``workers(back, keys)`` gives the worker command lines, each run on the
     worker host with ``on_host_cmd`` (default: the rlay CLI). Returns the trainer's report and the
     broker's status."""
@@ -260,7 +273,7 @@ def partition_run(
         assert next_line(trainer) == "ready"
         before = report()
         wait_for(lambda: report()["metrics"]["env_steps"] > before["metrics"]["env_steps"] + 600, 30, "stepping")
-        with link_down(hosts[cut].veth):
+        with cut_off(hosts[cut], how):
             time.sleep(seconds)  # the fault itself: how long the link stays down (nothing is awaited)
         tell(trainer, "300")
         result = json.loads(next_line(trainer))
@@ -273,16 +286,14 @@ def partition_run(
 
 
 @pytest.mark.timeout(180)
-def test_after_a_cut_the_ping_path_reconnects_instead_of_waiting_for_tcp(hosts, tmp_path):
-    """A 1.9 s cut of the trainer's link. TCP retransmits what was sent into it 0.2, 0.6, 1.4, 3.0 s
-    after the first try, so the old connections stay silent until 3.0 s or later, near the 3.5 s
-    window. The ping path does not wait: new connections 2, 3 and 5 intervals into the silence
-    (1.0, 1.5, 2.5 s) mean the broker answers 2.5 s after its last answer before the cut, plus a
-    connection's set-up (protocol 8.5, "Network cuts"). Nothing is lost either way."""
-    result, status = partition_run(hosts, tmp_path, "trainer", 1.9)
+def test_a_blackhole_just_shorter_than_the_expiry_costs_nothing(hosts, tmp_path):
+    """1.9 s in which everything the trainer's host sends or is sent is lost, its link up (so its
+    kernel sees no error and TCP backs off as on a real network). The broker's window (3.5 s)
+    covers the cut, the last ping before it and TCP's retransmission after it: nothing is lost, and
+    the silence the trainer saw stays well under the window (measured 2.0-2.3 s)."""
+    result, status = partition_run(hosts, tmp_path, "trainer", 1.9, how="blackhole")
     assert result["mismatches"] == 0 and result["lost_events"] == [0] * 6 and result["re_leases"] == 0, result
-    assert result["ping_reconnects"] >= 2, result
-    assert 1.9 <= result["longest_silence_s"] < 2.8, result  # (without new connections: 3.0 s or more)
+    assert 1.9 <= result["longest_silence_s"] < 3.0, result
     assert status["failures"]["trainers_timed_out"] == 0, status["failures"]
 
 
@@ -323,7 +334,7 @@ def test_a_broker_outage_costs_one_recovery(hosts, tmp_path):
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 180)
 def test_a_cut_shorter_than_the_expiry_costs_a_cpp_worker_nothing(hosts, tmp_path, cpp_build):  # noqa: F811
-    """The C++ SDK follows the same rules (its ping path reconnects, its window is the peer window):
+    """The C++ SDK follows the same rules (it counts its broker lost after the peer window):
     a 1.5 s cut of the worker host's link loses neither of two `rlay_example_command` workers, and
     every step equals SyncVectorEnv's over the Python conformance env."""
 
@@ -417,7 +428,7 @@ def test_an_outage_that_meets_episodes_just_ended_counts_them_exactly(hosts, tmp
         )  # fmt: skip
         trainer = start_trainer(trainer_host.ns, EPISODE_TRAINER, front, keys, mode)
         assert next_line(trainer) == "ended"
-        with link_down(broker_host.veth):
+        with cut_off(broker_host):
             tell(trainer, "go")
             time.sleep(4.0)  # the fault itself: how long the link stays down (nothing is awaited)
         result = json.loads(next_line(trainer))

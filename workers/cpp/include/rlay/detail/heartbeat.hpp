@@ -3,11 +3,7 @@
 // The thread pings the broker every interval from a DEALER whose routing id is the main id
 // followed by "|hb", so a long env step, a game's loading screen or a big frame being sent
 // on the main socket is never silence. The main thread reads the outcome (rules 1 and 2 of
-// 8.5) between messages; the only shared state is atomics. After 2 intervals without an
-// answer the ping connection is stale (8.5, "Network cuts"): pings go out on a new socket, so
-// that they get through as soon as a cut link is back, not when TCP's doubling retransmission
-// timeout next fires. A new socket gets an interval to answer, doubling while none answers (up
-// to the expiry): a handshake slower than the interval is not cut short over and over.
+// 8.5) between messages; the only shared state is atomics.
 #pragma once
 
 #include <rlay/config.hpp>
@@ -36,7 +32,6 @@ constexpr double default_heartbeat_interval = 0.5;  // s, until `registered` say
 constexpr int default_heartbeat_liveness = 4;
 constexpr int idle_poll_ms = 250;
 constexpr int cut_grace_intervals = 3;  // the broker's window: expiry + 3 intervals (8.5)
-constexpr int stale_intervals = 2;      // intervals without an answer: the ping connection is stale
 
 /// True when a blocking ZeroMQ call was only interrupted by a signal.
 inline bool interrupted(const zmq::error_t& e) { return e.num() == EINTR; }
@@ -100,7 +95,7 @@ public:
     /// Seconds since the broker last answered a ping.
     double silence() const { return static_cast<double>(ticks(clock::now()) - last_answer_.load()) * 1e-9; }
     /// Rule 1: no answer for more than the peer window: the expiry (interval * liveness), the
-    /// broker's grace for a cut, and one interval more for the broker's verdict to come first.
+    /// broker's grace for a network cut, and one interval more for the broker's verdict to come first.
     bool lost() const { return silence() > interval() * (liveness() + cut_grace_intervals + 1); }
     /// Rule 2: an answer said known: false, received more than an interval after `registered_at`.
     bool forgotten_since(clock::time_point registered_at) const {
@@ -125,16 +120,11 @@ private:
         std::optional<zmq::socket_t> sock;
         bool failing = false;
         std::int64_t next = ticks(clock::now());
-        std::int64_t born = next;               // when the current socket was made
-        std::int64_t patience = interval_ns_;   // how long a new socket may take to bring an answer
-        bool answered = false;                  // whether the current socket brought one
         while (!stop_) {
             try {
                 if (!sock) {
                     hwm = liveness_;
                     sock.emplace(open(hwm));
-                    born = ticks(clock::now());
-                    answered = false;
                 }
                 std::int64_t now = ticks(clock::now());
                 if (changed_.exchange(false)) {
@@ -143,22 +133,9 @@ private:
                         sock.reset();
                         hwm = liveness_;
                         sock.emplace(open(hwm));
-                        born = now;
-                        answered = false;
                     }
                 }
                 if (now >= next) {
-                    // (half an interval early: the ping is due an interval after the last one, the
-                    // silence counts from its answer, a round trip later)
-                    std::int64_t interval = interval_ns_.load();
-                    bool stale = 2 * (now - last_answer_.load()) >= (2 * stale_intervals - 1) * interval;
-                    if (stale && now - born >= patience - interval / 100) {
-                        if (!answered) patience = std::min(2 * patience, interval_ns_.load() * liveness_.load());
-                        sock.reset();  // stale: pings go out on a new connection (same routing id)
-                        sock.emplace(open(hwm));
-                        born = now;
-                        answered = false;
-                    }
                     try {
                         sock->send(zmq::buffer(ping_), zmq::send_flags::dontwait);  // EAGAIN: dropped
                     } catch (const zmq::error_t& e) {
@@ -175,8 +152,6 @@ private:
                     if (h.type() == type::heartbeat) {
                         std::int64_t at = ticks(clock::now());
                         last_answer_ = at;
-                        answered = true;
-                        patience = interval_ns_.load();
                         const value* known = h.find("known");
                         last_unknown_ = (known && known->is_bool() && known->as_bool()) ? none : at;
                     }
