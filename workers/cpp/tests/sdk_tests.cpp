@@ -81,6 +81,22 @@ bool round_trip(const std::string& h) {
     }
 }
 
+/// A request as a worker receives it: two header frames (left empty), then `frames`.
+rlay::detail::message message_of(std::vector<std::string> frames) {
+    rlay::detail::message m;
+    m.emplace_back();
+    m.emplace_back();
+    for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
+    return m;
+}
+
+/// An array leaf's reference, {dtype, shape}.
+value ref(const char* dtype, std::vector<std::size_t> shape) {
+    value s = value::list();
+    for (std::size_t d : shape) s.push_back(d);
+    return value::map({{"dtype", dtype}, {"shape", s}});
+}
+
 std::string nested(const std::string& open, int depth, const std::string& inner) {
     std::string out;
     for (int i = 0; i < depth; ++i) out += open;
@@ -370,13 +386,6 @@ void spaces_and_leaves() {
     // actions: both leaf forms give the same values, converted to the space's dtype (3.6, 3.8)
     rlay::space act = dict({{"move", box(-1, 1, {2}, rlay::dtype::float32())}, {"pick", discrete(3)}});
     auto act_leaves = act.leaves();
-    auto message_of = [](std::vector<std::string> frames) {
-        rlay::detail::message m;
-        m.emplace_back();
-        m.emplace_back();
-        for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
-        return m;
-    };
     double moves[4] = {0.5, -0.5, 1.0, 0.25};
     std::int32_t picks[2] = {2, 0};
     std::string move_bytes(reinterpret_cast<const char*>(moves), 32), pick_bytes(reinterpret_cast<const char*>(picks), 8);
@@ -944,18 +953,6 @@ void value_leaves() {
     rlay::space act = dict({{"g", graph(discrete(4), box(0, 1, {1}, rlay::dtype::float32()))},
                             {"o", one_of({discrete(2), sequence(dict({{"a", discrete(3)}, {"b", text(2, 0, "xy")}}), true)})}});
     auto act_leaves = act.leaves();
-    auto message_of = [](std::vector<std::string> frames) {
-        rlay::detail::message m;
-        m.emplace_back();
-        m.emplace_back();
-        for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
-        return m;
-    };
-    auto ref = [](const char* dtype, std::vector<std::size_t> shape) {
-        value s = value::list();
-        for (std::size_t d : shape) s.push_back(d);
-        return value::map({{"dtype", dtype}, {"shape", s}});
-    };
     std::int64_t nodes[3] = {3, 0, 1};
     double weights[2] = {0.5, 0.25};
     std::int32_t links[4] = {0, 1, 2, 2};
@@ -1058,18 +1055,6 @@ void value_leaves() {
 void value_leaf_limits() {
     using namespace rlay::spaces;
     using rlay::ndarray;
-    auto message_of = [](std::vector<std::string> frames) {
-        rlay::detail::message m;
-        m.emplace_back();
-        m.emplace_back();
-        for (auto& f : frames) m.push_back(rlay::detail::frame_of(f));
-        return m;
-    };
-    auto ref = [](const char* dtype, std::vector<std::size_t> shape) {
-        value s = value::list();
-        for (std::size_t d : shape) s.push_back(d);
-        return value::map({{"dtype", dtype}, {"shape", s}});
-    };
     auto one_value = [](value v) { return value::list({value::map({{"values", value::list({std::move(v)})}})}); };
     // the action of one env, or the error's text ("" if accepted); `max` is max_decoded_values
     auto action = [&](const rlay::space& s, value v, std::vector<std::string> frames, value* out = nullptr,
