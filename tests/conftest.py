@@ -188,14 +188,20 @@ def start_deployment(front: str, back: str, worker_commands: list[list[str]], wo
     return procs
 
 
-@contextlib.contextmanager
-def up_deployment(tmp_path, broker_toml: str, workers_toml: str, workers: int = 1):
-    """`rlay up` of a deployment file on fresh ports: its [broker] section the addresses and
-    ``broker_toml`` lines, then ``workers_toml``. Yields (front, back) once ``workers`` worker
-    processes have registered; afterwards `rlay up` must exit 0."""
+def write_deployment(tmp_path, workers_toml: str, broker_toml: str = "") -> tuple[str, str, Path]:
+    """A deployment file on fresh ports: its [broker] section the addresses and ``broker_toml`` lines,
+    then ``workers_toml``. Returns (front, back, its path)."""
     front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "deployment.toml"
     config.write_text(f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n{broker_toml}\n\n{workers_toml}\n')
+    return front, back, config
+
+
+@contextlib.contextmanager
+def up_deployment(tmp_path, broker_toml: str, workers_toml: str, workers: int = 1):
+    """`rlay up` of write_deployment()'s file. Yields (front, back) once ``workers`` worker processes
+    have registered; afterwards `rlay up` must exit 0."""
+    front, back, config = write_deployment(tmp_path, workers_toml, broker_toml)
     up = Proc("up", str(config))
     try:
         wait_for(lambda: len(broker_status(front)["workers"]) == workers, 60, f"{workers} worker(s) to register")

@@ -14,6 +14,9 @@ from tests.conftest import deployment
 pytestmark = pytest.mark.timeout(120)
 
 
+TWO_CARTPOLE_WORKERS = '[[workers]]\nenv = "CartPole-v1"\nnum_workers = 2\nenvs_per_worker = 2'  # (for rlay up)
+
+
 def test_a_lease_wait_says_what_it_waits_for(monkeypatch, caplog):
     """A typo in the env id: every few seconds a line names what is registered instead."""
     monkeypatch.setattr(rlay.trainer.lease, "LEASE_NOTE_S", 0.3)
@@ -75,14 +78,9 @@ def test_a_trainer_that_exits_on_purpose_is_quiet(ending):
 def test_rlay_up_stopped_by_ctrl_c_logs_no_warning(tmp_path):
     import signal
 
-    from tests.conftest import Proc, broker_status, free_port, wait_for
+    from tests.conftest import Proc, broker_status, wait_for, write_deployment
 
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = tmp_path / "up.toml"
-    config.write_text(
-        f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n\n'
-        '[[workers]]\nenv = "CartPole-v1"\nnum_workers = 2\nenvs_per_worker = 2\n'
-    )
+    front, _, config = write_deployment(tmp_path, TWO_CARTPOLE_WORKERS)
     up = Proc("up", str(config))
     try:
         wait_for(lambda: len(broker_status(front)["workers"]) == 2, 60, "2 workers to register")
@@ -165,14 +163,9 @@ def test_rlay_up_says_how_its_start_goes(tmp_path):
     import signal
     import subprocess
 
-    from tests.conftest import RLAY, ROOT, free_port, subprocess_env, wait_for
+    from tests.conftest import RLAY, ROOT, subprocess_env, wait_for, write_deployment
 
-    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = tmp_path / "up.toml"
-    config.write_text(
-        f'[broker]\nfrontend = "{front}"\nbackend = "{back}"\n\n'
-        '[[workers]]\nenv = "CartPole-v1"\nnum_workers = 2\nenvs_per_worker = 2\n'
-    )
+    front, _, config = write_deployment(tmp_path, TWO_CARTPOLE_WORKERS)
     err = tmp_path / "up.err"
     with err.open("w") as sink:
         up = subprocess.Popen([*RLAY, "up", str(config)], cwd=ROOT, env=subprocess_env(), stderr=sink)
