@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import pytest
 
@@ -12,7 +13,10 @@ CONFORMANCE_TIMEOUT = 180  # s: a run takes ~15 s on this machine
 
 
 def conformance(*args: str) -> tuple[int, str]:
-    done = run_cli("conformance", *args, timeout=CONFORMANCE_TIMEOUT)
+    """`rlay conformance ARGS`: (exit status, output). A failing run keeps its logs in a directory of
+    TMPDIR, here a temporary one of the test's own, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="rlay-test-") as tmp:
+        done = run_cli("conformance", *args, timeout=CONFORMANCE_TIMEOUT, env={"TMPDIR": tmp})
     return done.returncode, done.stdout + done.stderr
 
 

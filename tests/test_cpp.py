@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 
 import msgpack
@@ -45,7 +46,8 @@ def cpp_build() -> os.PathLike:
 
 
 def conformance(*args: str) -> str:
-    done = run_cli("conformance", *args, timeout=CONFORMANCE_TIMEOUT)
+    with tempfile.TemporaryDirectory(prefix="rlay-test-") as tmp:  # (where a failing run keeps its logs)
+        done = run_cli("conformance", *args, timeout=CONFORMANCE_TIMEOUT, env={"TMPDIR": tmp})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "passed, 0 failed" in out, out
