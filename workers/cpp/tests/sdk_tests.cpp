@@ -510,6 +510,27 @@ double timed(Fn fn) {
 /// What the broker (or any trainer, through it: bodies pass the broker untouched) can send
 /// must not make the game allocate more than the message holds, or hang it.
 void hostile_sizes() {
+    // Arrays nested 1022 deep inside each of 16 tuples (16 KB) decoded to ~16,000 levels, which a
+    // value's copy and destructor recurse through: a crash on a 1 MB thread stack. The depth counts
+    // across tuples now: refused, and 600 + 400 levels across two tuples still decode.
+    auto deep = [](int tuples, int per_tuple) {
+        std::string inner = "\xc0";
+        for (int t = 0; t < tuples; ++t) {
+            std::string payload = std::string(static_cast<std::size_t>(per_tuple), '\x91') + inner;
+            std::uint32_t n = static_cast<std::uint32_t>(payload.size());
+            inner = std::string("\xc9") + char(n >> 24) + char((n >> 16) & 0xff) + char((n >> 8) & 0xff) + char(n & 0xff) + "\x03" + payload;
+        }
+        return inner;
+    };
+    bool deep_refused = false;
+    try {
+        mp::decode(deep(16, 1022));
+    } catch (const rlay::error& e) {
+        deep_refused = e.code() == rlay::errc::bad_message && std::string(e.what()).find("1024 deep") != std::string::npos;
+    }
+    CHECK(deep_refused);
+    CHECK(mp::decode(deep(2, 500)).is_tuple());
+
     // An ext 1 array of 20 bytes whose shape claims 8 GiB (or 1 TiB) of |u1: refused before
     // anything is allocated. It allocated and zeroed the 8 GiB (35 s, 8 GB resident), and 1 TiB
     // threw std::bad_alloc (an abort under AddressSanitizer).

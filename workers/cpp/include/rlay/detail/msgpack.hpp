@@ -25,7 +25,9 @@ namespace detail {
 namespace msgpack {
 
 constexpr int max_tuple_depth = 16;      // 3.7 item 4: tuples (ext 3) and graphs (ext 5) together
-constexpr int max_container_depth = 1024;  // arrays and maps within one decode call (3.7 item 4)
+// Arrays and maps nested, counted across tuples too (3.7 item 4): a value's copy and destructor
+// recurse once per level, and 16 tuples of 1024 levels each would overflow a 1 MB thread stack.
+constexpr int max_container_depth = 1024;
 constexpr std::size_t max_big_integer_bytes = 1024;
 /// Array items and map keys and values one decode may make, ext payloads and tuples included.
 /// A decoded value takes ~115 bytes for each byte of input (a nil), so without a bound a 100 MB
@@ -279,6 +281,7 @@ public:
     value read_all(std::string_view capture = {}) {
         value root;
         std::vector<frame> stack;
+        stack_ = &stack;
         value* target = &root;
         bool capturing = false;
         std::size_t capture_begin = 0;
@@ -360,7 +363,7 @@ private:
     }
 
     void open(value& target, std::vector<frame>& stack, std::size_t count, bool is_map) {
-        if (stack.size() + 1 > static_cast<std::size_t>(max_container_depth)) {
+        if (outer_depth_ + stack.size() + 1 > static_cast<std::size_t>(max_container_depth)) {
             throw malformed("StackError: arrays and maps nested more than " + std::to_string(max_container_depth) + " deep");
         }
         // every item needs at least one byte: a count beyond the data is malformed (and not allocated)
@@ -457,7 +460,7 @@ private:
         }
         switch (code) {
             case 1: case 2: {
-                value fields = reader(payload, mode::plain, 0, budget_).read_all();
+                value fields = reader(payload, mode::plain, 0, budget_, outer_depth_ + stack_->size()).read_all();
                 std::size_t want = code == 1 ? 3 : 2;
                 if (!fields.is_list() || fields.size() != want || !fields.as_list().back().is_bin()) {
                     throw error(errc::bad_message, code == 1 ? "ndarray extension must hold [dtype, shape, data]"
@@ -479,7 +482,7 @@ private:
                     throw error(errc::bad_message, "tuples nested more than " + std::to_string(max_tuple_depth) +
                                                        " deep (graphs count as tuples)");
                 }
-                value items = reader(payload, mode::values, tuple_depth_ + 1, budget_).read_all();
+                value items = reader(payload, mode::values, tuple_depth_ + 1, budget_, outer_depth_ + stack_->size()).read_all();
                 if (code == 3) {
                     if (!items.is_list()) throw error(errc::bad_message, "tuple extension must hold an array");
                     target = value::tuple(std::move(items.items()));
@@ -556,10 +559,12 @@ private:
     bool has_capture_ = false;
     std::size_t own_budget_;
     std::size_t* budget_;  // own_budget_, or the outermost reader's (a nested ext payload)
+    std::size_t outer_depth_ = 0;  // arrays and maps open in the readers around this one
+    const std::vector<frame>* stack_ = nullptr;  // read_all's, while it runs
 
-    /// The reader of a nested ext payload: it spends the outer decode's budget.
-    reader(std::string_view data, mode m, int tuple_depth, std::size_t* budget)
-        : data_(data), mode_(m), tuple_depth_(tuple_depth), own_budget_(0), budget_(budget) {}
+    /// The reader of a nested ext payload: it spends the outer decode's budget and depth.
+    reader(std::string_view data, mode m, int tuple_depth, std::size_t* budget, std::size_t outer_depth)
+        : data_(data), mode_(m), tuple_depth_(tuple_depth), own_budget_(0), budget_(budget), outer_depth_(outer_depth) {}
 };
 
 /// Decode a body (value codec); refuses everything 3.7 lists.
