@@ -18,10 +18,14 @@ from typing import Any
 from broker.limits import Limits
 from broker.records import PastTrainer, PendingLease, Refusal, Slot, SlotState, Trainer, WorkerRecord
 from rlay import protocol as P
+from rlay.spaces import MAX_SPACE_DEPTH
 
 __all__ = ["SlotTable", "check_registration"]
 
 MAX_NAME = 200  # characters of a program name (registrations and fleet reports)
+# A space map is at most 4 msgpack levels a space level (a Dict's map, its "spaces" map, and so on),
+# plus its leaves: deeper is refused before anything walks it recursively (comparing two maps does).
+MAX_SPACE_MAP_DEPTH = 4 * MAX_SPACE_DEPTH + 8
 MAX_PAST_PEERS = 4096  # routing ids of former trainers and workers remembered, to count recoveries
 REGISTER_FIELDS = {"env_id": str, "num_envs": int, "host": str, "pid": int, "obs_space": dict, "act_space": dict}
 
@@ -213,6 +217,22 @@ class SlotTable:
         )
 
 
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded msgpack) nests maps and lists more than ``limit`` deep; not recursive."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for pair in item.items() for x in pair)
+        elif isinstance(item, (list, tuple)):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in item)
+    return False
+
+
 def check_registration(head: dict, limits: Limits, table: SlotTable) -> dict[str, Any]:
     """The fields of a `register` (protocol 5.2) for SlotTable.register; raises Refusal: `registration` for
     a malformed one or spaces that differ from the env id's, `limit` for one over the broker's limits."""
@@ -240,6 +260,13 @@ def check_registration(head: dict, limits: Limits, table: SlotTable) -> dict[str
             f"at most {limits.max_slots} (its max_slots)",
             "registrations_too_many_slots",
         )
+    for key in ("obs_space", "act_space"):
+        if nested_deeper_than(fields[key], MAX_SPACE_MAP_DEPTH):
+            raise Refusal(
+                P.E_REGISTRATION,
+                f"{key} nests maps and arrays more than {MAX_SPACE_MAP_DEPTH} deep (spaces nest at most "
+                f"{MAX_SPACE_DEPTH} deep, protocol 4.1)",
+            )
     other = table.conflicting(fields["env_id"], fields["obs_space"], fields["act_space"])
     if other is not None:
         raise Refusal(P.E_REGISTRATION, f"spaces differ from those of {other.describe()} for env id {other.env_id!r}")

@@ -17,6 +17,7 @@ frames (:func:`encode_value`, :func:`decode_value`).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -48,6 +49,9 @@ VALUE_SPACES = (spaces.Graph, spaces.Sequence, spaces.OneOf)  # one value leaf e
 # Tuple, Dict, Graph, Sequence and OneOf nested in one another at most this deep (protocol 4.1): every
 # walk of a space or of its values recurses once a level, and a peer's space map must not exhaust the stack.
 MAX_SPACE_DEPTH = 32
+# The most elements one Box or MultiBinary of a space from the wire may have (2**28: 256 MiB of
+# uint8 a env): a 31-byte map claiming MultiBinary([65536, 65536]) made a trainer allocate 16 GiB.
+MAX_SPACE_ELEMENTS = 2**28
 _NESTING_SPACES = (spaces.Tuple, spaces.Dict, *VALUE_SPACES)
 _NESTING_KINDS = ("Tuple", "Dict", "Graph", "Sequence", "OneOf")
 # The most items L one batch in a value leaf may have (protocol 3.8.1): a batch of a zero-size space (a
@@ -192,7 +196,7 @@ def _decode_space(data: Any, depth: int) -> spaces.Space:
     if kind == "Box":
         dtype = parse_dtype(data["dtype"])
         low, high = _array(data["low"], "Box.low"), _array(data["high"], "Box.high")
-        return spaces.Box(low=low, high=high, shape=tuple(data["shape"]), dtype=dtype)
+        return spaces.Box(low=low, high=high, shape=_shape(data["shape"], "Box.shape"), dtype=dtype)
     if kind == "Discrete":
         return spaces.Discrete(int(data["n"]), start=int(data["start"]), dtype=parse_dtype(data["dtype"]))
     if kind == "MultiDiscrete":
@@ -201,7 +205,7 @@ def _decode_space(data: Any, depth: int) -> spaces.Space:
         return spaces.MultiDiscrete(nvec, dtype=parse_dtype(data["dtype"]), start=start)
     if kind == "MultiBinary":
         n = data["n"]
-        return spaces.MultiBinary(n if isinstance(n, int) else tuple(n))
+        return spaces.MultiBinary(n if type(n) is int and 0 <= n <= MAX_SPACE_ELEMENTS else _shape(n, "MultiBinary.n"))
     if kind == "Text":
         return spaces.Text(int(data["max_length"]), min_length=int(data["min_length"]), charset=str(data["charset"]))
     if kind == "Tuple":
@@ -221,6 +225,16 @@ def _decode_space(data: Any, depth: int) -> spaces.Space:
     if kind == "OneOf":
         return spaces.OneOf([_decode_space(s, depth) for s in _list(data["spaces"], "OneOf.spaces")])
     raise WireError(f"unknown space type {kind!r}; supported spaces are {SUPPORTED}")
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    """A shape from the wire: a list of ints >= 0 with at most MAX_SPACE_ELEMENTS elements in all."""
+    dims = _list(value, what)
+    if not all(type(d) is int and d >= 0 for d in dims):
+        raise WireError(f"{what} must be a list of ints >= 0, got {value!r:.100}")
+    if math.prod(dims) > MAX_SPACE_ELEMENTS:
+        raise WireError(f"{what} {dims!r:.100} has more than {MAX_SPACE_ELEMENTS} elements")
+    return tuple(dims)
 
 
 def _list(value: Any, what: str) -> list:

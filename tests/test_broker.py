@@ -72,6 +72,14 @@ def test_malformed_trainer_messages_get_error_replies(cartpoles, dealers, tmp_pa
     assert_serves(front)
 
 
+def deep_map(depth: int) -> dict:
+    """A space map nested ``depth`` maps deep (a Dict in a Dict in ...), far past what spaces may nest."""
+    space: dict = {"type": "Discrete", "n": 2, "start": 0, "dtype": "<i8"}
+    for _ in range(depth):
+        space = {"type": "Dict", "spaces": space}
+    return space
+
+
 def test_malformed_worker_messages_get_error_replies(cartpoles, dealers, tmp_path):
     front, back = cartpoles
     sock = dealers(back)
@@ -90,6 +98,7 @@ def test_malformed_worker_messages_get_error_replies(cartpoles, dealers, tmp_pat
         ([header(P.REGISTER, env_id="X")], P.E_REGISTRATION),
         ([header(P.REGISTER, **{**good, "num_envs": 10**12})], P.E_LIMIT),  # over max_envs_per_worker
         ([header(P.REGISTER, **{**good, "env_id": "CartPole-v1"})], P.E_REGISTRATION),  # spaces differ
+        ([header(P.REGISTER, **{**good, "obs_space": deep_map(300)})], P.E_REGISTRATION),  # (comparing it recursed)
         ([header("bogus")], P.E_UNKNOWN_TYPE),
     ]
     for frames, code in cases:

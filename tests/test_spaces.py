@@ -688,3 +688,29 @@ def test_rlay_env_steps_graph_sequence_and_oneof_actions_as_the_env_itself(kind)
                 assert_same(env.reset(seed=t), local.reset(seed=t), f"reset after step {t}")
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"type": "MultiBinary", "n": [65536, 65536]},  # 31 bytes that made a trainer allocate 16 GiB
+        {"type": "MultiBinary", "n": 2**40},
+        {"type": "MultiBinary", "n": [2**40, 2**40]},  # (numpy: "array is too big", a ValueError)
+        {"type": "MultiBinary", "n": [-2]},
+    ],
+)
+def test_a_space_from_the_wire_that_claims_a_huge_shape_is_refused_before_anything_is_made(claim):
+    from rlay.spaces import decode_space
+    from rlay.values import WireError
+
+    with pytest.raises(WireError, match="MultiBinary.n"):
+        decode_space(claim)
+
+
+def test_a_box_from_the_wire_that_claims_a_huge_shape_is_refused():
+    from rlay.spaces import decode_space, encode_space
+    from rlay.values import WireError
+
+    box = encode_space(spaces.Box(0.0, 1.0, (2,), np.float32))
+    with pytest.raises(WireError, match="Box.shape"):
+        decode_space({**box, "shape": [2**20, 2**20]})
