@@ -1089,6 +1089,7 @@ void value_leaf_limits() {
             return e.code() == rlay::errc::bad_message ? e.what() : std::string("not bad_message: ") + e.what();
         }
     };
+    auto has_quietly = [](const std::string& text, const char* part) { return text.find(part) != std::string::npos; };
     auto has = [](const std::string& text, const char* part) {
         if (text.find(part) != std::string::npos) return true;
         std::fprintf(stderr, "  expected \"%s\" in \"%s\"\n", part, text.c_str());
@@ -1142,6 +1143,10 @@ void value_leaf_limits() {
     CHECK(seq.is_list() && seq.size() == 3 && seq[0].is_int() && seq[0].as_int() == 2 && seq[1].is_int() && seq[1].as_int() == 4);
     CHECK(has(action(ids, value::list({value::big_integer(std::string("\x01\0\0\0\0\0\0\0\0", 9))}), {}), "does not fit int64"));
     CHECK(has(action(ids, value::list({value(std::uint64_t(1) << 63)}), {}), "value[0]: the integer 9223372036854775808 does not fit int64"));
+    // (a <u8 holding 2^64 - 1, as a 0-d reference or a numpy scalar, reached env code as -1)
+    CHECK(has(action(ids, value::list({ref("<u8", {})}), {std::string(8, '\xff')}), "does not fit int64"));
+    CHECK(has(action(ids, value::list({value::scalar(rlay::ndarray::copy_of(rlay::dtype::parse("<u8"), {}, std::string(8, '\xff').data(), 8))}), {}),
+              "does not fit int64"));
     // 7. arrays inside a value leaf reach env code in the space's dtype, host order; bytes and strs are refused
     rlay::space rows = sequence(box(-1, 1, {2}));
     double be[2] = {0.5, -0.25};
@@ -1167,6 +1172,14 @@ void value_leaf_limits() {
     value ref_twice = ref("<f4", {2});
     ref_twice.as_map().emplace_back(value("dtype"), value("<f4"));
     CHECK(has(action(rows, value::list({ref_twice}), {std::string(8, '\0')}), "an array reference that has a key more than once"));
+    // ... keys compared as Python does (1 and true are one key; a str and a bin are two)
+    value int_keys = ref("<f4", {2});
+    int_keys.as_map().emplace_back(value(1), value(0));
+    int_keys.as_map().emplace_back(value(true), value(0));
+    CHECK(has(action(rows, value::list({int_keys}), {std::string(8, '\0')}), "an array reference that has a key more than once"));
+    value str_and_bin = ref("<f4", {2});
+    str_and_bin.as_map().emplace_back(value::bin("dtype"), value(0));
+    CHECK(!has_quietly(action(rows, value::list({str_and_bin}), {std::string(8, '\0')}), "more than once"));
 
     // 10. a graph has 3 items, even when env code shrank one
     value shrunk = value::graph(value::array<float>({1, 1}, {0}), value(), value());

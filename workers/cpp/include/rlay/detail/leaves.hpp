@@ -10,6 +10,7 @@
 #include <zmq.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -154,12 +155,26 @@ public:
         one(s, v);
     }
 
-    /// Whether a map has some str key more than once (3.8.1 refuses it in a value).
+    /// Whether a map has some key more than once (3.8.1 refuses it in a value), keys compared as
+    /// Python compares them: 1, 1.0 and true are one key; a str and a bin of the same bytes are two.
     static bool repeats_a_key(const value& map) {
-        std::vector<std::string_view> keys;
-        for (const auto& entry : map.as_map()) if (entry.first.is_str()) keys.push_back(entry.first.as_str());
+        std::vector<std::string> keys;
+        for (const auto& entry : map.as_map()) keys.push_back(key_identity(entry.first));
         std::sort(keys.begin(), keys.end());
         return std::adjacent_find(keys.begin(), keys.end()) != keys.end();
+    }
+
+    static std::string key_identity(const value& key) {
+        if (key.is_str()) return "s" + key.as_str();
+        if (key.is_bin()) return "b" + key.as_bin();
+        if (key.is_bool()) return key.as_bool() ? "n1" : "n0";
+        if (key.is_int()) return key.is_negative() ? "n" + std::to_string(key.as_int()) : "n" + std::to_string(key.as_uint());
+        if (key.is_float()) {
+            double x = key.as_float();
+            if (std::trunc(x) == x && std::fabs(x) < 9.2e18) return "n" + std::to_string(static_cast<std::int64_t>(x));
+            return "f" + key.repr();
+        }
+        return "o" + key.repr();  // (nil, a big integer, a tuple...: by its text)
     }
 
 private:
@@ -394,6 +409,13 @@ private:
     }
 
     value plain_int(const ndarray& zero_d, const dtype& to) const {
+        // (astype wraps: a <u8 holding 2^64 - 1 became -1; a value that does not fit is refused, 3.8.1)
+        number given = load_number(zero_d.dtype(), zero_d.bytes());
+        bool to_unsigned = to.type() == dtype::kind::unsigned_int;
+        if ((given.kind == dtype::kind::unsigned_int && !to_unsigned && given.u > static_cast<std::uint64_t>(INT64_MAX)) ||
+            (given.kind == dtype::kind::signed_int && to_unsigned && given.i < 0)) {
+            throw value_mismatch("ValueError", path_ + ": the integer " + value(zero_d).repr() + " does not fit " + numpy_name(to));
+        }
         ndarray item;
         try {
             item = zero_d.astype(to);
