@@ -163,14 +163,20 @@ def assert_remote_cartpole_equals_sync(front: str, steps: int, seed: int = 0, cu
     envs = RlayVectorEnv.remote("CartPole-v1", 2, broker=front, timeout=15, curve=curve)
     sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
     try:
-        np.testing.assert_array_equal(envs.reset(seed=seed)[0], sync.reset(seed=seed)[0])
-        for _ in range(steps):
-            action = sync.action_space.sample()
-            for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
-                np.testing.assert_array_equal(got, expected)
+        assert_steps_equal(envs, sync, seed, steps)
     finally:
         envs.close()
         sync.close()
+
+
+def assert_steps_equal(envs, sync, seed: int, steps: int) -> None:
+    """``envs`` reset with ``seed`` and stepped ``steps`` times with ``sync``'s random actions: the
+    observations, rewards, terminations and truncations equal ``sync``'s (array-valued envs)."""
+    np.testing.assert_array_equal(envs.reset(seed=seed)[0], sync.reset(seed=seed)[0])
+    for _ in range(steps):
+        action = sync.action_space.sample()
+        for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
+            np.testing.assert_array_equal(got, expected)
 
 
 def start_deployment(front: str, back: str, worker_commands: list[list[str]], workers: int) -> list[Proc]:

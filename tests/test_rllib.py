@@ -22,7 +22,7 @@ import pytest
 
 import rlay
 from rlay import RlayVectorEnv
-from tests.conftest import RLAY, ROOT, Proc, deployment, subprocess_env, wait_for
+from tests.conftest import RLAY, ROOT, Proc, assert_steps_equal, deployment, subprocess_env, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -41,11 +41,7 @@ def test_make_vec_of_a_registered_id_is_an_rlay_vector_env():
     try:
         assert isinstance(envs, RlayVectorEnv) and envs.num_envs == 3
         assert envs.spec.id == "rlay-test/CartPole-v1"
-        np.testing.assert_array_equal(envs.reset(seed=4)[0], sync.reset(seed=4)[0])
-        for _ in range(30):
-            action = sync.action_space.sample()
-            for got, expected in zip(envs.step(action)[:4], sync.step(action)[:4]):
-                np.testing.assert_array_equal(got, expected)
+        assert_steps_equal(envs, sync, seed=4, steps=30)
     finally:
         envs.close()
         sync.close()
